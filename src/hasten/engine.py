@@ -1,0 +1,162 @@
+"""The engine: drives a method round by round through an executor.
+
+Accounting lives here, once, for every method and executor: a *round* is one
+batch of independent model evaluations (the sequential depth), *NFE* the
+number of evaluations per sample, and wall time covers everything from the
+first round to the return, bookkeeping included.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from hasten.errors import HastenError, NonFiniteOutputError
+from hasten.executors.base import Executor
+from hasten.methods.base import Eval, Hit, Method
+from hasten.steps import Step
+from hasten.stopping import Stop, relative_residual
+
+
+@dataclass
+class HitInfo:
+    """A hit without its tensor, for reports."""
+
+    core: int
+    round: int
+    nfe: int
+    wall_s: float
+    residual: float | None
+
+
+@dataclass
+class Result:
+    """What a run returns: the final latent and its cost."""
+
+    x: torch.Tensor
+    method: str
+    steps: int
+    rounds: int
+    nfe: int
+    wall_s: float
+    stopped_by: str
+    hits: list[HitInfo] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        """Sequential rounds (one per step) over this run's rounds."""
+        return self.steps / self.rounds if self.rounds else float("nan")
+
+
+def _check_finite(outputs: list[torch.Tensor], evals: list[Eval], step: Step, rnd: int) -> None:
+    for out, ev in zip(outputs, evals):
+        if not torch.isfinite(out).all():
+            t = float(step.grid.timesteps[ev.index])
+            raise NonFiniteOutputError(
+                f"model output is not finite (NaN or Inf) at grid step {ev.index} of {step.grid.steps} "
+                f"(model time {t:g}) in round {rnd}"
+            )
+
+
+def iterate(
+    method: Method,
+    x: torch.Tensor,
+    step: Step,
+    executor: Executor,
+    stop: Stop | str | None = None,
+    progress: bool = False,
+) -> Generator[Hit, None, Result]:
+    """Run ``method`` and yield its hits as they land; return the :class:`Result`.
+
+    Only the latest hit's latent is kept (for the residual and the result), so
+    memory stays at the method's own O(K) latents.
+    """
+    n = step.grid.steps
+    stop = Stop.parse(stop)
+    method.validate(n)
+    stop.check_cores(method.cores(n))
+    if x.ndim < 2:
+        raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
+    x = x.float()
+
+    rounds = nfe = 0
+    infos: list[HitInfo] = []
+    last: Hit | None = None
+    stopped_by = "end"
+    bar = tqdm(total=method.max_rounds(n), desc=method.name, unit="round", disable=not progress, leave=False)
+    start = time.perf_counter()
+    run = method.solve(x, step)
+    reply = None
+    try:
+        while True:
+            try:
+                item = run.send(reply)
+            except StopIteration as finished:
+                final = finished.value
+                break
+            if isinstance(item, Hit):
+                reply = None
+                item.round, item.nfe, item.wall_s = rounds, nfe, time.perf_counter() - start
+                item.residual = None if last is None else relative_residual(item.x, last.x)
+                infos.append(HitInfo(item.core, item.round, item.nfe, item.wall_s, item.residual))
+                last = item
+                yield item
+                if stop.reached(item.core, item.residual):
+                    final, stopped_by = item.x, str(stop)
+                    break
+                continue
+            if not item:
+                raise HastenError(f"method {method.name} yielded an empty round")
+            reply = executor.evaluate(item)
+            rounds += 1
+            nfe += len(item)
+            bar.update(1)
+            _check_finite(reply, item, step, rounds)
+    finally:
+        run.close()
+        bar.close()
+    wall = time.perf_counter() - start
+    return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n))
+
+
+def run(
+    method: Method,
+    x: torch.Tensor,
+    step: Step,
+    executor: Executor,
+    stop: Stop | str | None = None,
+    on_hit: Callable[[Hit], None] | None = None,
+    progress: bool = False,
+) -> Result:
+    """Run ``method`` to its stop; ``on_hit`` receives each hit as it lands."""
+    gen = iterate(method, x, step, executor, stop, progress)
+    while True:
+        try:
+            hit = next(gen)
+        except StopIteration as done:
+            return done.value
+        if on_hit is not None:
+            on_hit(hit)
+
+
+class HitStream(Iterator[Hit]):
+    """Iterate over hits as they land; ``.result`` holds the :class:`Result` afterwards."""
+
+    def __init__(self, gen: Generator[Hit, None, Result]):
+        self._gen = gen
+        self.result: Result | None = None
+
+    def __iter__(self) -> "HitStream":
+        return self
+
+    def __next__(self) -> Hit:
+        try:
+            return next(self._gen)
+        except StopIteration as done:
+            self.result = done.value
+            raise StopIteration from None

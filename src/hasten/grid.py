@@ -1,0 +1,117 @@
+"""Time grids and the coefficients a stateless step needs between grid points.
+
+Every grid is written in the common form ``x_t = alpha_t * x0 + sigma_t * eps``:
+
+* VP diffusion: ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)``.
+* Rectified flow / flow matching: ``alpha = 1 - sigma`` with ``sigma`` the
+  flow time, and the network predicts the velocity ``v = eps - x0``.
+
+Index 0 is the start (noise) and index N the end (data); the model is evaluated
+at indices 0..N-1. Grids are read from a diffusers scheduler after
+``set_timesteps`` (its ``timesteps``, ``alphas_cumprod``, ``final_alpha_cumprod``
+or ``sigmas``), never rebuilt from ``num_train // N`` strides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from hasten.errors import HastenError
+
+Kind = Literal["vp", "flow"]
+Prediction = Literal["epsilon", "v_prediction", "sample", "flow"]
+PREDICTIONS: dict[str, tuple[str, ...]] = {
+    "vp": ("epsilon", "v_prediction", "sample"),
+    "flow": ("flow",),
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A discretised sampling path with N steps (N + 1 points).
+
+    Attributes:
+        kind: ``"vp"`` or ``"flow"``.
+        prediction: what the network outputs (``epsilon``, ``v_prediction``,
+            ``sample`` for VP; ``flow`` velocity for flow matching).
+        alpha, sigma: float64 tensors of shape (N + 1,), signal and noise scale.
+        timesteps: float64 tensor (N,), the model's time input at points 0..N-1.
+    """
+
+    kind: Kind
+    prediction: Prediction
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    timesteps: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.kind not in PREDICTIONS:
+            raise HastenError(f"grid kind must be one of {sorted(PREDICTIONS)}, got {self.kind!r}")
+        if self.prediction not in PREDICTIONS[self.kind]:
+            raise HastenError(
+                f"prediction {self.prediction!r} is not valid for a {self.kind} grid; "
+                f"valid: {', '.join(PREDICTIONS[self.kind])}"
+            )
+        n = self.timesteps.shape[0]
+        if n < 1 or self.alpha.shape != (n + 1,) or self.sigma.shape != (n + 1,):
+            raise HastenError(
+                f"grid arrays disagree: {n} timesteps need alpha and sigma of length {n + 1}, "
+                f"got {tuple(self.alpha.shape)} and {tuple(self.sigma.shape)}"
+            )
+
+    @property
+    def steps(self) -> int:
+        """Number of steps N."""
+        return self.timesteps.shape[0]
+
+    @classmethod
+    def vp(
+        cls,
+        alphas_cumprod: torch.Tensor,
+        timesteps: torch.Tensor,
+        final_alpha_cumprod: float,
+        prediction: Prediction = "epsilon",
+    ) -> "Grid":
+        """VP grid from a training ``alphas_cumprod`` table and the sampled timesteps.
+
+        Point i < N is at training step ``timesteps[i]``; the end point uses
+        ``final_alpha_cumprod`` (diffusers' ``set_alpha_to_one`` choice).
+        """
+        ac = alphas_cumprod.double()
+        ts = timesteps.long()
+        bars = torch.cat([ac[ts], torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64)])
+        return cls("vp", prediction, bars.sqrt(), (1 - bars).sqrt(), timesteps.double())
+
+    @classmethod
+    def flow(cls, sigmas: torch.Tensor, timesteps: torch.Tensor | None = None) -> "Grid":
+        """Flow-matching grid from N + 1 sigmas (1 -> 0); timesteps default to 1000 * sigma."""
+        s = sigmas.double()
+        ts = s[:-1] * 1000.0 if timesteps is None else timesteps.double()
+        return cls("flow", "flow", 1 - s, s, ts)
+
+    @classmethod
+    def from_scheduler(cls, scheduler: Any, steps: int) -> "Grid":
+        """Read the grid of a diffusers scheduler after ``set_timesteps(steps)``.
+
+        Supports the DDIM/DDPM family (``alphas_cumprod``) and
+        ``FlowMatchEulerDiscreteScheduler`` (``sigmas``). The scheduler is
+        configured in place, as the pipeline itself would do.
+        """
+        if steps < 1:
+            raise HastenError(f"steps must be >= 1, got {steps}")
+        scheduler.set_timesteps(steps)
+        config = scheduler.config
+        if hasattr(scheduler, "alphas_cumprod"):
+            final = getattr(scheduler, "final_alpha_cumprod", None)
+            if final is None:
+                final = 1.0
+            return cls.vp(scheduler.alphas_cumprod, scheduler.timesteps, float(final), config.prediction_type)
+        if hasattr(scheduler, "sigmas") and "FlowMatch" in type(scheduler).__name__:
+            return cls.flow(scheduler.sigmas, scheduler.timesteps)
+        raise HastenError(
+            f"scheduler {type(scheduler).__name__} is not supported; supported: schedulers with "
+            "alphas_cumprod (DDIM, DDPM, ...) and FlowMatchEulerDiscreteScheduler"
+        )

@@ -1,0 +1,122 @@
+"""CHORDS: multi-core hierarchical ODE rectification (Han et al., Algorithm 1).
+
+Core k (1-based) starts at grid index ``i_k`` of the initialisation sequence.
+Rounds 1..k-1 bring it there by coarse jumps ``i_1 -> i_2 -> ... -> i_k`` that
+reuse the evaluation of the core starting in that round (Eq. 7, first case);
+from round k on it takes one fine step per round (Eq. 7, second case) and lands
+at round ``N - i_k + (k - 1)``.
+
+Rectification (Eq. 3-4, Algorithm 1 line 8): core k remembers its *begin*
+point b (initially ``i_k``), the state there and the model output there. When
+core k-1 stands at b in the same round, core k, then stepping to
+``j = b + (i_k - i_{k-1})``, replaces its fine result F by ``F - G(stale) +
+G(accurate)`` with G the one-step jump b -> j from its own stale state and from
+core k-1's state. j becomes the new begin point. No extra model call is made:
+both outputs at b were computed anyway.
+
+Core 1 is never rectified, so run to the end it reproduces sequential sampling.
+Memory: O(K) latents (current, begin state and begin output per core).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from hasten.errors import HastenError
+from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
+from hasten.methods.parareal import rectify
+from hasten.steps import Step
+
+
+class Chords:
+    """CHORDS with ``cores`` cores.
+
+    Args:
+        cores: number of cores K >= 1.
+        init: ``None``/``"paper"`` (paper sequence where defined, else the
+            recursion after Theorem 2.5), ``"uniform"``, or explicit grid indices.
+        speedup: continuous target speedup ``s > 1`` for the recursion.
+    """
+
+    name = "chords"
+
+    def __init__(self, cores: int = 4, init: Sequence[int] | str | None = None, speedup: float | None = None):
+        if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+            raise HastenError(f"cores must be an integer >= 1, got {cores!r}")
+        if speedup is not None and not speedup > 1:
+            raise HastenError(f"speedup must be > 1, got {speedup!r}")
+        self.n_cores = cores
+        self.init = init
+        self.speedup = speedup
+
+    def init_sequence(self, steps: int) -> list[int]:
+        """The validated initialisation sequence for ``steps`` steps."""
+        return resolve_init(self.n_cores, steps, self.init, self.speedup)
+
+    def validate(self, steps: int) -> None:
+        check_cores_steps(self.n_cores, steps)
+        self.init_sequence(steps)
+
+    def cores(self, steps: int) -> int:
+        return self.n_cores
+
+    def max_rounds(self, steps: int) -> int:
+        return steps
+
+    def describe(self, steps: int) -> dict:
+        init = self.init_sequence(steps)
+        return {
+            "cores": self.n_cores,
+            "init": init,
+            "landing_rounds": [landing_round(init, steps, k) for k in range(1, self.n_cores + 1)],
+        }
+
+    def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
+        n = step.grid.steps
+        init = self.init_sequence(n)
+        k_total = len(init)
+        state = [x] * k_total  # current latent per core (0-based core c = k - 1)
+        pos = [0] * k_total  # current grid index per core
+        begin_pos = list(init)
+        begin_x: list[torch.Tensor | None] = [x] + [None] * (k_total - 1)
+        begin_out: list[torch.Tensor | None] = [None] * k_total
+        done = [False] * k_total
+
+        for rnd in range(1, n + 1):
+            active = [c for c in range(min(rnd, k_total)) if not done[c]]
+            if not active:
+                break
+            outputs = yield [Eval(state[c], pos[c]) for c in active]
+            out = dict(zip(active, outputs))
+
+            new: dict[int, torch.Tensor] = {}
+            for c in active:
+                i = pos[c]
+                if i == begin_pos[c]:
+                    begin_out[c] = out[c]
+                fine = step(state[c], out[c], i, i + 1)
+                if c > 0 and pos[c - 1] == begin_pos[c]:
+                    b, j = begin_pos[c], i + 1
+                    fine = rectify(step, fine, begin_x[c], begin_out[c], state[c - 1], out[c - 1], b, j)
+                    begin_pos[c], begin_x[c], begin_out[c] = j, fine, None
+                new[c] = fine
+
+            if rnd < k_total:  # cores rnd+1..K jump i_rnd -> i_{rnd+1} on core rnd's evaluation
+                lead = rnd - 1
+                jumped = step(state[lead], out[lead], init[lead], init[rnd])
+                for c in range(rnd, k_total):
+                    state[c], pos[c] = jumped, init[rnd]
+                begin_x[rnd] = jumped
+
+            landed = []
+            for c in active:
+                state[c], pos[c] = new[c], pos[c] + 1
+                if pos[c] == n:
+                    done[c] = True
+                    landed.append(c)
+            for c in sorted(landed, reverse=True):  # fastest core first
+                yield Hit(core=c + 1, x=state[c])
+        return state[0]

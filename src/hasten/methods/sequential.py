@@ -1,0 +1,35 @@
+"""Sequential sampling: one model call per step, N rounds (Eq. 6 of CHORDS)."""
+
+from __future__ import annotations
+
+import torch
+
+from hasten.errors import HastenError
+from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.steps import Step
+
+
+class Sequential:
+    """The reference sampler every parallel method is measured against."""
+
+    name = "sequential"
+
+    def validate(self, steps: int) -> None:
+        if steps < 1:
+            raise HastenError(f"steps must be >= 1, got {steps}")
+
+    def cores(self, steps: int) -> int:
+        return 1
+
+    def max_rounds(self, steps: int) -> int:
+        return steps
+
+    def describe(self, steps: int) -> dict:
+        return {"cores": 1}
+
+    def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
+        for i in range(step.grid.steps):
+            (out,) = yield [Eval(x, i)]
+            x = step(x, out, i, i + 1)
+        yield Hit(core=1, x=x)
+        return x
