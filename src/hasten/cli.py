@@ -1,0 +1,200 @@
+"""Command line: ``hasten sample`` and ``hasten bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from hasten.errors import HastenError
+from hasten.methods import METHODS
+from hasten.models import MODELS
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _init(text: str):
+    return text if text in ("paper", "uniform") else _int_list(text)
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``; its files move into ``out`` only on success."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        shutil.move(str(item), str(target))
+    tmp.rmdir()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hasten", description="Training-free acceleration of diffusion sampling.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="digits", help=f"embedded model: {', '.join(MODELS)}")
+        p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
+        p.add_argument("--batch", type=int, help="number of samples drawn together")
+        p.add_argument("--solver", choices=["ddim", "euler"], help="step; default ddim for VP models, euler for flow models")
+        p.add_argument("--stop", help="when a streaming method stops: first (fastest core), core:K (after core K "
+                       "lands; 1 = slowest = sequential result), residual:TOL (relative change between "
+                       "consecutive hits <= TOL), none (run to the end)")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    s = sub.add_parser("sample", help="sample with one method and save the result",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Sample with one method; quality is measured against sequential sampling "
+                                   "of the same seed. Writes result.json, latents.safetensors and, for image "
+                                   "models, samples.png and one PNG per hit as it lands.")
+    common(s)
+    s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
+    s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4)")
+    s.add_argument("--steps", type=int, default=50, help="sampling steps N")
+    s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
+    s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
+    s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    b = sub.add_parser("bench", help="run methods side by side and write a report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Run sequential and parallel methods on the same seed and write results.md, "
+                                   "results.json, convergence.png, scaling.png and one image grid per run. "
+                                   "Lists run as a grid: --init paper,uniform gives the initialisation "
+                                   "ablation (CHORDS Table 3), --steps 50,75,100 the steps ablation (Table 4).")
+    common(b)
+    b.add_argument("--methods", type=_str_list, default=["sequential", "chords"], help="comma-separated methods")
+    b.add_argument("--cores", type=_int_list, default=[4, 6, 8], help="comma-separated core counts")
+    b.add_argument("--steps", type=_int_list, default=[50], help="comma-separated step counts N")
+    b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
+    b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
+    b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    return parser
+
+
+def _sample(args: argparse.Namespace) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from hasten.api import _prepare
+    from hasten.engine import run
+    from hasten.methods import Sequential
+    from hasten.metrics import psnr, rmse
+    from hasten.report import save_image_grid, write_json
+
+    stop = args.stop or ("first" if args.method == "chords" else "none")
+    method, x, step, executor, stop = _prepare(
+        args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver,
+        args.cores, args.init, args.speedup,
+    )
+    model_name = args.model
+    from hasten.models import load_model
+
+    model = load_model(model_name)
+    ref = run(Sequential(), x, step, executor)
+    ref_images = model.decode(ref.x)
+    hits = []
+    with staged_output(args.out) as tmp:
+        def on_hit(hit) -> None:
+            entry = {"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
+                     "rmse": rmse(hit.x, ref.x), "residual": hit.residual}
+            images = model.decode(hit.x)
+            if images is not None:  # saved at once, while sampling runs
+                save_image_grid(images, tmp / f"hit_core{hit.core}_round{hit.round}.png")
+            hits.append(entry)
+
+        result = run(method, x, step, executor, stop, on_hit, progress=not args.no_progress)
+        images = model.decode(result.x)
+        summary = {
+            "method": result.method, "model": model_name, "steps": result.steps,
+            "cores": result.params.get("cores", 1), "init": result.params.get("init"),
+            "stop": result.stopped_by, "seed": args.seed, "batch": x.shape[0],
+            "rounds": result.rounds, "nfe": result.nfe, "speedup": result.speedup,
+            "rmse": rmse(result.x, ref.x),
+            "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
+            "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
+        }
+        save_file({"latents": result.x.contiguous(), "sequential": ref.x.contiguous()}, str(tmp / "latents.safetensors"))
+        if images is not None:
+            save_image_grid(images, tmp / "samples.png")
+        write_json(summary, tmp / "result.json")
+    del torch
+    return summary
+
+
+def _print_sample(summary: dict) -> None:
+    from hasten.report import fmt, markdown_table
+
+    keys = ["method", "model", "steps", "cores", "init", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
+    print(markdown_table([summary], [(k, k) for k in keys]))
+    if summary["hits"]:
+        print()
+        print(markdown_table(summary["hits"], [("core", "core"), ("round", "round"), ("nfe", "NFE"),
+                                               ("wall_s", "wall s"), ("rmse", "RMSE vs sequential"),
+                                               ("residual", "residual")]))
+    del fmt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sample":
+            summary = _sample(args)
+            if args.json:
+                from hasten.report import json_safe
+
+                print(json.dumps(json_safe(summary)))
+            else:
+                _print_sample(summary)
+            return 0
+        from hasten.bench import BenchConfig, run_bench
+
+        cfg = BenchConfig(
+            model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
+            stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
+            progress=not args.no_progress,
+        )
+        cfg.validate()
+        with staged_output(args.out) as tmp:
+            report = run_bench(cfg, tmp, log=(lambda _: None) if args.json else print)
+        if args.json:
+            from hasten.report import json_safe
+
+            print(json.dumps(json_safe(report)))
+        return 0
+    except HastenError as err:
+        print(f"hasten: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hasten: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

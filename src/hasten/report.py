@@ -1,0 +1,135 @@
+"""Reports for people (markdown tables, plots, image grids) and programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from hasten.errors import HastenError
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the install
+        raise HastenError("plots and image grids need matplotlib: pip install 'hasten[bench]'") from None
+    return plt
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: floats to ``digits`` significant digits, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows of dicts as a markdown table; ``columns`` are (key, header) pairs."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace inf/nan floats (not valid JSON) with strings, recursively."""
+    if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def save_image_grid(images: torch.Tensor, path: Path, ncol: int = 8) -> None:
+    """Save images (B, C, H, W) in [0, 1] as one PNG grid."""
+    plt = _matplotlib()
+    b, c, h, w = images.shape
+    ncol = min(ncol, b)
+    nrow = math.ceil(b / ncol)
+    canvas = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    for n in range(b):
+        r, q = divmod(n, ncol)
+        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[n]
+    arr = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).numpy()
+    plt.imsave(path, arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+
+
+def save_hit_grid(rows: Sequence[tuple[str, torch.Tensor]], path: Path, ncol: int = 8, title: str = "") -> None:
+    """One labelled row of images per hit: ``rows`` are (label, images (B, 1, H, W))."""
+    plt = _matplotlib()
+    ncol = min(ncol, rows[0][1].shape[0])
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(ncol * 0.9 + 1.6, len(rows) * 0.95 + 0.4), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for q in range(ncol):
+            ax = axes[r][q]
+            ax.imshow(images[q, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_convergence(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
+    """Distance between each hit and the final output against rounds (CHORDS Fig. 5)."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        pts = [(r, d) for r, d in points if d > 0]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("round (sequential model calls)")
+    ax.set_ylabel("RMSE to final output")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(series: dict[str, list[tuple[int, float, float]]], path: Path, title: str) -> None:
+    """Speedup and RMSE against the number of cores (CHORDS Fig. 4); points are (cores, speedup, rmse)."""
+    plt = _matplotlib()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, points in series.items():
+        points = sorted(points)
+        cores = [p[0] for p in points]
+        ax1.plot(cores, [p[1] for p in points], marker="o", label=label)
+        ax2.plot(cores, [p[2] for p in points], marker="o", label=label)
+    ax1.set_xlabel("cores")
+    ax1.set_ylabel("speedup (rounds)")
+    ax2.set_xlabel("cores")
+    ax2.set_ylabel("latent RMSE vs sequential")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
