@@ -6,6 +6,7 @@ core starts. Core k (1-based) lands at round ``N - i_k + (k - 1)``.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from hasten.errors import HastenError
@@ -56,11 +57,12 @@ def continuous_init(cores: int, speedup: float) -> list[float]:
 def discretize(times: Sequence[float], steps: int) -> list[int]:
     """Map start times to distinct grid indices 0 = i_1 < ... < i_K <= N - 1.
 
-    Each time is rounded to the nearest index, then pushed up to keep the
-    sequence strictly increasing and down to leave room for the faster cores.
+    Each time goes to the nearest index (halves up, after trimming float
+    noise), then is pushed up to keep the sequence strictly increasing and down
+    to leave room for the faster cores.
     """
     k = len(times)
-    idx = [round(t * steps) for t in times]
+    idx = [math.floor(round(t * steps, 9) + 0.5) for t in times]
     idx[0] = 0
     for c in range(1, k):
         idx[c] = max(idx[c], idx[c - 1] + 1)
