@@ -63,10 +63,15 @@ class DigitFeatures:
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """``||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))``."""
+    """``||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))``.
+
+    A 1e-6 ridge on both covariances keeps the square root defined when a small
+    sample makes a covariance singular; it changes the distance by ~1e-6 * dim.
+    """
     from scipy import linalg
 
-    covmean = linalg.sqrtm(cov1 @ cov2)
+    ridge = 1e-6 * np.eye(cov1.shape[0])
+    covmean = linalg.sqrtm((cov1 + ridge) @ (cov2 + ridge))
     if np.iscomplexobj(covmean):
         covmean = covmean.real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))

@@ -44,7 +44,10 @@ class DigitsModel:
     """The embedded digits DDPM: 16x16 grey images, epsilon prediction, DDIM grid.
 
     The grid uses diffusers' ``DDIMScheduler`` with the training schedule,
-    ``trailing`` timestep spacing (starts at t = 999) and ``set_alpha_to_one``.
+    ``leading`` timestep spacing (diffusers' default; N = 50 starts at t = 980)
+    and ``set_alpha_to_one``. Not ``trailing``: the cosine schedule leaves
+    ``alpha(999) = 5e-5``, and DDIM's ``x0 = (x - sigma eps) / alpha`` there
+    multiplies the network's eps error by 2e4, which wrecks the samples.
     """
 
     name = "digits"
@@ -70,7 +73,7 @@ class DigitsModel:
 
         from hasten.grid import Grid
 
-        scheduler = DDIMScheduler(**TRAIN_SCHEDULER_CONFIG, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
+        scheduler = DDIMScheduler(**TRAIN_SCHEDULER_CONFIG, timestep_spacing="leading", set_alpha_to_one=True, clip_sample=False)
         return Grid.from_scheduler(scheduler, steps)
 
     def denoiser(self, grid):
