@@ -21,9 +21,10 @@ def gmm_log_density(model, x, alpha, sigma):
 @pytest.mark.parametrize("alpha,sigma", [(0.99, 0.14), (0.7, 0.71), (0.05, 0.998)])
 def test_gmm_eps_is_minus_sigma_times_the_score(alpha, sigma):
     model = GaussianMixture(dim=5)
-    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
     score = torch.autograd.grad(gmm_log_density(model, x, alpha, sigma).sum(), x)[0]
-    _, eps = model.posterior(x.detach(), torch.full((6,), alpha), torch.full((6,), sigma))
+    full = dict(size=(6,), dtype=torch.float64)
+    _, eps = model.posterior(x.detach(), torch.full(fill_value=alpha, **full), torch.full(fill_value=sigma, **full))
     assert torch.allclose(eps, -sigma * score, atol=1e-8)
 
 

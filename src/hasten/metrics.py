@@ -66,15 +66,16 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     """``||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))``.
 
     A 1e-6 ridge on both covariances keeps the square root defined when a small
-    sample makes a covariance singular; it changes the distance by ~1e-6 * dim.
+    sample makes a covariance singular; it enters every term, so equal inputs still give 0.
     """
     from scipy import linalg
 
     ridge = 1e-6 * np.eye(cov1.shape[0])
-    covmean = linalg.sqrtm((cov1 + ridge) @ (cov2 + ridge))
+    c1, c2 = cov1 + ridge, cov2 + ridge
+    covmean = linalg.sqrtm(c1 @ c2)
     if np.iscomplexobj(covmean):
         covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
 
 
 @lru_cache(maxsize=1)
