@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from hasten.engine import HitStream, Result, iterate, run
+from hasten.engine import HitStream, Result, iterate
 from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
 from hasten.methods import Hit, Method, make_method
 from hasten.models import EmbeddedModel, load_model
-from hasten.steps import make_step
+from hasten.steps import Step, make_step
 from hasten.stopping import Stop
 
 
@@ -22,7 +23,20 @@ def initial_noise(model: EmbeddedModel, batch: int, seed: int) -> torch.Tensor:
     return torch.randn((batch, *model.latent_shape), generator=torch.Generator().manual_seed(seed))
 
 
-def _prepare(model, method, steps, seed, batch, stop, solver, cores, init, speedup):
+@dataclass
+class Setup:
+    """Everything a run needs, validated: built by :func:`prepare` before any model call."""
+
+    model: EmbeddedModel
+    method: Method
+    x: torch.Tensor
+    step: Step
+    executor: BatchedExecutor
+    stop: Stop
+
+
+def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, init=None, speedup=None) -> Setup:
+    """Validate the arguments and build the run's pieces (used by the API and the CLI)."""
     model = load_model(model)
     if isinstance(method, str):
         method = make_method(method, cores=cores, init=init, speedup=speedup)
@@ -36,7 +50,7 @@ def _prepare(model, method, steps, seed, batch, stop, solver, cores, init, speed
     grid = model.grid(steps)
     step = make_step(grid, solver)
     x = initial_noise(model, batch, seed)
-    return method, x, step, BatchedExecutor(model.denoiser(grid)), stop
+    return Setup(model, method, x, step, BatchedExecutor(model.denoiser(grid)), stop)
 
 
 def sample(
@@ -63,8 +77,12 @@ def sample(
 
     ``on_hit`` receives every hit (CHORDS core landing) while sampling runs.
     """
-    method, x, step, executor, stop = _prepare(model, method, steps, seed, batch, stop, solver, cores, init, speedup)
-    return run(method, x, step, executor, stop, on_hit, progress)
+    hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
+                  init=init, speedup=speedup, progress=progress)
+    for hit in hits:
+        if on_hit is not None:
+            on_hit(hit)
+    return hits.result
 
 
 def stream(
@@ -85,5 +103,5 @@ def stream(
 
     Validation happens here, before the first round.
     """
-    method, x, step, executor, stop = _prepare(model, method, steps, seed, batch, stop, solver, cores, init, speedup)
-    return HitStream(iterate(method, x, step, executor, stop, progress))
+    s = prepare(model, method, steps, seed, batch, stop, solver, cores, init, speedup)
+    return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress))

@@ -99,42 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sample(args: argparse.Namespace) -> dict:
-    import torch
     from safetensors.torch import save_file
 
-    from hasten.api import _prepare
+    from hasten.api import prepare
     from hasten.engine import run
     from hasten.methods import Sequential
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
 
     stop = args.stop or ("first" if args.method == "chords" else "none")
-    method, x, step, executor, stop = _prepare(
-        args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver,
-        args.cores, args.init, args.speedup,
-    )
-    model_name = args.model
-    from hasten.models import load_model
-
-    model = load_model(model_name)
-    ref = run(Sequential(), x, step, executor)
-    ref_images = model.decode(ref.x)
+    s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver,
+                args.cores, args.init, args.speedup)
+    ref = run(Sequential(), s.x, s.step, s.executor)
+    ref_images = s.model.decode(ref.x)
     hits = []
     with staged_output(args.out) as tmp:
         def on_hit(hit) -> None:
-            entry = {"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
-                     "rmse": rmse(hit.x, ref.x), "residual": hit.residual}
-            images = model.decode(hit.x)
+            images = s.model.decode(hit.x)
             if images is not None:  # saved at once, while sampling runs
                 save_image_grid(images, tmp / f"hit_core{hit.core}_round{hit.round}.png")
-            hits.append(entry)
+            hits.append({"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
+                         "rmse": rmse(hit.x, ref.x), "residual": hit.residual})
 
-        result = run(method, x, step, executor, stop, on_hit, progress=not args.no_progress)
-        images = model.decode(result.x)
+        result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, progress=not args.no_progress)
+        images = s.model.decode(result.x)
         summary = {
-            "method": result.method, "model": model_name, "steps": result.steps,
+            "method": result.method, "model": s.model.name, "steps": result.steps,
             "cores": result.params.get("cores", 1), "init": result.params.get("init"),
-            "stop": result.stopped_by, "seed": args.seed, "batch": x.shape[0],
+            "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
             "rounds": result.rounds, "nfe": result.nfe, "speedup": result.speedup,
             "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
@@ -144,12 +136,11 @@ def _sample(args: argparse.Namespace) -> dict:
         if images is not None:
             save_image_grid(images, tmp / "samples.png")
         write_json(summary, tmp / "result.json")
-    del torch
     return summary
 
 
 def _print_sample(summary: dict) -> None:
-    from hasten.report import fmt, markdown_table
+    from hasten.report import markdown_table
 
     keys = ["method", "model", "steps", "cores", "init", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
     print(markdown_table([summary], [(k, k) for k in keys]))
@@ -158,7 +149,6 @@ def _print_sample(summary: dict) -> None:
         print(markdown_table(summary["hits"], [("core", "core"), ("round", "round"), ("nfe", "NFE"),
                                                ("wall_s", "wall s"), ("rmse", "RMSE vs sequential"),
                                                ("residual", "residual")]))
-    del fmt
 
 
 def main(argv: list[str] | None = None) -> int:
