@@ -63,13 +63,13 @@ def test_invalid_stop_rules(problem, stop, message):
 def test_unknown_model_method_solver():
     with pytest.raises(HastenError, match="unknown model 'sd9'; valid: gmm, gmm-flow, digits"):
         hasten.sample("sd9")
-    with pytest.raises(HastenError, match="unknown method 'picard'; valid: sequential, chords"):
+    with pytest.raises(HastenError, match="unknown method 'picard'; valid: sequential, chords, paradigms"):
         hasten.sample("gmm", "picard")
     with pytest.raises(HastenError, match="solver 'euler' needs a flow-matching grid"):
         hasten.sample("gmm", "sequential", solver="euler")
     with pytest.raises(HastenError, match="batch must be an integer >= 1"):
         hasten.sample("gmm", "sequential", batch=0)
-    with pytest.raises(HastenError, match="init and speedup apply to chords only"):
+    with pytest.raises(HastenError, match="method sequential does not take init; its options: none"):
         hasten.sample("gmm", "sequential", init=[0, 1])
 
 

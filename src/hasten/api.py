@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -35,21 +35,31 @@ class Setup:
     stop: Stop
 
 
-def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, init=None, speedup=None) -> Setup:
+def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
+    """DDPM's per-step noise (steps, *x.shape), drawn once before sampling; None for ODE solvers.
+
+    Drawn from a generator seeded ``seed + 1`` so the initial noise is the same for every solver.
+    """
+    if solver != "ddpm":
+        return None
+    return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1))
+
+
+def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, **options) -> Setup:
     """Validate the arguments and build the run's pieces (used by the API and the CLI)."""
     model = load_model(model)
     if isinstance(method, str):
-        method = make_method(method, cores=cores, init=init, speedup=speedup)
-    elif cores is not None or init is not None or speedup is not None:
-        raise HastenError("cores, init and speedup go into the method object when a method object is given")
+        method = make_method(method, cores=cores, **options)
+    elif cores is not None or any(v is not None for v in options.values()):
+        raise HastenError("method options go into the method object when a method object is given")
     if not isinstance(steps, int) or steps < 1:
         raise HastenError(f"steps must be an integer >= 1, got {steps!r}")
     stop = Stop.parse(stop)
     method.validate(steps)
     stop.check_cores(method.cores(steps))
     grid = model.grid(steps)
-    step = make_step(grid, solver)
     x = initial_noise(model, batch, seed)
+    step = make_step(grid, solver, draw_noise(x, steps, solver, seed))
     return Setup(model, method, x, step, BatchedExecutor(model.denoiser(grid)), stop)
 
 
@@ -64,9 +74,8 @@ def sample(
     on_hit: Callable[[Hit], None] | None = None,
     solver: str | None = None,
     cores: int | None = None,
-    init: Sequence[int] | str | None = None,
-    speedup: float | None = None,
     progress: bool = False,
+    **options,
 ) -> Result:
     """Sample ``batch`` latents from an embedded model with a method.
 
@@ -76,9 +85,12 @@ def sample(
         result.x, result.rounds, result.speedup
 
     ``on_hit`` receives every hit (CHORDS core landing) while sampling runs.
+    ``cores`` and ``options`` (``init``, ``speedup``, ``window``, ``tol``, ``rho``,
+    ...) configure a method given by name (see ``hasten.methods.OPTIONS``);
+    ``solver`` is ``ddim``, ``ddpm`` or ``euler``.
     """
     hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
-                  init=init, speedup=speedup, progress=progress)
+                  progress=progress, **options)
     for hit in hits:
         if on_hit is not None:
             on_hit(hit)
@@ -95,13 +107,12 @@ def stream(
     stop: str | Stop | None = None,
     solver: str | None = None,
     cores: int | None = None,
-    init: Sequence[int] | str | None = None,
-    speedup: float | None = None,
     progress: bool = False,
+    **options,
 ) -> HitStream:
     """Iterate over hits as they land; the stream's ``.result`` is set when it ends.
 
     Validation happens here, before the first round.
     """
-    s = prepare(model, method, steps, seed, batch, stop, solver, cores, init, speedup)
+    s = prepare(model, method, steps, seed, batch, stop, solver, cores, **options)
     return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress))

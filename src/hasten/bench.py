@@ -13,6 +13,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,14 +21,15 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hasten.api import initial_noise
+from hasten.api import draw_noise, initial_noise
 from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
-from hasten.methods import METHODS, Eval, Sequential, make_method
+from hasten.methods import Eval, Sequential, make_method, parse_method_spec
 from hasten.metrics import psnr, rmse
 from hasten.models import EmbeddedModel, load_model
 from hasten.report import (
+    fmt,
     markdown_table,
     plot_convergence,
     plot_scaling,
@@ -38,10 +40,19 @@ from hasten.steps import make_step
 from hasten.stopping import Stop
 
 COLUMNS = [
-    ("method", "method"), ("steps", "N"), ("cores", "cores"), ("init", "init"), ("rounds", "rounds"),
-    ("speedup", "speedup"), ("nfe", "NFE"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup"),
-    ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
+    ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
+    ("rounds", "rounds"), ("speedup", "speedup"), ("nfe", "NFE"), ("wall_s", "wall s"),
+    ("wall_speedup", "wall speedup"), ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
 ]
+
+
+def parse_steps(entry: str, default_solver: str | None) -> tuple[str | None, int]:
+    """``"50"`` or ``"ddpm:1000"`` -> (solver, N)."""
+    solver, _, n = entry.rpartition(":")
+    try:
+        return (solver or default_solver), int(n)
+    except ValueError:
+        raise HastenError(f"steps entries must be N or SOLVER:N, got {entry!r}") from None
 
 
 @dataclass
@@ -51,7 +62,7 @@ class BenchConfig:
     model: str | EmbeddedModel = "digits"
     methods: Sequence[str] = ("sequential", "chords")
     cores: Sequence[int] = (4, 6, 8)
-    steps: Sequence[int] = (50,)
+    steps: Sequence[str | int] = ("50",)
     inits: Sequence[str] = ("paper",)
     stop: str = "first"
     seed: int = 0
@@ -60,28 +71,56 @@ class BenchConfig:
     progress: bool = True
     command: str = field(default_factory=lambda: "hasten " + shlex.join(sys.argv[1:]))
 
+    def settings(self) -> list[tuple[str | None, int]]:
+        return [parse_steps(str(e), self.solver) for e in self.steps]
+
+    def runs(self) -> list[tuple[str | None, int, str, dict, int | None, str | None]]:
+        """Every parallel run: (solver, N, method, options, cores, init)."""
+        out = []
+        for solver, n in self.settings():
+            for spec in self.methods:
+                name, options = parse_method_spec(spec)
+                if name == "sequential":
+                    continue
+                for k in self.cores:
+                    for init in (self.inits if name == "chords" and "init" not in options else [None]):
+                        out.append((solver, n, name, {**options, **({"init": init} if init else {})}, k, init))
+        return out
+
     def validate(self) -> None:
-        for m in self.methods:
-            if m not in METHODS:
-                raise HastenError(f"unknown method {m!r} in methods; valid: {', '.join(METHODS)}")
         for i in self.inits:
             if i not in ("paper", "uniform"):
                 raise HastenError(f"init must be 'paper' or 'uniform' in bench, got {i!r}")
-        if not self.steps or not self.cores or not self.inits:
-            raise HastenError("steps, cores and init each need at least one value")
+        if not self.steps or not self.cores or not self.inits or not self.methods:
+            raise HastenError("methods, steps, cores and init each need at least one value")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise HastenError(f"batch must be an integer >= 1, got {self.batch!r}")
         stop = Stop.parse(self.stop)
-        for n in self.steps:
-            for k in self.cores:
-                for init in self.inits:
-                    method = make_method("chords", cores=k, init=init)
-                    method.validate(n)
-                    stop.check_cores(k)
+        for solver, n in self.settings():
+            if solver not in (None, "ddim", "ddpm", "euler"):
+                raise HastenError(f"unknown solver {solver!r} in steps; valid: ddim, ddpm, euler")
+            if n < 1:
+                raise HastenError(f"steps must be >= 1, got {n}")
+        for solver, n, name, options, k, _ in self.runs():
+            method = make_method(name, cores=k, **options)
+            method.validate(n)
+            if name == "chords":
+                stop.check_cores(method.cores(n))
+
+
+def _params(name: str, method, n: int) -> str:
+    d = method.describe(n)
+    keep = {"chords": ("init",), "paradigms": ("window", "tol"), "srds": ("blocks", "tol", "cores"),
+            "parasolver": ("window", "tol", "precondition"), "parasolver-turbo": ("window", "rho", "tol", "precondition")}
+    return " ".join(f"{k}={fmt(d[k])}" for k in keep.get(name, ()) if d.get(k) is not None)
 
 
 def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark and write its report into ``out`` (which must exist)."""
+    """Run the benchmark and write its report into ``out`` (which must exist).
+
+    CHORDS rows are read at the stop rule; the other methods stop by their own
+    tolerance and are read at their result.
+    """
     cfg.validate()
     model = load_model(cfg.model)
     stop = Stop.parse(cfg.stop)
@@ -91,81 +130,82 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
         from hasten.metrics import digit_features
 
         features = digit_features()
-    parallel = [m for m in cfg.methods if m != "sequential"]
-    configs = [(n, m, k, i) for n in cfg.steps for m in parallel for k in cfg.cores for i in cfg.inits]
-    bar = tqdm(total=len(cfg.steps) + len(configs), desc="bench", unit="run", disable=not cfg.progress)
+    settings = cfg.settings()
+    configs = cfg.runs()
+    bar = tqdm(total=len(settings) + len(configs), desc="bench", unit="run", disable=not cfg.progress)
 
     rows, runs = [], []
     curves: dict[str, list[tuple[int, float]]] = {}
     scaling: dict[str, list[tuple[int, float, float]]] = {}
     x_init = initial_noise(model, cfg.batch, cfg.seed)
-    for n in cfg.steps:
+    for solver, n in settings:
         grid = model.grid(n)
-        step = make_step(grid, cfg.solver)
+        step = make_step(grid, solver, draw_noise(x_init, n, solver, cfg.seed))
+        solver_name = step.name
         executor = BatchedExecutor(model.denoiser(grid))
         executor.evaluate([Eval(x_init, 0)])  # warm-up, untimed
         ref = run(Sequential(), x_init, step, executor)
         ref_images = decode(ref.x)
-        seq_row = {
-            "method": "sequential", "steps": n, "cores": 1, "init": None, "rounds": ref.rounds, "speedup": 1.0,
-            "nfe": ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0, "rmse": 0.0, "psnr": math.inf,
-            "fd": features.frechet(ref_images) if features else None,
-        }
-        if "sequential" in cfg.methods:
-            rows.append(seq_row)
+
+        def quality(x: torch.Tensor, images: torch.Tensor | None) -> dict:
+            return {"rmse": rmse(x, ref.x),
+                    "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(x, ref.x),
+                    "fd": features.frechet(images) if features else None}
+
+        if any(parse_method_spec(m)[0] == "sequential" for m in cfg.methods):
+            rows.append({"method": "sequential", "solver": solver_name, "steps": n, "cores": 1, "params": None,
+                         "rounds": ref.rounds, "speedup": 1.0, "nfe": ref.nfe, "wall_s": ref.wall_s,
+                         "wall_speedup": 1.0, **quality(ref.x, ref_images)})
         bar.update(1)
-        for _, name, cores, init in (c for c in configs if c[0] == n):
-            method = make_method(name, cores=cores, init=init)
+        for _, _, name, options, cores, init in (c for c in configs if c[:2] == (solver, n)):
+            method = make_method(name, cores=cores, **options)
             hits = []
-            result = run(method, x_init, step, executor, "none",
-                         on_hit=lambda h: hits.append(h))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = run(method, x_init, step, executor, "none", on_hit=hits.append)
             final = result.x
-            label = f"{name} K={cores} {init} N={n}"
+            params = _params(name, method, n)
+            label = f"{name} K={cores} {params} {solver_name}-{n}"
             hit_rows = []
-            chosen = None
             for h in hits:
                 images = decode(h.x)
-                entry = {
-                    "core": h.core, "round": h.round, "nfe": h.nfe, "wall_s": h.wall_s,
-                    "rmse": rmse(h.x, ref.x),
-                    "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(h.x, ref.x),
-                    "residual": h.residual, "dist_to_final": rmse(h.x, final),
-                }
-                hit_rows.append(entry)
-                if chosen is None and stop.reached(h.core, h.residual):
-                    chosen = (h, entry, images)
-            if chosen is None:
-                chosen = (hits[-1], hit_rows[-1], decode(hits[-1].x))
-            h, entry, images = chosen
-            row = {
-                "method": name, "steps": n, "cores": cores, "init": init, "rounds": h.round,
-                "speedup": n / h.round, "nfe": h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
-                "rmse": entry["rmse"], "psnr": entry["psnr"],
-                "fd": features.frechet(images) if features else None,
-            }
+                hit_rows.append({"core": h.core, "round": h.round, "nfe": h.nfe, "wall_s": h.wall_s,
+                                 "residual": h.residual, "dist_to_final": rmse(h.x, final),
+                                 **{k: v for k, v in quality(h.x, images).items() if k != "fd"}})
+            pick = len(hits) - 1
+            if name == "chords":
+                pick = next((i for i, h in enumerate(hits) if stop.reached(h.core, h.residual)), pick)
+            h = hits[pick]
+            row = {"method": name, "solver": solver_name, "steps": n, "cores": cores, "params": params,
+                   "rounds": h.round, "speedup": n / h.round, "nfe": h.nfe, "wall_s": h.wall_s,
+                   "wall_speedup": ref.wall_s / h.wall_s, **quality(h.x, decode(h.x))}
             rows.append(row)
             runs.append({
-                "label": label, "method": name, "steps": n, "cores": cores, "init": init,
-                "init_sequence": result.params.get("init"), "stop": str(stop),
+                "label": label, "method": name, "solver": solver_name, "steps": n, "cores": cores, "init": init,
+                "params": result.params, "read_at": str(stop) if name == "chords" else "result",
                 "total_rounds": result.rounds, "total_nfe": result.nfe, "total_wall_s": result.wall_s,
-                "last_hit_max_abs_diff_vs_sequential": float((final - ref.x).abs().max()),
-                "hits": hit_rows,
+                "max_abs_diff_vs_sequential": float((final - ref.x).abs().max()),
+                "warnings": [str(w.message) for w in caught], "hits": hit_rows,
             })
-            curves[label] = [(e["round"], e["dist_to_final"]) for e in hit_rows]
-            scaling.setdefault(f"{name} {init} N={n}", []).append((cores, row["speedup"], row["rmse"]))
-            if ref_images is not None:
-                grid_rows = [("sequential", ref_images)] + [
-                    (f"core {e['core']} r{e['round']}", decode(hh.x)) for e, hh in zip(hit_rows, hits)
-                ]
-                save_hit_grid(grid_rows, out / f"hits_{name}_k{cores}_{init}_n{n}.png",
-                              title=f"{label}: hits in landing order (top: sequential)")
+            if name == "chords":
+                curves[label] = [(e["round"], e["dist_to_final"]) for e in hit_rows]
+                scaling.setdefault(f"chords {init} {solver_name}-{n}", []).append((cores, row["speedup"], row["rmse"]))
+                if ref_images is not None:
+                    grid_rows = [("sequential", ref_images)] + [
+                        (f"core {e['core']} r{e['round']}", decode(hh.x)) for e, hh in zip(hit_rows, hits)
+                    ]
+                    save_hit_grid(grid_rows, out / f"hits_{name}_k{cores}_{init}_n{n}.png",
+                                  title=f"{label}: hits in landing order (top: sequential)")
+            else:
+                scaling.setdefault(f"{name} {solver_name}-{n}", []).append((cores, row["speedup"], row["rmse"]))
             bar.update(1)
     bar.close()
 
     title = f"{model.name}, batch {cfg.batch}, seed {cfg.seed}"
     if curves:
         plot_convergence(curves, out / "convergence.png", f"CHORDS convergence ({title})")
-        plot_scaling(scaling, out / "scaling.png", f"CHORDS scaling, stop={stop} ({title})")
+    if scaling:
+        plot_scaling(scaling, out / "scaling.png", f"scaling with cores, CHORDS at stop={stop} ({title})")
     table = markdown_table(rows, COLUMNS)
     report = {
         "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
@@ -174,8 +214,9 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
     }
     write_json(report, out / "results.json")
     (out / "results.md").write_text(
-        f"# hasten bench: {title}\n\nCommand: `{cfg.command}`\n\nRows read at stop rule `{stop}`; "
-        f"quality against sequential sampling of the same seed.\n\n{table}\n"
+        f"# hasten bench: {title}\n\nCommand: `{cfg.command}`\n\nCHORDS rows read at stop rule `{stop}`, "
+        f"other methods at their result; quality against sequential sampling of the same seed and solver."
+        f"\n\n{table}\n"
     )
     log(table)
     return report

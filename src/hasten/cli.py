@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="digits", help=f"embedded model: {', '.join(MODELS)}")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
         p.add_argument("--batch", type=int, help="number of samples drawn together")
-        p.add_argument("--solver", choices=["ddim", "euler"], help="step; default ddim for VP models, euler for flow models")
+        p.add_argument("--solver", choices=["ddim", "ddpm", "euler"],
+                       help="step; default ddim for VP models, euler for flow models; ddpm draws every step's "
+                            "noise once before sampling, so parallel methods converge to the sequential DDPM run")
         p.add_argument("--stop", help="when a streaming method stops: first (fastest core), core:K (after core K "
                        "lands; 1 = slowest = sequential result), residual:TOL (relative change between "
                        "consecutive hits <= TOL), none (run to the end)")
@@ -79,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="sampling steps N")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
+    s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
+                   "(default: --cores for paradigms and parasolver, 3 x rho for parasolver-turbo)")
+    s.add_argument("--tol", type=float, help="tolerance: per point in units of the step's noise scale (paradigms: "
+                   "DDPM posterior std, default 0.1; parasolver(-turbo): sigma, default 0.5 with ddpm, else 0.03); srds: relative "
+                   "change of the final sample between iterations (default 1e-3)")
+    s.add_argument("--rho", type=int, help="ParaSolver-Turbo: model calls per iteration (nonlinear equations; "
+                   "default --cores, else 8)")
+    s.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M (default 1)")
+    s.add_argument("--subintervals", type=int, help="ParaSolver(-Turbo): number of sub-intervals (default: steps)")
+    s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
+    s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
+                   "it the method warns how far from converged it was and returns its current result")
     s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -89,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Lists run as a grid: --init paper,uniform gives the initialisation "
                                    "ablation (CHORDS Table 3), --steps 50,75,100 the steps ablation (Table 4).")
     common(b)
-    b.add_argument("--methods", type=_str_list, default=["sequential", "chords"], help="comma-separated methods")
-    b.add_argument("--cores", type=_int_list, default=[4, 6, 8], help="comma-separated core counts")
-    b.add_argument("--steps", type=_int_list, default=[50], help="comma-separated step counts N")
+    b.add_argument("--methods", type=_str_list, default=["sequential", "chords"],
+                   help=f"comma-separated methods ({', '.join(METHODS)}), each optionally with options "
+                        "as name:key=value:key=value, e.g. parasolver-turbo:window=24:rho=8")
+    b.add_argument("--cores", type=_int_list, default=[4, 6, 8],
+                   help="comma-separated per-round budgets: CHORDS cores, ParaDiGMS/ParaSolver window, SRDS "
+                        "cap, ParaSolver-Turbo rho (unless the method's own options set it)")
+    b.add_argument("--steps", type=_str_list, default=["50"],
+                   help="comma-separated step counts N, each optionally with its solver, e.g. ddpm:1000,50,25")
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
@@ -108,8 +128,10 @@ def _sample(args: argparse.Namespace) -> dict:
     from hasten.report import save_image_grid, write_json
 
     stop = args.stop or ("first" if args.method == "chords" else "none")
-    s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver,
-                args.cores, args.init, args.speedup)
+    s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
+                init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
+                precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
+                max_iters=args.max_iters)
     ref = run(Sequential(), s.x, s.step, s.executor)
     ref_images = s.model.decode(ref.x)
     hits = []
@@ -121,16 +143,21 @@ def _sample(args: argparse.Namespace) -> dict:
             hits.append({"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
                          "rmse": rmse(hit.x, ref.x), "residual": hit.residual})
 
-        result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, progress=not args.no_progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, progress=not args.no_progress)
+        for w in caught:
+            print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
         summary = {
             "method": result.method, "model": s.model.name, "steps": result.steps,
-            "cores": result.params.get("cores", 1), "init": result.params.get("init"),
+            "cores": result.params.get("cores", 1), "init": result.params.get("init"), "params": result.params,
             "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
             "rounds": result.rounds, "nfe": result.nfe, "speedup": result.speedup,
             "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
+            "warnings": [str(w.message) for w in caught],
         }
         save_file({"latents": result.x.contiguous(), "sequential": ref.x.contiguous()}, str(tmp / "latents.safetensors"))
         if images is not None:
@@ -142,7 +169,7 @@ def _sample(args: argparse.Namespace) -> dict:
 def _print_sample(summary: dict) -> None:
     from hasten.report import markdown_table
 
-    keys = ["method", "model", "steps", "cores", "init", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
+    keys = ["method", "model", "steps", "cores", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
     print(markdown_table([summary], [(k, k) for k in keys]))
     if summary["hits"]:
         print()

@@ -67,6 +67,16 @@ class Grid:
         """Number of steps N."""
         return self.timesteps.shape[0]
 
+    def posterior_std(self, i: int, j: int) -> float:
+        """Std of ``q(x_j | x_i, x0)`` for i < j: the DDPM posterior (Ho et al. Eq. 7).
+
+        ``sigma_j^2 / sigma_i^2 * (1 - alpha_i^2 / alpha_j^2)``; 0 where ``sigma_j = 0``.
+        """
+        ai, aj, si, sj = (float(v) for v in (self.alpha[i], self.alpha[j], self.sigma[i], self.sigma[j]))
+        if sj == 0 or aj == 0:
+            return 0.0
+        return max(0.0, sj**2 / si**2 * (1 - ai**2 / aj**2)) ** 0.5
+
     @classmethod
     def vp(
         cls,

@@ -57,6 +57,37 @@ class DDIMStep:
         return float(self.grid.alpha[j]) * x0 + float(self.grid.sigma[j]) * eps
 
 
+class DDPMStep:
+    """DDPM ancestral sampling with noise drawn once, before any iteration.
+
+    ``noise`` has shape (N, B, ...): step i -> j adds ``noise[i]`` scaled by the
+    posterior std (``Grid.posterior_std``). Written as DDIM with eta = 1,
+    ``alpha_j x0 + sqrt(sigma_j^2 - s^2) eps + s z``, which equals the DDPM
+    posterior mean plus noise. Because the noise is fixed, the step is a
+    deterministic function of (x, output), so parallel methods converge to
+    exactly the sequential DDPM trajectory of the same seed.
+    """
+
+    name = "ddpm"
+
+    def __init__(self, grid: Grid, noise: torch.Tensor) -> None:
+        if grid.kind != "vp":
+            raise HastenError(f"solver 'ddpm' needs a VP grid, got a {grid.kind} grid; use 'euler'")
+        if noise is None or noise.shape[0] != grid.steps:
+            raise HastenError(f"solver 'ddpm' needs noise of shape (steps={grid.steps}, batch, ...), got "
+                              f"{None if noise is None else tuple(noise.shape)}")
+        self.grid = grid
+        self.noise = noise.float()
+
+    def __call__(self, x, output, i, j, noise=None):
+        x, output = x.float(), output.float()
+        x0, eps = predict_x0_eps(self.grid, x, output, i)
+        s = self.grid.posterior_std(i, j)
+        sj = float(self.grid.sigma[j])
+        z = self.noise[i] if noise is None else noise
+        return float(self.grid.alpha[j]) * x0 + max(0.0, sj**2 - s**2) ** 0.5 * eps + s * z
+
+
 class EulerStep:
     """Flow-matching Euler: ``x_j = x_i + (sigma_j - sigma_i) * v`` for any jump i -> j."""
 
@@ -72,13 +103,50 @@ class EulerStep:
         return x.float() + ds * output.float()
 
 
-SOLVERS = {"ddim": DDIMStep, "euler": EulerStep}
+SOLVERS = ("ddim", "ddpm", "euler")
 
 
-def make_step(grid: Grid, solver: str | None = None) -> Step:
-    """The step named ``solver``, or the natural one for the grid (ddim for VP, euler for flow)."""
+def make_step(grid: Grid, solver: str | None = None, noise: torch.Tensor | None = None) -> Step:
+    """The step named ``solver``, or the natural one for the grid (ddim for VP, euler for flow).
+
+    ``ddpm`` needs ``noise`` of shape (N, B, ...), drawn before sampling starts.
+    """
     if solver is None:
         solver = "euler" if grid.kind == "flow" else "ddim"
-    if solver not in SOLVERS:
-        raise HastenError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    return SOLVERS[solver](grid)
+    if solver == "ddim":
+        return DDIMStep(grid)
+    if solver == "euler":
+        return EulerStep(grid)
+    if solver == "ddpm":
+        return DDPMStep(grid, noise)
+    raise HastenError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+
+
+def output_for_x0(grid: Grid, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+    """The network output at grid point i that would predict ``x0`` for latent ``x``."""
+    a, s = float(grid.alpha[i]), float(grid.sigma[i])
+    eps = (x - a * x0) / s
+    if grid.prediction == "epsilon":
+        return eps
+    if grid.prediction == "v_prediction":
+        return a * eps - s * x0
+    if grid.prediction == "sample":
+        return x0
+    return eps - x0
+
+
+def predicted_x0(step: Step, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:
+    """The clean-sample prediction of a network output (ParaSolver-Turbo Algorithm 1, line 4)."""
+    return predict_x0_eps(step.grid, x.float(), output.float(), i)[0]
+
+
+def linear_step(step: Step, x: torch.Tensor, x0: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """The model-free step i -> j that keeps the clean-sample prediction ``x0`` fixed.
+
+    ParaSolver-Turbo's linear solver H (Eq. 7-8): the step is fed the output
+    that predicts ``x0`` at ``x``, so it is affine in ``x`` and costs no model
+    call. Multi-step spans chain unit steps (each with its own DDPM noise).
+    """
+    for k in range(i, j):
+        x = step(x, output_for_x0(step.grid, x, x0, k), k, k + 1)
+    return x
