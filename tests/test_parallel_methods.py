@@ -11,6 +11,7 @@ from hasten import Grid, HastenError, Sequential, run
 from hasten.api import draw_noise
 from hasten.methods import SRDS, ParaDiGMS, ParaSolver, ParaSolverTurbo, make_method, parse_method_spec
 from hasten.methods.window import NotConvergedWarning
+from hasten.metrics import rmse
 from hasten.steps import DDPMStep, linear_step, make_step, output_for_x0, predicted_x0
 
 
@@ -155,7 +156,7 @@ def test_turbo_trades_nfe_for_accuracy_through_rho(problem):
     ref = seq(p).x
     results = [run(ParaSolverTurbo(window=50, rho=rho, tol=0.03), p.x, p.step, p.executor) for rho in (2, 8, 50)]
     nfes = [r.nfe for r in results]
-    errors = [hasten.metrics.rmse(r.x, ref) for r in results]
+    errors = [rmse(r.x, ref) for r in results]
     assert nfes[0] < nfes[1] < nfes[2]
     assert errors[0] > errors[1] > errors[2]
 
