@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from hasten.caches import ABCache, CacheConfig, make_cache
 from hasten.engine import HitStream, Result, iterate
 from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
@@ -33,6 +34,7 @@ class Setup:
     step: Step
     executor: BatchedExecutor
     stop: Stop
+    cache: ABCache | None = None
 
 
 def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
@@ -45,8 +47,9 @@ def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> to
     return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1))
 
 
-def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, **options) -> Setup:
+def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None, **options) -> Setup:
     """Validate the arguments and build the run's pieces (used by the API and the CLI)."""
+    cache = make_cache(cache)
     model = load_model(model)
     if isinstance(method, str):
         method = make_method(method, cores=cores, **options)
@@ -60,7 +63,7 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     grid = model.grid(steps)
     x = initial_noise(model, batch, seed)
     step = make_step(grid, solver, draw_noise(x, steps, solver, seed))
-    return Setup(model, method, x, step, BatchedExecutor(model.denoiser(grid)), stop)
+    return Setup(model, method, x, step, BatchedExecutor(model.denoiser(grid)), stop, cache)
 
 
 def sample(
@@ -74,6 +77,7 @@ def sample(
     on_hit: Callable[[Hit], None] | None = None,
     solver: str | None = None,
     cores: int | None = None,
+    cache: str | CacheConfig | None = None,
     progress: bool = False,
     **options,
 ) -> Result:
@@ -87,10 +91,12 @@ def sample(
     ``on_hit`` receives every hit (CHORDS core landing) while sampling runs.
     ``cores`` and ``options`` (``init``, ``speedup``, ``window``, ``tol``, ``rho``,
     ...) configure a method given by name (see ``hasten.methods.OPTIONS``);
-    ``solver`` is ``ddim``, ``ddpm`` or ``euler``.
+    ``solver`` is ``ddim``, ``ddpm`` or ``euler``. ``cache`` is a
+    :class:`hasten.caches.CacheConfig` or a spec (``"abcache:2:interval=3"``,
+    ``"reuse"``); it works with every method.
     """
     hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
-                  progress=progress, **options)
+                  cache=cache, progress=progress, **options)
     for hit in hits:
         if on_hit is not None:
             on_hit(hit)
@@ -107,6 +113,7 @@ def stream(
     stop: str | Stop | None = None,
     solver: str | None = None,
     cores: int | None = None,
+    cache: str | CacheConfig | None = None,
     progress: bool = False,
     **options,
 ) -> HitStream:
@@ -114,5 +121,5 @@ def stream(
 
     Validation happens here, before the first round.
     """
-    s = prepare(model, method, steps, seed, batch, stop, solver, cores, **options)
-    return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress))
+    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, **options)
+    return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache))

@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
+    s.add_argument("--cache", default="none", choices=["none", "reuse", "abcache"],
+                   help="answer some evaluations from cached outputs: reuse (last output) or abcache "
+                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method")
+    s.add_argument("--cache-order", type=int, default=2, help="AB-Cache order k in 1..4 (1 = reuse)")
+    s.add_argument("--cache-interval", type=int, default=3, help="compute every T-th round after warm-up")
+    s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
+    s.add_argument("--cache-last", type=int, default=1, help="final grid steps always computed")
+    s.add_argument("--cache-history", choices=["computed", "all"], default="computed",
+                   help="extrapolate from computed outputs only, or from predictions too")
     s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -128,8 +137,14 @@ def _sample(args: argparse.Namespace) -> dict:
     from hasten.report import save_image_grid, write_json
 
     stop = args.stop or ("first" if args.method == "chords" else "none")
+    cache = None
+    if args.cache != "none":
+        from hasten.caches import CacheConfig
+
+        cache = CacheConfig(order=1 if args.cache == "reuse" else args.cache_order, interval=args.cache_interval,
+                            warmup=args.cache_warmup, last=args.cache_last, history=args.cache_history)
     s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
-                init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
+                cache, init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
                 precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
                 max_iters=args.max_iters)
     ref = run(Sequential(), s.x, s.step, s.executor)
@@ -145,7 +160,7 @@ def _sample(args: argparse.Namespace) -> dict:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, progress=not args.no_progress)
+            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, not args.no_progress, s.cache)
         for w in caught:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
@@ -153,7 +168,8 @@ def _sample(args: argparse.Namespace) -> dict:
             "method": result.method, "model": s.model.name, "steps": result.steps,
             "cores": result.params.get("cores", 1), "init": result.params.get("init"), "params": result.params,
             "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
-            "rounds": result.rounds, "nfe": result.nfe, "speedup": result.speedup,
+            "rounds": result.rounds, "all_rounds": result.all_rounds, "nfe": result.nfe, "requests": result.requests,
+            "speedup": result.speedup, "cache": result.cache,
             "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,

@@ -1,9 +1,11 @@
 """The engine: drives a method round by round through an executor.
 
-Accounting lives here, once, for every method and executor: a *round* is one
-batch of independent model evaluations (the sequential depth), *NFE* the
-number of evaluations per sample, and wall time covers everything from the
-first round to the return, bookkeeping included.
+Accounting lives here, once, for every method, executor and cache: a *round*
+is one batch of independent evaluations a method asks for; it counts as a
+round of model latency when at least one of them reaches the model (a cache
+may answer them all). *NFE* is the number of model evaluations per sample,
+*requests* the number asked for. Wall time covers everything from the first
+round to the return, bookkeeping included.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class HitInfo:
     nfe: int
     wall_s: float
     residual: float | None
+    all_rounds: int
 
 
 @dataclass
@@ -46,10 +49,13 @@ class Result:
     stopped_by: str
     hits: list[HitInfo] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    all_rounds: int = 0
+    requests: int = 0
+    cache: dict | None = None
 
     @property
     def speedup(self) -> float:
-        """Sequential rounds (one per step) over this run's rounds."""
+        """Sequential rounds (one per step) over this run's rounds of model latency."""
         return self.steps / self.rounds if self.rounds else float("nan")
 
 
@@ -63,6 +69,21 @@ def _check_finite(outputs: list[torch.Tensor], evals: list[Eval], step: Step, rn
             )
 
 
+def _answer(evals: list[Eval], executor: Executor, cache, round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
+    """Outputs for a round, from the cache where it may answer and the executor otherwise."""
+    if cache is None:
+        return executor.evaluate(evals), evals
+    wanted = [cache.wants_model(ev, round_number) for ev in evals]
+    computed = [ev for ev, w in zip(evals, wanted) if w]
+    outs = iter(executor.evaluate(computed) if computed else [])
+    reply = []
+    for ev, w in zip(evals, wanted):
+        out = next(outs) if w else cache.predict(ev)
+        cache.record(ev, out, computed=w)
+        reply.append(out)
+    return reply, computed
+
+
 def iterate(
     method: Method,
     x: torch.Tensor,
@@ -70,11 +91,13 @@ def iterate(
     executor: Executor,
     stop: Stop | str | None = None,
     progress: bool = False,
+    cache=None,
 ) -> Generator[Hit, None, Result]:
     """Run ``method`` and yield its hits as they land; return the :class:`Result`.
 
-    Only the latest hit's latent is kept (for the residual and the result), so
-    memory stays at the method's own O(K) latents.
+    ``cache`` (e.g. :class:`hasten.caches.ABCache`) may answer requests without
+    the model. Only the latest hit's latent is kept (for the residual and the
+    result), so memory stays at the method's own O(K) latents.
     """
     n = step.grid.steps
     stop = Stop.parse(stop)
@@ -83,8 +106,10 @@ def iterate(
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
     x = x.float()
+    if cache is not None:
+        cache.reset(step.grid)
 
-    rounds = nfe = 0
+    rounds = all_rounds = nfe = requests = 0
     infos: list[HitInfo] = []
     last: Hit | None = None
     stopped_by = "end"
@@ -101,9 +126,10 @@ def iterate(
                 break
             if isinstance(item, Hit):
                 reply = None
-                item.round, item.nfe, item.wall_s = rounds, nfe, time.perf_counter() - start
+                item.round, item.all_rounds, item.nfe = rounds, all_rounds, nfe
+                item.wall_s = time.perf_counter() - start
                 item.residual = None if last is None else relative_residual(item.x, last.x)
-                infos.append(HitInfo(item.core, item.round, item.nfe, item.wall_s, item.residual))
+                infos.append(HitInfo(item.core, item.round, item.nfe, item.wall_s, item.residual, item.all_rounds))
                 last = item
                 yield item
                 if stop.reached(item.core, item.residual):
@@ -112,16 +138,19 @@ def iterate(
                 continue
             if not item:
                 raise HastenError(f"method {method.name} yielded an empty round")
-            reply = executor.evaluate(item)
-            rounds += 1
-            nfe += len(item)
+            reply, computed = _answer(item, executor, cache, all_rounds + 1)
+            all_rounds += 1
+            rounds += bool(computed)
+            nfe += len(computed)
+            requests += len(item)
             bar.update(1)
-            _check_finite(reply, item, step, rounds)
+            _check_finite(reply, item, step, all_rounds)
     finally:
         run.close()
         bar.close()
     wall = time.perf_counter() - start
-    return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n))
+    return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
+                  all_rounds, requests, None if cache is None else {"config": cache.config.label(), **cache.stats()})
 
 
 def run(
@@ -132,9 +161,10 @@ def run(
     stop: Stop | str | None = None,
     on_hit: Callable[[Hit], None] | None = None,
     progress: bool = False,
+    cache=None,
 ) -> Result:
     """Run ``method`` to its stop; ``on_hit`` receives each hit as it lands."""
-    gen = iterate(method, x, step, executor, stop, progress)
+    gen = iterate(method, x, step, executor, stop, progress, cache)
     while True:
         try:
             hit = next(gen)

@@ -19,10 +19,15 @@ from hasten.steps import Step
 
 @dataclass
 class Eval:
-    """One model evaluation: latent ``x`` (B, ...) at grid index ``index``."""
+    """One model evaluation: latent ``x`` (B, ...) at grid index ``index``.
+
+    ``track`` names the trajectory the point belongs to (a CHORDS core); caches
+    keep one history per track.
+    """
 
     x: torch.Tensor
     index: int
+    track: int = 0
 
 
 @dataclass
@@ -30,8 +35,10 @@ class Hit:
     """A final output delivered while sampling runs.
 
     ``core`` labels the trajectory (CHORDS core, 1 = slowest). The engine fills
-    ``round``, ``nfe`` and ``wall_s`` (elapsed since the run began) and, when
-    there was an earlier hit, ``residual`` (relative change from it).
+    ``round`` (rounds of model latency so far), ``all_rounds`` (cache-only
+    rounds included), ``nfe`` (model evaluations), ``wall_s`` (elapsed since the
+    run began) and, when there was an earlier hit, ``residual`` (relative
+    change from it).
     """
 
     core: int
@@ -40,6 +47,7 @@ class Hit:
     nfe: int = 0
     wall_s: float = 0.0
     residual: float | None = None
+    all_rounds: int = 0
 
 
 Yielded = Union[list[Eval], Hit]

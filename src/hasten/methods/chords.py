@@ -89,7 +89,7 @@ class Chords:
             active = [c for c in range(min(rnd, k_total)) if not done[c]]
             if not active:
                 break
-            outputs = yield [Eval(state[c], pos[c]) for c in active]
+            outputs = yield [Eval(state[c], pos[c], track=c + 1) for c in active]
             out = dict(zip(active, outputs))
 
             new: dict[int, torch.Tensor] = {}

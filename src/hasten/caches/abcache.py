@@ -1,0 +1,186 @@
+"""AB-Cache: Adams-Bashforth extrapolation of cached model outputs (Eq. 3.6).
+
+On a uniform log-SNR grid, Eq. 3.6 predicts the output at step n from the
+last k as ``sum_{i=1..k} (-1)^{i+1} C(k, i) e^{i h} eps_{n-i}``. That is the
+degree-(k-1) polynomial extrapolation of ``g(lambda) = e^{-lambda} eps`` in
+lambda, re-scaled by ``e^{lambda_n}``: the binomial weights are the Lagrange
+weights of equally spaced nodes. hasten uses the Lagrange weights of the
+*actual* nodes, so the same formula serves non-uniform grids and a history
+with gaps (computed outputs only), and reduces to Eq. 3.6 on a uniform grid.
+
+* VP diffusion: the output is turned into its eps estimate, extrapolated in
+  lambda = log(alpha / sigma) with the exponential factor, and turned back into
+  the model's parameterisation at the current latent.
+* Flow matching: the velocity is extrapolated in the flow time sigma, without
+  the exponential factor (Remark 1).
+
+Order 1 is plain reuse of the last output. The schedule counts *rounds* (for
+sequential sampling a round is a step): rounds 1..warmup are computed, then
+every ``interval``-th round, and any request at one of the last ``last`` grid
+steps. Keying the schedule on rounds keeps the predicted requests of a
+parallel method (CHORDS cores, a ParaDiGMS window) in the same rounds, so
+those rounds cost no model latency. A request whose trajectory has fewer than
+``order`` outputs in its history is computed whatever the schedule says.
+
+History (``history``): ``"computed"`` keeps only model outputs; ``"all"`` also
+keeps predictions (so extrapolation builds on extrapolation). Each trajectory
+(``Eval.track``: a CHORDS core, or one trajectory for the others) keeps its
+own history, by grid index, latest value per index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hasten.errors import HastenError
+from hasten.grid import Grid
+from hasten.methods.base import Eval
+from hasten.steps import output_for_x0, predict_x0_eps
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """A validated AB-Cache configuration.
+
+    Args:
+        order: k in 1..4 (1 = plain reuse of the last output).
+        interval: T >= 1, compute every T-th round after warm-up (1 = never predict).
+        warmup: rounds always computed first; at least ``order``.
+        last: the last ``last`` grid steps are always computed.
+        history: ``"computed"`` or ``"all"``.
+    """
+
+    order: int = 2
+    interval: int = 3
+    warmup: int | None = None
+    last: int = 1
+    history: str = "computed"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.order, int) or not 1 <= self.order <= 4:
+            raise HastenError(f"cache order must be an integer in 1..4, got {self.order!r}")
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise HastenError(f"cache interval must be an integer >= 1, got {self.interval!r}")
+        if self.warmup is not None and (not isinstance(self.warmup, int) or self.warmup < self.order):
+            raise HastenError(f"cache warmup must be an integer >= the order ({self.order}), got {self.warmup!r}")
+        if not isinstance(self.last, int) or self.last < 0:
+            raise HastenError(f"cache last must be an integer >= 0, got {self.last!r}")
+        if self.history not in ("computed", "all"):
+            raise HastenError(f"cache history must be 'computed' or 'all', got {self.history!r}")
+
+    @property
+    def warmup_rounds(self) -> int:
+        return self.order if self.warmup is None else self.warmup
+
+    def label(self) -> str:
+        name = "reuse" if self.order == 1 else f"abcache:{self.order}"
+        return f"{name} T={self.interval} W={self.warmup_rounds}" + ("" if self.history == "computed" else " hist=all")
+
+
+def lagrange_weights(nodes: list[float], target: float) -> list[float]:
+    """Weights w_i with ``p(target) = sum w_i p(nodes[i])`` for polynomials of degree < len(nodes)."""
+    weights = []
+    for i, xi in enumerate(nodes):
+        w = 1.0
+        for j, xj in enumerate(nodes):
+            if j != i:
+                w *= (target - xj) / (xi - xj)
+        weights.append(w)
+    return weights
+
+
+class ABCache:
+    """The cache itself; the engine calls ``reset``, ``wants_model``, ``predict`` and ``record``."""
+
+    def __init__(self, config: CacheConfig):
+        self.config = config
+        self.grid: Grid | None = None
+        self.history: dict = {}
+        self.computed: list[int] = []
+        self.predicted: list[int] = []
+
+    def reset(self, grid: Grid) -> None:
+        """Forget every trajectory; called by the engine at the start of each run."""
+        if grid.kind == "vp" and (grid.alpha[:-1] <= 0).any():
+            raise HastenError("abcache needs alpha > 0 at every evaluated VP grid point (lambda is undefined)")
+        self.grid = grid
+        self.history = {}
+        self.computed, self.predicted = [], []
+
+    def _node(self, index: int) -> float:
+        a, s = float(self.grid.alpha[index]), float(self.grid.sigma[index])
+        return math.log(a / s) if self.grid.kind == "vp" else s
+
+    def _usable(self, ev: Eval) -> list[int]:
+        past = self.history.get(ev.track, {})
+        return sorted((i for i in past if i < ev.index), reverse=True)[: self.config.order]
+
+    def wants_model(self, ev: Eval, round_number: int) -> bool:
+        """Whether this request must be computed in this round (1-based)."""
+        c = self.config
+        if round_number <= c.warmup_rounds or (round_number - c.warmup_rounds) % c.interval == 0:
+            return True
+        if ev.index >= self.grid.steps - c.last:
+            return True
+        return len(self._usable(ev)) < c.order
+
+    def predict(self, ev: Eval) -> torch.Tensor:
+        """Extrapolate the output at ``ev`` from its trajectory's history."""
+        past = self.history[ev.track]
+        idx = self._usable(ev)
+        target = self._node(ev.index)
+        weights = lagrange_weights([self._node(i) for i in idx], target)
+        if self.grid.kind == "vp":
+            eps = sum(w * math.exp(target - self._node(i)) * past[i] for w, i in zip(weights, idx))
+            a, s = float(self.grid.alpha[ev.index]), float(self.grid.sigma[ev.index])
+            return output_for_x0(self.grid, ev.x, (ev.x - s * eps) / a, ev.index)
+        return sum(w * past[i] for w, i in zip(weights, idx))
+
+    def record(self, ev: Eval, output: torch.Tensor, computed: bool) -> None:
+        """Store an output (eps estimate for VP, velocity for flow) in the trajectory's history."""
+        (self.computed if computed else self.predicted).append(ev.index)
+        if not computed and self.config.history == "computed":
+            return
+        value = output.float()
+        if self.grid.kind == "vp":
+            value = predict_x0_eps(self.grid, ev.x.float(), value, ev.index)[1]
+        self.history.setdefault(ev.track, {})[ev.index] = value
+
+    def stats(self) -> dict:
+        """Which grid steps were computed and which predicted in the last run."""
+        return {"computed_steps": list(self.computed), "predicted_steps": list(self.predicted),
+                "nfe_saved": len(self.predicted)}
+
+
+def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
+    """A cache from a config, a spec string (``none``, ``reuse``, ``abcache:K[:interval=T:warmup=W:...]``) or None."""
+    if spec is None or isinstance(spec, ABCache):
+        return spec
+    if isinstance(spec, CacheConfig):
+        return ABCache(spec)
+    config = parse_cache_spec(spec)
+    return None if config is None else ABCache(config)
+
+
+def parse_cache_spec(spec: str) -> CacheConfig | None:
+    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (interval, warmup, last, history)."""
+    name, *parts = str(spec).strip().split(":")
+    if name == "none" and not parts:
+        return None
+    if name not in ("reuse", "abcache"):
+        raise HastenError(f"unknown cache {spec!r}; valid: none, reuse, abcache:K (K = order 1..4)")
+    options: dict = {"order": 1} if name == "reuse" else {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq and name == "abcache" and "order" not in options:
+            key, value = "order", key
+        elif not eq or key not in ("interval", "warmup", "last", "history", "order"):
+            raise HastenError(f"bad cache option {part!r} in {spec!r}; use order, interval, warmup, last or history")
+        try:
+            options[key] = value if key == "history" else int(value)
+        except ValueError:
+            raise HastenError(f"cache option {key} needs an integer, got {value!r}") from None
+    return CacheConfig(**options)

@@ -1,0 +1,141 @@
+"""AB-Cache: extrapolation, schedule, reset, and composition with every method."""
+
+import math
+
+import pytest
+import torch
+
+import hasten
+from hasten import Chords, Eval, Grid, HastenError, Sequential, run
+from hasten.caches import ABCache, CacheConfig, make_cache, parse_cache_spec
+from hasten.caches.abcache import lagrange_weights
+from hasten.methods import ParaDiGMS
+from hasten.metrics import rmse
+
+
+def uniform_lambda_grid(n=12, lo=-3.0, hi=3.0):
+    lam = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
+    bars = torch.sigmoid(2 * lam)  # alpha^2 / sigma^2 = e^{2 lambda}
+    return Grid("vp", "epsilon", bars.sqrt(), (1 - bars).sqrt(), torch.arange(n, 0, -1).double())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_uniform_lagrange_weights_are_the_binomial_weights_of_eq_3_6(k):
+    w = lagrange_weights([-float(i) for i in range(1, k + 1)], 0.0)
+    assert w == pytest.approx([(-1) ** (i + 1) * math.comb(k, i) for i in range(1, k + 1)])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_extrapolation_is_exact_on_polynomials_of_degree_k_minus_1(k):
+    """VP: e^{-lambda} eps polynomial in lambda -> predicted exactly; flow: velocity polynomial in sigma."""
+    coeffs = torch.randn(k, 5, dtype=torch.float64)
+
+    def poly(t):
+        return sum(c * t**p for p, c in enumerate(coeffs))
+
+    grid = uniform_lambda_grid()
+    cache = ABCache(CacheConfig(order=k, interval=2))
+    cache.reset(grid)
+    lam = (grid.alpha / grid.sigma).log()
+    x = torch.randn(1, 5)
+    n = 6
+    for i in range(n - k, n):
+        cache.record(Eval(x, i), (math.exp(lam[i]) * poly(lam[i])).float()[None], computed=True)
+    out = cache.predict(Eval(x, n))
+    assert torch.allclose(out, (math.exp(lam[n]) * poly(lam[n])).float()[None], rtol=1e-4, atol=1e-4)
+
+    flow = Grid.flow(torch.linspace(1, 0, 13))
+    cache.reset(flow)
+    for i in range(n - k, n):
+        cache.record(Eval(x, i), poly(flow.sigma[i]).float()[None], computed=True)
+    assert torch.allclose(cache.predict(Eval(x, n)), poly(flow.sigma[n]).float()[None], atol=1e-4)
+
+
+def test_schedule_computes_exactly_the_steps_it_says(problem):
+    p = problem(steps=20)
+    cache = ABCache(CacheConfig(order=2, interval=3, warmup=2, last=2))
+    res = run(Sequential(), p.x, p.step, p.executor, cache=cache)
+    expected = [i for i in range(20) if i + 1 <= 2 or (i + 1 - 2) % 3 == 0 or i >= 18]
+    assert cache.stats()["computed_steps"] == expected
+    assert cache.stats()["predicted_steps"] == [i for i in range(20) if i not in expected]
+    assert res.nfe == len(expected) and res.rounds == len(expected)
+    assert res.all_rounds == 20 and res.requests == 20 and res.speedup == pytest.approx(20 / len(expected))
+
+
+def test_state_resets_between_calls(problem):
+    p = problem(steps=30)
+    cache = ABCache(CacheConfig(order=3, interval=3))
+    a = run(Sequential(), p.x, p.step, p.executor, cache=cache)
+    stats = cache.stats()
+    b = run(Sequential(), p.x, p.step, p.executor, cache=cache)
+    assert torch.equal(a.x, b.x) and stats == cache.stats()
+
+
+@pytest.mark.parametrize("method", [Sequential(), Chords(6), ParaDiGMS(window=8, tol=0.1)], ids=lambda m: m.name)
+def test_interval_one_reproduces_the_uncached_run_exactly(problem, method):
+    p = problem(steps=40)
+    plain = run(method, p.x, p.step, p.executor, "none")
+    cached = run(method, p.x, p.step, p.executor, "none", cache=ABCache(CacheConfig(order=2, interval=1)))
+    assert torch.equal(plain.x, cached.x) and plain.nfe == cached.nfe and plain.rounds == cached.rounds
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+def test_higher_order_beats_reuse_at_equal_nfe(problem, kind):
+    p = problem(kind=kind, steps=50)
+    ref = run(Sequential(), p.x, p.step, p.executor).x
+    results = {k: run(Sequential(), p.x, p.step, p.executor, cache=ABCache(CacheConfig(order=k, interval=3, warmup=3)))
+               for k in (1, 2)}
+    assert results[1].nfe == results[2].nfe < 30
+    assert rmse(results[2].x, ref) < rmse(results[1].x, ref)
+
+
+def test_composes_with_chords_one_history_per_core(problem):
+    """Per-core histories and a round schedule: core 1 sees exactly the cached sequential run."""
+    p = problem(steps=50)
+    config = CacheConfig(order=2, interval=2, warmup=2)
+    cached_seq = run(Sequential(), p.x, p.step, p.executor, cache=ABCache(config)).x
+    plain = run(Chords(8), p.x, p.step, p.executor, "none")
+    cache = ABCache(config)
+    hits = []
+    res = run(Chords(8), p.x, p.step, p.executor, "none", cache=cache, on_hit=hits.append)
+    assert set(cache.history) == set(range(1, 9))  # one history per core
+    assert (hits[-1].x - cached_seq).abs().max() <= 1e-5
+    assert res.nfe < plain.nfe and res.rounds < res.all_rounds == plain.rounds == 50
+    assert hits[0].round < hits[0].all_rounds == 17  # the fastest core lands earlier in model latency
+
+
+def test_composes_with_paradigms(problem):
+    p = problem(steps=50)
+    ref = run(Sequential(), p.x, p.step, p.executor).x
+    res = run(ParaDiGMS(window=8, tol=0.1), p.x, p.step, p.executor, cache=ABCache(CacheConfig(order=2, interval=2)))
+    assert res.rounds < res.all_rounds and rmse(res.x, ref) < 0.1
+
+
+def test_api_and_specs():
+    res = hasten.sample("gmm", "sequential", steps=30, cache="abcache:2:interval=3")
+    assert res.cache["nfe_saved"] == 30 - res.nfe > 0
+    assert parse_cache_spec("reuse") == CacheConfig(order=1)
+    assert parse_cache_spec("abcache:3:interval=4:history=all") == CacheConfig(order=3, interval=4, history="all")
+    assert parse_cache_spec("none") is None and make_cache(None) is None
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(order=0), "order must be an integer in 1..4"),
+    (dict(order=5), "order must be an integer in 1..4"),
+    (dict(interval=0), "interval must be an integer >= 1"),
+    (dict(order=3, warmup=2), "warmup must be an integer >= the order \\(3\\)"),
+    (dict(history="some"), "history must be 'computed' or 'all'"),
+])
+def test_bad_cache_config(kwargs, message):
+    with pytest.raises(HastenError, match=message):
+        CacheConfig(**kwargs)
+
+
+def test_bad_cache_specs_and_unservable_grids():
+    with pytest.raises(HastenError, match="unknown cache 'teacache'"):
+        parse_cache_spec("teacache")
+    with pytest.raises(HastenError, match="bad cache option"):
+        parse_cache_spec("abcache:2:speed=3")
+    zero_snr = Grid.vp(torch.linspace(0.99, 0.0, 1000), torch.tensor([999, 500]), 1.0)
+    with pytest.raises(HastenError, match="abcache needs alpha > 0"):
+        ABCache(CacheConfig()).reset(zero_snr)
