@@ -26,7 +26,8 @@ from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
 from hasten.methods import Eval, Sequential, make_method, parse_method_spec
-from hasten.metrics import psnr, rmse
+from hasten.caches import make_cache
+from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
 from hasten.models import EmbeddedModel, load_model
 from hasten.report import (
     fmt,
@@ -43,6 +44,12 @@ COLUMNS = [
     ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
     ("rounds", "rounds"), ("speedup", "speedup"), ("nfe", "NFE"), ("wall_s", "wall s"),
     ("wall_speedup", "wall speedup"), ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
+]
+CACHE_COLUMNS = [
+    ("method", "method"), ("cache", "cache"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"),
+    ("params", "params"), ("rounds", "model rounds"), ("all_rounds", "all rounds"), ("speedup", "speedup"),
+    ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup"),
+    ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("fd", "Frechet dist."),
 ]
 
 
@@ -64,6 +71,7 @@ class BenchConfig:
     cores: Sequence[int] = (4, 6, 8)
     steps: Sequence[str | int] = ("50",)
     inits: Sequence[str] = ("paper",)
+    caches: Sequence[str] = ("none",)
     stop: str = "first"
     seed: int = 0
     batch: int = 64
@@ -74,17 +82,26 @@ class BenchConfig:
     def settings(self) -> list[tuple[str | None, int]]:
         return [parse_steps(str(e), self.solver) for e in self.steps]
 
-    def runs(self) -> list[tuple[str | None, int, str, dict, int | None, str | None]]:
-        """Every parallel run: (solver, N, method, options, cores, init)."""
+    def runs(self) -> list[tuple]:
+        """Every run besides the reference: (solver, N, method, options, cores, init, cache, run steps).
+
+        A method spec may carry ``steps=M`` to run on M steps (the "fewer steps"
+        baseline), still measured against the N-step reference.
+        """
         out = []
         for solver, n in self.settings():
             for spec in self.methods:
-                name, options = parse_method_spec(spec)
-                if name == "sequential":
-                    continue
-                for k in self.cores:
-                    for init in (self.inits if name == "chords" and "init" not in options else [None]):
-                        out.append((solver, n, name, {**options, **({"init": init} if init else {})}, k, init))
+                name, options = parse_method_spec(spec, extra={"steps": int})
+                run_steps = options.pop("steps", n)
+                for cache in self.caches:
+                    if name == "sequential":
+                        if cache != "none" or run_steps != n:
+                            out.append((solver, n, name, options, None, None, cache, run_steps))
+                        continue
+                    for k in self.cores:
+                        for init in (self.inits if name == "chords" and "init" not in options else [None]):
+                            opts = {**options, **({"init": init} if init else {})}
+                            out.append((solver, n, name, opts, k, init, cache, run_steps))
         return out
 
     def validate(self) -> None:
@@ -101,11 +118,12 @@ class BenchConfig:
                 raise HastenError(f"unknown solver {solver!r} in steps; valid: ddim, ddpm, euler")
             if n < 1:
                 raise HastenError(f"steps must be >= 1, got {n}")
-        for solver, n, name, options, k, _ in self.runs():
+        for solver, n, name, options, k, _, cache, run_steps in self.runs():
+            make_cache(cache)
             method = make_method(name, cores=k, **options)
-            method.validate(n)
+            method.validate(run_steps)
             if name == "chords":
-                stop.check_cores(method.cores(n))
+                stop.check_cores(method.cores(run_steps))
 
 
 def _params(name: str, method, n: int) -> str:
@@ -135,6 +153,7 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
     bar = tqdm(total=len(settings) + len(configs), desc="bench", unit="run", disable=not cfg.progress)
 
     rows, runs = [], []
+    with_cache = any(c != "none" for c in cfg.caches)
     curves: dict[str, list[tuple[int, float]]] = {}
     scaling: dict[str, list[tuple[int, float, float]]] = {}
     x_init = initial_noise(model, cfg.batch, cfg.seed)
@@ -144,28 +163,38 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
         solver_name = step.name
         executor = BatchedExecutor(model.denoiser(grid))
         executor.evaluate([Eval(x_init, 0)])  # warm-up, untimed
+        gflops = flops_per_evaluation(executor.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
         ref = run(Sequential(), x_init, step, executor)
         ref_images = decode(ref.x)
 
         def quality(x: torch.Tensor, images: torch.Tensor | None) -> dict:
             return {"rmse": rmse(x, ref.x),
                     "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(x, ref.x),
+                    "ssim": ssim(images, ref_images) if images is not None else None,
                     "fd": features.frechet(images) if features else None}
 
-        if any(parse_method_spec(m)[0] == "sequential" for m in cfg.methods):
-            rows.append({"method": "sequential", "solver": solver_name, "steps": n, "cores": 1, "params": None,
-                         "rounds": ref.rounds, "speedup": 1.0, "nfe": ref.nfe, "wall_s": ref.wall_s,
-                         "wall_speedup": 1.0, **quality(ref.x, ref_images)})
+        if any(parse_method_spec(m, extra={"steps": int})[0] == "sequential" for m in cfg.methods):
+            rows.append({"method": "sequential", "cache": "none", "solver": solver_name, "steps": n, "cores": 1,
+                         "params": None, "rounds": ref.rounds, "all_rounds": ref.all_rounds, "speedup": 1.0,
+                         "nfe": ref.nfe, "gflops": gflops and gflops * ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0,
+                         **quality(ref.x, ref_images)})
         bar.update(1)
-        for _, _, name, options, cores, init in (c for c in configs if c[:2] == (solver, n)):
+        for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
             method = make_method(name, cores=cores, **options)
+            run_step, run_executor = step, executor
+            if run_steps != n:  # fewer steps: its own grid, same initial noise
+                run_grid = model.grid(run_steps)
+                run_step = make_step(run_grid, solver, draw_noise(x_init, run_steps, solver, cfg.seed))
+                run_executor = BatchedExecutor(model.denoiser(run_grid))
+            cache = make_cache(cache_spec)
             hits = []
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = run(method, x_init, step, executor, "none", on_hit=hits.append)
+                result = run(method, x_init, run_step, run_executor, "none", on_hit=hits.append, cache=cache)
             final = result.x
-            params = _params(name, method, n)
-            label = f"{name} K={cores} {params} {solver_name}-{n}"
+            params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
+            cache_label = "none" if cache is None else cache.config.label()
+            label = f"{name} K={cores} {params} {solver_name}-{n}" + ("" if cache is None else f" + {cache_label}")
             hit_rows = []
             for h in hits:
                 images = decode(h.x)
@@ -176,27 +205,29 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
             if name == "chords":
                 pick = next((i for i, h in enumerate(hits) if stop.reached(h.core, h.residual)), pick)
             h = hits[pick]
-            row = {"method": name, "solver": solver_name, "steps": n, "cores": cores, "params": params,
-                   "rounds": h.round, "speedup": n / h.round, "nfe": h.nfe, "wall_s": h.wall_s,
-                   "wall_speedup": ref.wall_s / h.wall_s, **quality(h.x, decode(h.x))}
+            row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
+                   "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,
+                   "nfe": h.nfe, "gflops": gflops and gflops * h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
+                   **quality(h.x, decode(h.x))}
             rows.append(row)
             runs.append({
                 "label": label, "method": name, "solver": solver_name, "steps": n, "cores": cores, "init": init,
                 "params": result.params, "read_at": str(stop) if name == "chords" else "result",
+                "cache": result.cache, "run_steps": run_steps,
                 "total_rounds": result.rounds, "total_nfe": result.nfe, "total_wall_s": result.wall_s,
                 "max_abs_diff_vs_sequential": float((final - ref.x).abs().max()),
                 "warnings": [str(w.message) for w in caught], "hits": hit_rows,
             })
-            if name == "chords":
+            if name == "chords" and cache is None:
                 curves[label] = [(e["round"], e["dist_to_final"]) for e in hit_rows]
                 scaling.setdefault(f"chords {init} {solver_name}-{n}", []).append((cores, row["speedup"], row["rmse"]))
-                if ref_images is not None:
+                if ref_images is not None and run_steps == n:
                     grid_rows = [("sequential", ref_images)] + [
                         (f"core {e['core']} r{e['round']}", decode(hh.x)) for e, hh in zip(hit_rows, hits)
                     ]
                     save_hit_grid(grid_rows, out / f"hits_{name}_k{cores}_{init}_n{n}.png",
                                   title=f"{label}: hits in landing order (top: sequential)")
-            else:
+            elif cores is not None and cache is None:
                 scaling.setdefault(f"{name} {solver_name}-{n}", []).append((cores, row["speedup"], row["rmse"]))
             bar.update(1)
     bar.close()
@@ -206,7 +237,7 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
         plot_convergence(curves, out / "convergence.png", f"CHORDS convergence ({title})")
     if scaling:
         plot_scaling(scaling, out / "scaling.png", f"scaling with cores, CHORDS at stop={stop} ({title})")
-    table = markdown_table(rows, COLUMNS)
+    table = markdown_table(rows, CACHE_COLUMNS if with_cache else COLUMNS)
     report = {
         "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
         "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),

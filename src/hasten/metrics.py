@@ -24,6 +24,38 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float | None = None) ->
     return math.inf if err == 0 else 20 * math.log10(peak / err)
 
 
+def ssim(images: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0, window: int = 7, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al. 2004) of images (B, C, H, W), averaged over the batch.
+
+    A Gaussian window of ``window`` pixels (7 by default, suited to 16x16
+    digits; 11 is the usual choice for large images) and the usual constants
+    ``(0.01 L)^2`` and ``(0.03 L)^2``.
+    """
+    x, y = images.double(), ref.double()
+    c = x.shape[1]
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(c, 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, kernel, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def flops_per_evaluation(denoiser, x: torch.Tensor) -> int:
+    """FLOPs of one model evaluation for one sample, counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        denoiser(x[:1], torch.zeros(1, dtype=torch.long))
+    return int(counter.get_total_flops())
+
+
 class DigitFeatures:
     """Features for a Frechet distance on 16x16 digits, with no download.
 

@@ -61,22 +61,26 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
     return ParaSolverTurbo(**options)
 
 
-def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name:key=value:key=value"`` (the bench's --methods entries) -> (name, options)."""
+def parse_method_spec(spec: str, extra: dict[str, type] | None = None) -> tuple[str, dict[str, Any]]:
+    """``"name:key=value:key=value"`` (the bench's --methods entries) -> (name, options).
+
+    ``extra`` admits options the caller handles itself (the bench's ``steps``).
+    """
     name, *parts = spec.split(":")
     if name not in METHODS:
         raise HastenError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    allowed = {**OPTIONS[name], **(extra or {})}
     options: dict[str, Any] = {}
     for part in parts:
         key, eq, value = part.partition("=")
         key = key.replace("-", "_")
-        if not eq or key not in OPTIONS[name]:
-            valid = ", ".join(sorted(OPTIONS[name])) or "none"
+        if not eq or key not in allowed:
+            valid = ", ".join(sorted(allowed)) or "none"
             raise HastenError(f"bad option {part!r} for {name} in {spec!r}; use key=value with key in: {valid}")
         try:
-            options[key] = OPTIONS[name][key](value)
+            options[key] = allowed[key](value)
         except ValueError:
-            raise HastenError(f"option {key} of {name} needs a {OPTIONS[name][key].__name__}, got {value!r}") from None
+            raise HastenError(f"option {key} of {name} needs a {allowed[key].__name__}, got {value!r}") from None
     return name, options
 
 
