@@ -10,6 +10,7 @@ import torch
 from hasten.caches import ABCache, CacheConfig, make_cache
 from hasten.engine import HitStream, Result, iterate
 from hasten.errors import HastenError
+from hasten.executors.base import Executor
 from hasten.executors.batched import BatchedExecutor
 from hasten.methods import Hit, Method, make_method
 from hasten.models import EmbeddedModel, load_model
@@ -32,7 +33,7 @@ class Setup:
     method: Method
     x: torch.Tensor
     step: Step
-    executor: BatchedExecutor
+    executor: Executor
     stop: Stop
     cache: ABCache | None = None
 
@@ -47,8 +48,16 @@ def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> to
     return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1))
 
 
-def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None, **options) -> Setup:
-    """Validate the arguments and build the run's pieces (used by the API and the CLI)."""
+def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None,
+            executor: str = "batched", **options) -> Setup:
+    """Validate the arguments and build the run's pieces (used by the API and the CLI).
+
+    ``executor``: ``"batched"`` (one forward per round on this process) or
+    ``"distributed"`` (the round spread over the torch.distributed ranks of the
+    current process group; every rank calls this with the same arguments).
+    """
+    if executor not in ("batched", "distributed"):
+        raise HastenError(f"executor must be 'batched' or 'distributed', got {executor!r}")
     cache = make_cache(cache)
     model = load_model(model)
     if isinstance(method, str):
@@ -63,7 +72,13 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     grid = model.grid(steps)
     x = initial_noise(model, batch, seed)
     step = make_step(grid, solver, draw_noise(x, steps, solver, seed))
-    return Setup(model, method, x, step, BatchedExecutor(model.denoiser(grid)), stop, cache)
+    if executor == "distributed":
+        from hasten.executors.distributed import DistributedExecutor
+
+        runner = DistributedExecutor(model.denoiser(grid))
+    else:
+        runner = BatchedExecutor(model.denoiser(grid))
+    return Setup(model, method, x, step, runner, stop, cache)
 
 
 def sample(
@@ -78,6 +93,7 @@ def sample(
     solver: str | None = None,
     cores: int | None = None,
     cache: str | CacheConfig | None = None,
+    executor: str = "batched",
     progress: bool = False,
     **options,
 ) -> Result:
@@ -96,7 +112,7 @@ def sample(
     ``"reuse"``); it works with every method.
     """
     hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
-                  cache=cache, progress=progress, **options)
+                  cache=cache, executor=executor, progress=progress, **options)
     for hit in hits:
         if on_hit is not None:
             on_hit(hit)
@@ -114,6 +130,7 @@ def stream(
     solver: str | None = None,
     cores: int | None = None,
     cache: str | CacheConfig | None = None,
+    executor: str = "batched",
     progress: bool = False,
     **options,
 ) -> HitStream:
@@ -121,5 +138,5 @@ def stream(
 
     Validation happens here, before the first round.
     """
-    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, **options)
+    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, executor, **options)
     return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
+
+import torch
 
 from hasten.errors import HastenError
 from hasten.methods import METHODS
@@ -103,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-last", type=int, default=1, help="final grid steps always computed")
     s.add_argument("--cache-history", choices=["computed", "all"], default="computed",
                    help="extrapolate from computed outputs only, or from predictions too")
+    s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
+                   help="batched: one forward per round here; distributed: spread each round over the ranks of a "
+                        "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
+    s.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (default: automatic)")
+    s.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds any rank waits for the others before failing (distributed executor)")
     s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -122,12 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=_str_list, default=["50"],
                    help="comma-separated step counts N, each optionally with its solver, e.g. ddpm:1000,50,25")
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
+    b.add_argument("--caches", type=_str_list, default=["none"],
+                   help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
+                        "optional :interval=T:warmup=W:last=L:history=computed|all (e.g. abcache:2:interval=3). "
+                        "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline)")
     b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     return parser
 
 
-def _sample(args: argparse.Namespace) -> dict:
+def _sample(args: argparse.Namespace) -> dict | None:
+    """Run ``hasten sample``; returns the summary on rank 0 and None on other ranks."""
     from safetensors.torch import save_file
 
     from hasten.api import prepare
@@ -137,6 +151,15 @@ def _sample(args: argparse.Namespace) -> dict:
     from hasten.report import save_image_grid, write_json
 
     stop = args.stop or ("first" if args.method == "chords" else "none")
+    rank = 0
+    if args.executor == "distributed":
+        import torch.distributed as dist
+
+        from hasten.executors.distributed import init_distributed
+
+        init_distributed(args.backend, args.timeout)
+        rank = dist.get_rank()
+        torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
     cache = None
     if args.cache != "none":
         from hasten.caches import CacheConfig
@@ -144,23 +167,25 @@ def _sample(args: argparse.Namespace) -> dict:
         cache = CacheConfig(order=1 if args.cache == "reuse" else args.cache_order, interval=args.cache_interval,
                             warmup=args.cache_warmup, last=args.cache_last, history=args.cache_history)
     s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
-                cache, init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
+                cache, args.executor, init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
                 precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
                 max_iters=args.max_iters)
     ref = run(Sequential(), s.x, s.step, s.executor)
     ref_images = s.model.decode(ref.x)
     hits = []
-    with staged_output(args.out) as tmp:
+    with (staged_output(args.out) if rank == 0 else nullcontext(None)) as tmp:  # only rank 0 writes
         def on_hit(hit) -> None:
             images = s.model.decode(hit.x)
-            if images is not None:  # saved at once, while sampling runs
+            if images is not None and tmp is not None:  # saved at once, while sampling runs
                 save_image_grid(images, tmp / f"hit_core{hit.core}_round{hit.round}.png")
             hits.append({"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
                          "rmse": rmse(hit.x, ref.x), "residual": hit.residual})
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, not args.no_progress, s.cache)
+            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, rank == 0 and not args.no_progress, s.cache)
+        if tmp is None:
+            return None
         for w in caught:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
@@ -173,7 +198,8 @@ def _sample(args: argparse.Namespace) -> dict:
             "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
-            "warnings": [str(w.message) for w in caught],
+            "warnings": [str(w.message) for w in caught], "executor": args.executor,
+            "world_size": getattr(s.executor, "world", 1),
         }
         save_file({"latents": result.x.contiguous(), "sequential": ref.x.contiguous()}, str(tmp / "latents.safetensors"))
         if images is not None:
@@ -199,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sample":
             summary = _sample(args)
+            if summary is None:
+                return 0
             if args.json:
                 from hasten.report import json_safe
 
@@ -210,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = BenchConfig(
             model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
+            caches=args.caches,
             stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
             progress=not args.no_progress,
         )
@@ -227,6 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hasten: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # a collective that timed out or lost a peer (DistBackendError included)
+        if getattr(args, "executor", "batched") != "distributed":
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hasten: error: distributed run failed (a rank died, hung past --timeout, or could not "
+              f"connect): {first_line}", file=sys.stderr)
+        return 3
+    finally:
+        _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
