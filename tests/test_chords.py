@@ -147,6 +147,7 @@ def test_paper_sequences_and_uniform():
     assert resolve_init(6, 50) == [0, 3, 6, 12, 24, 36]
     assert resolve_init(8, 50) == [0, 2, 4, 8, 16, 24, 32, 40]
     assert uniform_init(8, 50) == [0, 6, 12, 18, 24, 30, 36, 42]
+    assert resolve_init(2, 50) == [0, 20]  # t_2 = 0.4 < 1/2: core 2 is rectified before it lands
     assert resolve_init(8, 50, speedup=5.0) == [0, 1, 3, 5, 10, 20, 30, 40]  # 1.25 -> 1, 2.5 -> 3
 
 
@@ -157,6 +158,7 @@ def test_computed_init_sequences_are_valid(cores, steps, speedup):
     init = resolve_init(cores, steps, speedup=speedup)
     assert len(init) == cores and init[0] == 0
     assert all(b > a for a, b in zip(init, init[1:])) and init[-1] < steps
+    assert all(2 * init[c] - init[c - 1] <= steps for c in range(1, cores))  # every core is rectified before it lands
 
 
 def test_hits_stream_while_sampling_runs(problem):

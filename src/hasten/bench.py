@@ -43,7 +43,8 @@ from hasten.stopping import Stop
 COLUMNS = [
     ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
     ("rounds", "rounds"), ("speedup", "speedup"), ("nfe", "NFE"), ("wall_s", "wall s"),
-    ("wall_speedup", "wall speedup"), ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
+    ("wall_speedup", "wall speedup"), ("overhead_ms", "overhead ms/round"), ("rmse", "latent RMSE"),
+    ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
 ]
 CACHE_COLUMNS = [
     ("method", "method"), ("cache", "cache"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"),
@@ -76,6 +77,7 @@ class BenchConfig:
     seed: int = 0
     batch: int = 64
     solver: str | None = None
+    executor: str = "batched"
     progress: bool = True
     command: str = field(default_factory=lambda: "hasten " + shlex.join(sys.argv[1:]))
 
@@ -133,11 +135,14 @@ def _params(name: str, method, n: int) -> str:
     return " ".join(f"{k}={fmt(d[k])}" for k in keep.get(name, ()) if d.get(k) is not None)
 
 
-def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark and write its report into ``out`` (which must exist).
+def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark and write its report into ``out`` (which must exist; None writes nothing).
 
     CHORDS rows are read at the stop rule; the other methods stop by their own
-    tolerance and are read at their result.
+    tolerance and are read at their result. With ``executor="distributed"``
+    (inside a torchrun launch) the sequential reference still runs on this
+    process alone, as the single-device baseline, and the other methods spread
+    their rounds over the ranks; only the caller's rank 0 should pass ``out``.
     """
     cfg.validate()
     model = load_model(cfg.model)
@@ -161,10 +166,18 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
         grid = model.grid(n)
         step = make_step(grid, solver, draw_noise(x_init, n, solver, cfg.seed))
         solver_name = step.name
-        executor = BatchedExecutor(model.denoiser(grid))
-        executor.evaluate([Eval(x_init, 0)])  # warm-up, untimed
-        gflops = flops_per_evaluation(executor.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
-        ref = run(Sequential(), x_init, step, executor)
+        local = BatchedExecutor(model.denoiser(grid))
+        local.evaluate([Eval(x_init, 0)])  # warm-up, untimed
+        gflops = flops_per_evaluation(local.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
+        executor = local
+        if cfg.executor == "distributed":
+            from hasten.executors.distributed import DistributedExecutor
+
+            executor = DistributedExecutor(model.denoiser(grid))
+            executor.evaluate([Eval(x_init, 0)])  # warm-up of the collectives, untimed
+        ref_model_s = local.model_seconds
+        ref = run(Sequential(), x_init, step, local)
+        ref_overhead = 1000 * (ref.wall_s - (local.model_seconds - ref_model_s)) / ref.all_rounds
         ref_images = decode(ref.x)
 
         def quality(x: torch.Tensor, images: torch.Tensor | None) -> dict:
@@ -177,7 +190,7 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
             rows.append({"method": "sequential", "cache": "none", "solver": solver_name, "steps": n, "cores": 1,
                          "params": None, "rounds": ref.rounds, "all_rounds": ref.all_rounds, "speedup": 1.0,
                          "nfe": ref.nfe, "gflops": gflops and gflops * ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0,
-                         **quality(ref.x, ref_images)})
+                         "overhead_ms": ref_overhead, **quality(ref.x, ref_images)})
         bar.update(1)
         for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
             method = make_method(name, cores=cores, **options)
@@ -185,12 +198,14 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
             if run_steps != n:  # fewer steps: its own grid, same initial noise
                 run_grid = model.grid(run_steps)
                 run_step = make_step(run_grid, solver, draw_noise(x_init, run_steps, solver, cfg.seed))
-                run_executor = BatchedExecutor(model.denoiser(run_grid))
+                run_executor = type(executor)(model.denoiser(run_grid))
+            model_s = run_executor.model_seconds
             cache = make_cache(cache_spec)
             hits = []
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = run(method, x_init, run_step, run_executor, "none", on_hit=hits.append, cache=cache)
+            overhead_ms = 1000 * (result.wall_s - (run_executor.model_seconds - model_s)) / max(1, result.all_rounds)
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
             cache_label = "none" if cache is None else cache.config.label()
@@ -208,7 +223,7 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
             row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
                    "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,
                    "nfe": h.nfe, "gflops": gflops and gflops * h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
-                   **quality(h.x, decode(h.x))}
+                   "overhead_ms": overhead_ms, **quality(h.x, decode(h.x))}
             rows.append(row)
             runs.append({
                 "label": label, "method": name, "solver": solver_name, "steps": n, "cores": cores, "init": init,
@@ -221,7 +236,7 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
             if name == "chords" and cache is None:
                 curves[label] = [(e["round"], e["dist_to_final"]) for e in hit_rows]
                 scaling.setdefault(f"chords {init} {solver_name}-{n}", []).append((cores, row["speedup"], row["rmse"]))
-                if ref_images is not None and run_steps == n:
+                if ref_images is not None and run_steps == n and out is not None:
                     grid_rows = [("sequential", ref_images)] + [
                         (f"core {e['core']} r{e['round']}", decode(hh.x)) for e, hh in zip(hit_rows, hits)
                     ]
@@ -233,16 +248,22 @@ def run_bench(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -
     bar.close()
 
     title = f"{model.name}, batch {cfg.batch}, seed {cfg.seed}"
+    if cfg.executor == "distributed":
+        import torch.distributed as dist
+
+        title += f", {dist.get_world_size()} ranks ({dist.get_backend()})"
+    table = markdown_table(rows, CACHE_COLUMNS if with_cache else COLUMNS)
+    report = {
+        "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
+        "executor": cfg.executor, "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "rows": rows, "runs": runs,
+    }
+    if out is None:
+        return report
     if curves:
         plot_convergence(curves, out / "convergence.png", f"CHORDS convergence ({title})")
     if scaling:
         plot_scaling(scaling, out / "scaling.png", f"scaling with cores, CHORDS at stop={stop} ({title})")
-    table = markdown_table(rows, CACHE_COLUMNS if with_cache else COLUMNS)
-    report = {
-        "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
-        "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-        "rows": rows, "runs": runs,
-    }
     write_json(report, out / "results.json")
     (out / "results.md").write_text(
         f"# hasten bench: {title}\n\nCommand: `{cfg.command}`\n\nCHORDS rows read at stop rule `{stop}`, "

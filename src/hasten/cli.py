@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
                         "optional :interval=T:warmup=W:last=L:history=computed|all (e.g. abcache:2:interval=3). "
                         "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline)")
+    b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
+                   help="distributed: run inside torchrun; the sequential reference runs on each process alone "
+                        "(the one-device baseline), the other methods spread each round over the ranks")
+    b.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (default: automatic)")
+    b.add_argument("--timeout", type=float, default=60.0, help="seconds any rank waits for the others")
     b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     return parser
@@ -238,11 +243,21 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = BenchConfig(
             model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
-            caches=args.caches,
+            caches=args.caches, executor=args.executor,
             stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
             progress=not args.no_progress,
         )
         cfg.validate()
+        if args.executor == "distributed":
+            import torch.distributed as dist
+
+            from hasten.executors.distributed import init_distributed
+
+            init_distributed(args.backend, args.timeout)
+            if dist.get_rank() != 0:
+                cfg.progress = False
+                run_bench(cfg, None, log=lambda _: None)
+                return 0
         with staged_output(args.out) as tmp:
             report = run_bench(cfg, tmp, log=(lambda _: None) if args.json else print)
         if args.json:

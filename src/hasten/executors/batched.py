@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from hasten.denoise import Denoiser
@@ -21,13 +23,16 @@ class BatchedExecutor:
             raise HastenError(f"max_batch must be >= 1, got {max_batch}")
         self.denoiser = denoiser
         self.max_batch = max_batch
+        self.model_seconds = 0.0  # time spent inside the denoiser, for overhead reports
 
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]:
         sizes = [e.x.shape[0] for e in evals]
         x = torch.cat([e.x for e in evals])
         index = torch.cat([torch.full((n,), e.index, dtype=torch.long) for e, n in zip(evals, sizes)])
+        start = time.perf_counter()
         if self.max_batch is None or x.shape[0] <= self.max_batch:
             out = self.denoiser(x, index)
         else:
             out = torch.cat([self.denoiser(xc, ic) for xc, ic in zip(x.split(self.max_batch), index.split(self.max_batch))])
+        self.model_seconds += time.perf_counter() - start
         return list(out.split(sizes))

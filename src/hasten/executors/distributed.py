@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -75,6 +76,8 @@ class DistributedExecutor:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model_seconds = 0.0  # this rank's time inside the denoiser
+        self.comm_seconds = 0.0  # time in all_gather, waiting for the slowest rank included
 
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]:
         sizes = [e.x.shape[0] for e in evals]
@@ -84,9 +87,13 @@ class DistributedExecutor:
         start, end = bounds[self.rank]
         longest = max(e - s for s, e in bounds)
         mine = torch.zeros((longest, *x.shape[1:]), dtype=torch.float32, device=self.device)
+        t0 = time.perf_counter()
         if end > start:
             mine[: end - start] = self.denoiser(x[start:end].to(self.device), index[start:end]).float()
+        t1 = time.perf_counter()
         gathered = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(gathered, mine, group=self.group)
+        self.model_seconds += t1 - t0
+        self.comm_seconds += time.perf_counter() - t1
         out = torch.cat([g[: e - s] for g, (s, e) in zip(gathered, bounds)]).to(x.device)
         return list(out.split(sizes))
