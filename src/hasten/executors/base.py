@@ -13,3 +13,11 @@ class Executor(Protocol):
     """Evaluate a round of independent requests and return outputs in order."""
 
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]: ...
+
+
+def flatten_round(evals: list[Eval]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A round as one batch: latents (rows, ...), grid index per row, and rows per request."""
+    sizes = [e.x.shape[0] for e in evals]
+    x = torch.cat([e.x for e in evals])
+    index = torch.cat([torch.full((n,), e.index, dtype=torch.long) for e, n in zip(evals, sizes)])
+    return x, index, sizes

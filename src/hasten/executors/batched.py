@@ -8,6 +8,7 @@ import torch
 
 from hasten.denoise import Denoiser
 from hasten.errors import HastenError
+from hasten.executors.base import flatten_round
 from hasten.methods.base import Eval
 
 
@@ -26,9 +27,7 @@ class BatchedExecutor:
         self.model_seconds = 0.0  # time spent inside the denoiser, for overhead reports
 
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]:
-        sizes = [e.x.shape[0] for e in evals]
-        x = torch.cat([e.x for e in evals])
-        index = torch.cat([torch.full((n,), e.index, dtype=torch.long) for e, n in zip(evals, sizes)])
+        x, index, sizes = flatten_round(evals)
         start = time.perf_counter()
         if self.max_batch is None or x.shape[0] <= self.max_batch:
             out = self.denoiser(x, index)

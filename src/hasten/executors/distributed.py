@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from hasten.denoise import Denoiser
 from hasten.errors import HastenError
+from hasten.executors.base import flatten_round
 from hasten.methods.base import Eval
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -80,9 +81,7 @@ class DistributedExecutor:
         self.comm_seconds = 0.0  # time in all_gather, waiting for the slowest rank included
 
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]:
-        sizes = [e.x.shape[0] for e in evals]
-        x = torch.cat([e.x for e in evals])
-        index = torch.cat([torch.full((n,), e.index, dtype=torch.long) for e, n in zip(evals, sizes)])
+        x, index, sizes = flatten_round(evals)
         bounds = shares(x.shape[0], self.world)
         start, end = bounds[self.rank]
         longest = max(e - s for s, e in bounds)

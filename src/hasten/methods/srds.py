@@ -28,7 +28,8 @@ import torch
 from hasten.errors import HastenError
 from hasten.methods.base import Eval, Hit, MethodRun
 from hasten.methods.parareal import rectify
-from hasten.methods.window import NotConvergedWarning, _check_int, subinterval_bounds
+from hasten.checks import check_int, check_positive
+from hasten.methods.window import NotConvergedWarning, subinterval_bounds
 from hasten.steps import Step
 from hasten.stopping import relative_residual
 
@@ -52,11 +53,10 @@ class SRDS:
     name: str = field(default="srds", init=False)
 
     def validate(self, steps: int) -> None:
-        _check_int("blocks", self.blocks, 1, steps, allow_none=True)
-        _check_int("max_iters", self.max_iters, 1, allow_none=True)
-        _check_int("cores", self.cores_cap, 1, allow_none=True)
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
-            raise HastenError(f"tol must be a finite number > 0, got {self.tol!r}")
+        check_int("blocks", self.blocks, 1, steps, allow_none=True)
+        check_int("max_iters", self.max_iters, 1, allow_none=True)
+        check_int("cores", self.cores_cap, 1, allow_none=True)
+        check_positive("tol", self.tol)
 
     def n_blocks(self, steps: int) -> int:
         return self.blocks or max(1, round(math.sqrt(steps)))

@@ -40,7 +40,7 @@ from typing import Generator
 
 import torch
 
-from hasten.errors import HastenError
+from hasten.checks import check_int, check_positive
 from hasten.methods.base import Eval, Hit, MethodRun
 from hasten.steps import Step, linear_step, output_for_x0, predicted_x0
 
@@ -75,15 +75,6 @@ def fine_solves(step: Step, starts: list[tuple[torch.Tensor, int, int]]) -> Gene
             pos[c] += 1
 
 
-def _check_int(name: str, value, low: int, high: int | None = None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise HastenError(f"{name} must be an integer {bound}, got {value!r}")
-
-
 @dataclass
 class SlidingWindow:
     """The shared solver; use :class:`ParaDiGMS`, :class:`ParaSolver` or :class:`ParaSolverTurbo`.
@@ -115,14 +106,12 @@ class SlidingWindow:
     name: str = "sliding-window"
 
     def validate(self, steps: int) -> None:
-        _check_int("rho", self.rho, 1, allow_none=True)
-        _check_int("window", self.window, 1)
-        _check_int("max_iters", self.max_iters, 1, allow_none=True)
-        _check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
-        s = self.subintervals or steps
-        _check_int("precondition", self.precondition, 0, s)
-        if self.tol is not None and not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
-            raise HastenError(f"tol must be a finite number > 0, got {self.tol!r}")
+        check_int("rho", self.rho, 1, allow_none=True)
+        check_int("window", self.window, 1)
+        check_int("max_iters", self.max_iters, 1, allow_none=True)
+        check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
+        check_int("precondition", self.precondition, 0, self.subintervals or steps)
+        check_positive("tol", self.tol, allow_none=True)
 
     def tol_for(self, solver: str) -> float:
         """The tolerance in force with a step named ``solver``."""
