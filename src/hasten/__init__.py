@@ -1,6 +1,7 @@
 """hasten: training-free accelerators for diffusion sampling, in one engine."""
 
 from hasten.api import initial_noise, sample, stream
+from hasten.integrations import accelerate
 from hasten.engine import HitInfo, HitStream, Result, iterate, run
 from hasten.errors import HastenError, NonFiniteOutputError
 from hasten.executors.batched import BatchedExecutor
@@ -14,7 +15,7 @@ from hasten.stopping import Stop
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchedExecutor", "Chords", "DDIMStep", "Eval", "EulerStep", "Grid", "HastenError", "Hit", "HitInfo",
+    "BatchedExecutor", "Chords", "accelerate", "DDIMStep", "Eval", "EulerStep", "Grid", "HastenError", "Hit", "HitInfo",
     "HitStream", "NonFiniteOutputError", "Result", "Sequential", "Stop", "continuous_init", "initial_noise",
     "iterate", "load_model", "make_method", "make_step", "resolve_init", "run", "sample", "stream",
 ]

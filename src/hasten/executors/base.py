@@ -21,3 +21,15 @@ def flatten_round(evals: list[Eval]) -> tuple[torch.Tensor, torch.Tensor, list[i
     x = torch.cat([e.x for e in evals])
     index = torch.cat([torch.full((n,), e.index, dtype=torch.long) for e, n in zip(evals, sizes)])
     return x, index, sizes
+
+
+def call_denoiser(denoiser, x: torch.Tensor, index: torch.Tensor, sizes: list[int], rows: slice) -> torch.Tensor:
+    """Call a denoiser on ``rows`` of a flattened round.
+
+    Denoisers with per-sample conditioning (``needs_sample_ids = True``, e.g. a
+    prompt per sample) also get each row's sample number within its request.
+    """
+    if getattr(denoiser, "needs_sample_ids", False):
+        sample = torch.cat([torch.arange(n) for n in sizes])
+        return denoiser(x[rows], index[rows], sample[rows])
+    return denoiser(x[rows], index[rows])

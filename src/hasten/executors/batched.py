@@ -8,7 +8,7 @@ import torch
 
 from hasten.denoise import Denoiser
 from hasten.errors import HastenError
-from hasten.executors.base import flatten_round
+from hasten.executors.base import call_denoiser, flatten_round
 from hasten.methods.base import Eval
 
 
@@ -29,9 +29,8 @@ class BatchedExecutor:
     def evaluate(self, evals: list[Eval]) -> list[torch.Tensor]:
         x, index, sizes = flatten_round(evals)
         start = time.perf_counter()
-        if self.max_batch is None or x.shape[0] <= self.max_batch:
-            out = self.denoiser(x, index)
-        else:
-            out = torch.cat([self.denoiser(xc, ic) for xc, ic in zip(x.split(self.max_batch), index.split(self.max_batch))])
+        step = self.max_batch or x.shape[0]
+        out = torch.cat([call_denoiser(self.denoiser, x, index, sizes, slice(a, a + step))
+                         for a in range(0, x.shape[0], step)])
         self.model_seconds += time.perf_counter() - start
         return list(out.split(sizes))

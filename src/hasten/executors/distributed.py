@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from hasten.denoise import Denoiser
 from hasten.errors import HastenError
-from hasten.executors.base import flatten_round
+from hasten.executors.base import call_denoiser, flatten_round
 from hasten.methods.base import Eval
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -88,7 +88,7 @@ class DistributedExecutor:
         mine = torch.zeros((longest, *x.shape[1:]), dtype=torch.float32, device=self.device)
         t0 = time.perf_counter()
         if end > start:
-            mine[: end - start] = self.denoiser(x[start:end].to(self.device), index[start:end]).float()
+            mine[: end - start] = call_denoiser(self.denoiser, x.to(self.device), index, sizes, slice(start, end)).float()
         t1 = time.perf_counter()
         gathered = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(gathered, mine, group=self.group)

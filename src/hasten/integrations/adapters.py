@@ -1,0 +1,176 @@
+"""Adapters from a diffusers pipeline to (grid, denoiser, initial latents, decoder).
+
+Each adapter reuses the pipeline's own pieces (``encode_prompt``,
+``prepare_latents``, the scheduler's arrays, the VAE and image processor) and
+never copies its ``__call__``. ``prepare`` validates the call's arguments and
+returns everything the engine needs, before any network call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from hasten.errors import HastenError
+from hasten.grid import Grid
+from hasten.integrations.denoisers import PipelineDenoiser
+from hasten.integrations.schedulers import first_order_scheduler
+
+
+@dataclass
+class Prepared:
+    """What the engine needs for one pipeline call."""
+
+    grid: Grid
+    solver: str
+    denoiser: Any
+    latents: torch.Tensor
+    noise: torch.Tensor | None
+    decode: Callable[[torch.Tensor], Any]  # final latents -> the pipeline's usual output
+
+
+def _refuse_unknown(kwargs: dict, allowed: set[str], pipe) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: {', '.join(unknown)}; "
+                          f"supported: {', '.join(sorted(allowed))}")
+
+
+def _grid_and_solver(pipe, steps: int, device) -> tuple[Grid, str, Any]:
+    scheduler, solver = first_order_scheduler(pipe.scheduler)
+    return Grid.from_scheduler(scheduler, steps), solver, scheduler
+
+
+def _ddpm_noise(grid_timesteps: torch.Tensor, shape, generator, device, dtype) -> torch.Tensor:
+    """DDPM noise drawn in the pipeline's own order: one draw per step with t > 0 (diffusers' DDPMScheduler.step)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    draws = [randn_tensor(shape, generator=generator, device=device, dtype=dtype) if t > 0
+             else torch.zeros(shape, device=device, dtype=dtype) for t in grid_timesteps.tolist()]
+    return torch.stack(draws).float()
+
+
+class UnconditionalAdapter:
+    """``DDPMPipeline`` and ``DDIMPipeline``: an unconditional ``UNet2DModel``."""
+
+    ARGS = {"batch_size", "generator", "num_inference_steps", "output_type", "return_dict", "eta"}
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, batch_size: int = 1, generator=None, num_inference_steps: int | None = None,
+                output_type: str = "pil", return_dict: bool = True, eta: float = 0.0, **extra) -> Prepared:
+        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        if eta != 0.0:
+            raise HastenError(f"eta={eta} is not supported; hasten's DDIM is eta = 0 (use the DDPM scheduler for "
+                              "stochastic sampling)")
+        if num_inference_steps is None:
+            num_inference_steps = 1000 if type(pipe).__name__ == "DDPMPipeline" else 50
+        unet = pipe.unet
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, unet.config.in_channels, *size)
+        latents = randn_tensor(shape, generator=generator, device=pipe.device, dtype=unet.dtype).float()
+        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, pipe.device)
+        noise = None
+        if solver == "ddpm":
+            noise = _ddpm_noise(scheduler.timesteps, shape, generator, pipe.device, unet.dtype)
+        denoiser = PipelineDenoiser(lambda x, t, cond: unet(x, t).sample, grid, {}, dtype=unet.dtype,
+                                    device=pipe.device)
+
+        def decode(x: torch.Tensor):
+            image = (x / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = pipe.numpy_to_pil(image)
+            return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+        return Prepared(grid, solver, denoiser, latents, noise, decode)
+
+
+class StableDiffusionAdapter:
+    """``StableDiffusionPipeline`` (1.x / 2.x; eps or v prediction), batched classifier-free guidance."""
+
+    ARGS = {"prompt", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt",
+            "num_images_per_prompt", "generator", "latents", "prompt_embeds", "negative_prompt_embeds",
+            "output_type", "return_dict", "guidance_rescale", "clip_skip"}
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, height=None, width=None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                negative_prompt=None, num_images_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                guidance_rescale: float = 0.0, clip_skip=None, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        unet = pipe.unet
+        height = height or unet.config.sample_size * pipe.vae_scale_factor
+        width = width or unet.config.sample_size * pipe.vae_scale_factor
+        pipe._guidance_scale, pipe._guidance_rescale, pipe._clip_skip = guidance_scale, guidance_rescale, clip_skip
+        pipe._cross_attention_kwargs, pipe._interrupt = None, False
+        pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        if prompt is not None:
+            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+        if unet.config.time_cond_proj_dim is not None:
+            raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
+        cfg = guidance_scale > 1
+        device = pipe._execution_device
+        cond, uncond = pipe.encode_prompt(prompt, device, num_images_per_prompt, cfg, negative_prompt,
+                                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                          clip_skip=clip_skip)
+        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
+        n = batch_size * num_images_per_prompt
+        x = pipe.prepare_latents(n, unet.config.in_channels, height, width, cond.dtype, device, generator, latents)
+        if float(scheduler.init_noise_sigma) != 1.0:
+            raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
+        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        denoiser = PipelineDenoiser(
+            lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, grid,
+            {"text": cond}, {"text": uncond} if cfg else None, guidance_scale, guidance_rescale,
+            dtype=unet.dtype, device=device,
+        )
+
+        def decode(latents_out: torch.Tensor):
+            from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+
+            z = latents_out.to(device, pipe.vae.dtype)
+            if output_type == "latent":
+                image = z
+            else:
+                with torch.no_grad():
+                    image = pipe.vae.decode(z / pipe.vae.config.scaling_factor, return_dict=False)[0]
+                image = pipe.image_processor.postprocess(image, output_type=output_type)
+            return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=None) if return_dict else (image, None)
+
+        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+
+
+ADAPTERS: dict[str, type] = {
+    "DDPMPipeline": UnconditionalAdapter,
+    "DDIMPipeline": UnconditionalAdapter,
+    "StableDiffusionPipeline": StableDiffusionAdapter,
+}
+
+
+def adapter_for(pipe):
+    """The adapter for ``pipe``'s class, or a clear error naming what is supported."""
+    name = type(pipe).__name__
+    if name not in ADAPTERS:
+        raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
+    for component in ("unet", "scheduler"):
+        if getattr(pipe, component, None) is None:
+            raise HastenError(f"{name} is missing its {component!r} component")
+    return ADAPTERS[name](pipe)
+
+
+def call_arguments(fn) -> set[str]:
+    return set(inspect.signature(fn).parameters) - {"self", "extra"}

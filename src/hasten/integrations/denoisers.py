@@ -1,0 +1,46 @@
+"""Denoisers for diffusers models: time mapping, per-sample conditioning and guidance, once for every method."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from hasten.grid import Grid
+
+
+class PipelineDenoiser:
+    """``denoise(x, index, sample)`` for a diffusers network with per-sample conditioning.
+
+    ``call(x, t, cond)`` runs the network on model-dtype inputs, where ``cond``
+    is a dict of per-sample tensors already selected for these rows.
+    Classifier-free guidance (batched cond/uncond, as the pipelines do): with
+    ``guidance_scale > 1`` every row runs twice, on ``uncond`` and ``cond``
+    entries, and ``out = uncond + g (cond - uncond)``, optionally rescaled
+    (``guidance_rescale``, Lin et al. Sec. 3.4, as diffusers' ``rescale_noise_cfg``).
+    """
+
+    needs_sample_ids = True
+
+    def __init__(self, call: Callable, grid: Grid, cond: dict, uncond: dict | None = None, guidance_scale: float = 1.0,
+                 guidance_rescale: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.call, self.grid, self.cond, self.uncond = call, grid, cond, uncond
+        self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
+        self.dtype, self.device = dtype, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        t = self.grid.timesteps[index.cpu()].to(self.device)
+        xm = x.to(self.device, self.dtype)
+        pick = {k: v[sample.to(v.device)] for k, v in self.cond.items()}
+        if self.uncond is None or self.guidance_scale <= 1:
+            return self.call(xm, t, pick).float().to(x.device)
+        un = {k: v[sample.to(v.device)] for k, v in self.uncond.items()}
+        both = {k: torch.cat([un[k], pick[k]]) for k in pick}
+        out_u, out_c = self.call(torch.cat([xm, xm]), torch.cat([t, t]), both).float().chunk(2)
+        out = out_u + self.guidance_scale * (out_c - out_u)
+        if self.guidance_rescale > 0:
+            dims = list(range(1, out.ndim))
+            std_c, std_o = out_c.std(dim=dims, keepdim=True), out.std(dim=dims, keepdim=True)
+            out = self.guidance_rescale * out * (std_c / std_o) + (1 - self.guidance_rescale) * out
+        return out.to(x.device)
