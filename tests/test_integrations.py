@@ -150,3 +150,55 @@ def test_bad_input_is_refused_before_any_model_call():
         hasten.accelerate(pipe, "magic")
     with pytest.raises(ValueError):  # the pipeline's own check_inputs: prompt and embeddings together
         hasten.accelerate(pipe)("a cat", prompt_embeds=torch.zeros(1, 16, 16))
+
+
+def tiny_flux(guidance_embeds=True):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                         guidance_embeds=guidance_embeds)
+    clip = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
+                                        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                        vocab_size=64, max_position_embeddings=16, projection_dim=32))
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
+    words = "a cat dog photo of red blue the".split()
+    t5_tok = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in words]
+                         + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip.eval(),
+                        tokenizer=tiny_tokenizer(), text_encoder_2=t5.eval(), tokenizer_2=t5_tok,
+                        transformer=transformer.eval())  # eval: T5's dropout would make every call differ
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_sequential_reproduces_flux(true_cfg):
+    pipe = tiny_flux()
+    kwargs = dict(prompt="a photo of a cat", height=16, width=16, num_inference_steps=6, guidance_scale=3.5,
+                  output_type="latent", max_sequence_length=8, num_images_per_prompt=2)
+    if true_cfg:
+        kwargs.update(negative_prompt="a red dog", true_cfg_scale=2.0)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(4), **kwargs)
+    theirs = pipe(generator=torch.Generator().manual_seed(4), **kwargs)
+    assert ours.images.shape == theirs.images.shape
+    assert (ours.images - theirs.images).abs().max() <= 1e-5
+
+
+def test_every_method_runs_on_flux_and_decodes():
+    pipe = tiny_flux()
+    seq = hasten.accelerate(pipe)("a cat", height=16, width=16, num_inference_steps=8, output_type="np",
+                                  max_sequence_length=8, generator=torch.Generator().manual_seed(0))
+    assert seq.images.shape == (1, 16, 16, 3)
+    for method, opts in [("chords", {"cores": 3, "stop": "none"}), ("paradigms", {"tol": 1e-6}),
+                         ("srds", {"tol": 1e-7}), ("parasolver-turbo", {"cores": 2, "tol": 1e-6})]:
+        out = hasten.accelerate(pipe, method, **opts)("a cat", height=16, width=16, num_inference_steps=8,
+                                                      output_type="np", max_sequence_length=8,
+                                                      generator=torch.Generator().manual_seed(0))
+        assert abs(out.images - seq.images).max() <= 1e-3, method

@@ -154,7 +154,95 @@ class StableDiffusionAdapter:
         return Prepared(grid, solver, denoiser, x.float(), noise, decode)
 
 
+class FluxAdapter:
+    """``FluxPipeline``: flow matching with the pipeline's shifted sigmas, guidance embedding and true CFG."""
+
+    ARGS = {"prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "height", "width",
+            "num_inference_steps", "guidance_scale", "num_images_per_prompt", "generator", "latents",
+            "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
+            "output_type", "return_dict", "max_sequence_length"}
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
+                true_cfg_scale: float = 1.0, height=None, width=None, num_inference_steps: int = 28,
+                guidance_scale: float = 3.5, num_images_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, pooled_prompt_embeds=None, negative_prompt_embeds=None,
+                negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                max_sequence_length: int = 512, **extra) -> Prepared:
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+        from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+            raise HastenError(f"FluxPipeline with {type(pipe.scheduler).__name__} is not supported; supported: "
+                              "FlowMatchEulerDiscreteScheduler")
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
+                          negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                          max_sequence_length=max_sequence_length)
+        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
+        device = pipe._execution_device
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        has_neg = negative_prompt is not None or (negative_prompt_embeds is not None
+                                                  and negative_pooled_prompt_embeds is not None)
+        true_cfg = true_cfg_scale > 1 and has_neg
+        embeds, pooled, text_ids = pipe.encode_prompt(
+            prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
+        uncond = None
+        if true_cfg:
+            neg, neg_pooled, _ = pipe.encode_prompt(
+                prompt=negative_prompt, prompt_2=negative_prompt_2, prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
+                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
+            uncond = {"text": neg, "pooled": neg_pooled}
+        transformer = pipe.transformer
+        n = batch_size * num_images_per_prompt
+        x, image_ids = pipe.prepare_latents(n, transformer.config.in_channels // 4, height, width, embeds.dtype,
+                                            device, generator, latents)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        cfg = pipe.scheduler.config
+        mu = calculate_shift(x.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        retrieve_timesteps(pipe.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
+        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+
+        def call(xm, t, c):
+            g = None if guidance is None else guidance.expand(xm.shape[0])
+            return transformer(hidden_states=xm, timestep=(t / 1000).to(xm.dtype), guidance=g,
+                               pooled_projections=c["pooled"], encoder_hidden_states=c["text"], txt_ids=text_ids,
+                               img_ids=image_ids, return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, grid, {"text": embeds, "pooled": pooled}, uncond,
+                                    true_cfg_scale if true_cfg else 1.0, dtype=transformer.dtype, device=device)
+
+        def decode(z: torch.Tensor):
+            z = z.to(device, pipe.vae.dtype)
+            if output_type == "latent":
+                image = z
+            else:
+                z = pipe._unpack_latents(z, height, width, pipe.vae_scale_factor)
+                z = z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+                with torch.no_grad():
+                    image = pipe.vae.decode(z, return_dict=False)[0]
+                image = pipe.image_processor.postprocess(image, output_type=output_type)
+            return FluxPipelineOutput(images=image) if return_dict else (image,)
+
+        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+
+
 ADAPTERS: dict[str, type] = {
+    "FluxPipeline": FluxAdapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
@@ -166,7 +254,8 @@ def adapter_for(pipe):
     name = type(pipe).__name__
     if name not in ADAPTERS:
         raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
-    for component in ("unet", "scheduler"):
+    network = "transformer" if name == "FluxPipeline" else "unet"
+    for component in (network, "scheduler"):
         if getattr(pipe, component, None) is None:
             raise HastenError(f"{name} is missing its {component!r} component")
     return ADAPTERS[name](pipe)
