@@ -6,59 +6,24 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusers import (  # noqa: E402
-    AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-    UNet2DModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
-
 import hasten  # noqa: E402
 from hasten import HastenError  # noqa: E402
+from hasten.integrations.tiny import tiny_pipeline, tiny_unet2d  # noqa: E402
 
 
 def tiny_unet():
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    return tiny_unet2d()
 
 
-def tiny_tokenizer():
-    words = ["a", "cat", "dog", "photo", "of", "red", "blue", "the"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for w in words:
-        vocab[w + "</w>"] = len(vocab)
-    for ch in sorted(set("".join(words))):
-        vocab.setdefault(ch, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-
-
-def tiny_sd(prediction="epsilon", scheduler_cls=DDIMScheduler):
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                norm_num_groups=4, attention_head_dim=4)
-    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=4)
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16,
-                                        intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
-                                        vocab_size=64, max_position_embeddings=16))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, prediction_type=prediction, steps_offset=1)
-    scheduler = scheduler_cls.from_config(scheduler.config)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tiny_tokenizer(),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_sd(prediction="epsilon", scheduler_cls=None):
+    return tiny_pipeline("sd", prediction=prediction, scheduler_cls=scheduler_cls)
 
 
 def latents_of(output):
@@ -152,30 +117,8 @@ def test_bad_input_is_refused_before_any_model_call():
         hasten.accelerate(pipe)("a cat", prompt_embeds=torch.zeros(1, 16, 16))
 
 
-def tiny_flux(guidance_embeds=True):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
-
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-                                         guidance_embeds=guidance_embeds)
-    clip = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
-                                        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                        vocab_size=64, max_position_embeddings=16, projection_dim=32))
-    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
-    words = "a cat dog photo of red blue the".split()
-    t5_tok = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in words]
-                         + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
-    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip.eval(),
-                        tokenizer=tiny_tokenizer(), text_encoder_2=t5.eval(), tokenizer_2=t5_tok,
-                        transformer=transformer.eval())  # eval: T5's dropout would make every call differ
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_flux():
+    return tiny_pipeline("flux")
 
 
 @pytest.mark.parametrize("true_cfg", [False, True])
@@ -202,3 +145,36 @@ def test_every_method_runs_on_flux_and_decodes():
                                                       output_type="np", max_sequence_length=8,
                                                       generator=torch.Generator().manual_seed(0))
         assert abs(out.images - seq.images).max() <= 1e-3, method
+
+
+@pytest.fixture(scope="module")
+def saved_sd(tmp_path_factory):
+    from hasten.integrations.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd", tmp_path_factory.mktemp("pipes") / "tiny-sd")
+
+
+def test_cli_sample_and_bench_on_a_saved_pipeline(saved_sd, tmp_path, capsys):
+    import json
+
+    from hasten.cli import main
+
+    assert main(["sample", "--model", str(saved_sd), "--prompt", "a photo of a cat", "--method", "chords",
+                 "--cores", "3", "--steps", "12", "--batch", "2", "--stop", "none", "--json", "--no-progress",
+                 "--out", str(tmp_path / "s")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "StableDiffusionPipeline" and data["rmse"] <= 1e-4 and len(data["hits"]) == 3
+    assert (tmp_path / "s" / "samples.png").is_file()
+    assert main(["bench", "--model", str(saved_sd), "--prompt", "a cat", "--methods", "sequential,chords,paradigms",
+                 "--cores", "2", "--steps", "10", "--batch", "2", "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["sequential", "chords", "paradigms"]
+
+
+def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_path, capsys):
+    from hasten.cli import main
+
+    assert main(["sample", "--model", "gmm", "--prompt", "a cat", "--out", str(tmp_path / "x")]) == 2
+    assert "apply to pipeline folders only" in capsys.readouterr().err
+    assert main(["sample", "--model", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert "is not a saved diffusers pipeline" in capsys.readouterr().err

@@ -38,6 +38,20 @@ class Setup:
     cache: ABCache | None = None
 
 
+def model_latents(model, batch: int, seed: int) -> torch.Tensor:
+    """The model's own initial latents where it has them (pipelines), else standard normal noise."""
+    if hasattr(model, "initial_latents"):
+        return model.initial_latents(batch, seed)
+    return initial_noise(model, batch, seed)
+
+
+def model_step(model, grid, solver: str | None, x: torch.Tensor, seed: int) -> Step:
+    """The model's own step where it dictates one (a pipeline's scheduler), else ``make_step``."""
+    if hasattr(model, "step"):
+        return model.step(grid, solver)
+    return make_step(grid, solver, draw_noise(x, grid.steps, solver, seed))
+
+
 def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
     """DDPM's per-step noise (steps, *x.shape), drawn once before sampling; None for ODE solvers.
 
@@ -69,9 +83,9 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     stop = Stop.parse(stop)
     method.validate(steps)
     stop.check_cores(method.cores(steps))
+    x = model_latents(model, batch, seed)
     grid = model.grid(steps)
-    x = initial_noise(model, batch, seed)
-    step = make_step(grid, solver, draw_noise(x, steps, solver, seed))
+    step = model_step(model, grid, solver, x, seed)
     if executor == "distributed":
         from hasten.executors.distributed import DistributedExecutor
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hasten.api import draw_noise, initial_noise
+from hasten.api import model_latents, model_step
 from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
@@ -37,7 +37,6 @@ from hasten.report import (
     save_hit_grid,
     write_json,
 )
-from hasten.steps import make_step
 from hasten.stopping import Stop
 
 COLUMNS = [
@@ -161,10 +160,10 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     with_cache = any(c != "none" for c in cfg.caches)
     curves: dict[str, list[tuple[int, float]]] = {}
     scaling: dict[str, list[tuple[int, float, float]]] = {}
-    x_init = initial_noise(model, cfg.batch, cfg.seed)
+    x_init = model_latents(model, cfg.batch, cfg.seed)
     for solver, n in settings:
         grid = model.grid(n)
-        step = make_step(grid, solver, draw_noise(x_init, n, solver, cfg.seed))
+        step = model_step(model, grid, solver, x_init, cfg.seed)
         solver_name = step.name
         local = BatchedExecutor(model.denoiser(grid))
         local.evaluate([Eval(x_init, 0)])  # warm-up, untimed
@@ -197,7 +196,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             run_step, run_executor = step, executor
             if run_steps != n:  # fewer steps: its own grid, same initial noise
                 run_grid = model.grid(run_steps)
-                run_step = make_step(run_grid, solver, draw_noise(x_init, run_steps, solver, cfg.seed))
+                run_step = model_step(model, run_grid, solver, x_init, cfg.seed)
                 run_executor = type(executor)(model.denoiser(run_grid))
             model_s = run_executor.model_seconds
             cache = make_cache(cache_spec)

@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="digits", help=f"embedded model: {', '.join(MODELS)}")
+        p.add_argument("--model", default="digits",
+                       help=f"embedded model ({', '.join(MODELS)}) or the folder of a diffusers pipeline saved with "
+                            "save_pretrained (loaded locally, never downloaded)")
+        p.add_argument("--prompt", help="prompt, for text-conditioned pipelines")
+        p.add_argument("--negative-prompt", help="negative prompt (classifier-free / true CFG)")
+        p.add_argument("--guidance-scale", type=float, help="guidance scale, for pipelines (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
         p.add_argument("--batch", type=int, help="number of samples drawn together")
         p.add_argument("--solver", choices=["ddim", "ddpm", "euler"],
@@ -114,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds any rank waits for the others before failing (distributed executor)")
     s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    t = sub.add_parser("make-tiny", help="save a tiny random diffusers pipeline (for tests and docs)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Build a tiny pipeline from configs with random weights (no download) and "
+                                   "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
+    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "flux"], default="sd", help="pipeline family")
+    t.add_argument("--out", type=Path, required=True, help="folder to save into")
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -171,7 +183,7 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
         cache = CacheConfig(order=1 if args.cache == "reuse" else args.cache_order, interval=args.cache_interval,
                             warmup=args.cache_warmup, last=args.cache_last, history=args.cache_history)
-    s = prepare(args.model, args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
+    s = prepare(_model(args, args.batch or 4), args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
                 cache, args.executor, init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
                 precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
                 max_iters=args.max_iters)
@@ -213,6 +225,22 @@ def _sample(args: argparse.Namespace) -> dict | None:
     return summary
 
 
+def _model(args: argparse.Namespace, batch: int):
+    """The --model argument: an embedded model's name, or a saved pipeline with this call's prompt."""
+    if not Path(args.model).is_dir():
+        if args.prompt or args.negative_prompt or args.guidance_scale is not None:
+            raise HastenError("--prompt, --negative-prompt and --guidance-scale apply to pipeline folders only")
+        return args.model
+    from hasten.integrations.model import PipelineModel, load_pipeline
+
+    pipe = load_pipeline(args.model)
+    call = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale}
+    if type(pipe).__name__ == "FluxPipeline" and args.negative_prompt:
+        call["true_cfg_scale"] = args.guidance_scale or 4.0
+        call["guidance_scale"] = None
+    return PipelineModel(pipe, call, batch=batch, seed=args.seed)
+
+
 def _print_sample(summary: dict) -> None:
     from hasten.report import markdown_table
 
@@ -228,6 +256,11 @@ def _print_sample(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "make-tiny":
+            from hasten.integrations.tiny import save_tiny_pipeline
+
+            print(save_tiny_pipeline(args.kind, args.out))
+            return 0
         if args.command == "sample":
             summary = _sample(args)
             if summary is None:
@@ -242,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         from hasten.bench import BenchConfig, run_bench
 
         cfg = BenchConfig(
-            model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
+            model=_model(args, args.batch or 64), methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
             caches=args.caches, executor=args.executor,
             stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
             progress=not args.no_progress,

@@ -90,10 +90,10 @@ class Grid:
         Point i < N is at training step ``timesteps[i]``; the end point uses
         ``final_alpha_cumprod`` (diffusers' ``set_alpha_to_one`` choice).
         """
-        ac = alphas_cumprod.double()
-        ts = timesteps.long()
-        bars = torch.cat([ac[ts], torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64)])
-        return cls("vp", prediction, bars.sqrt(), (1 - bars).sqrt(), timesteps.double())
+        ts = timesteps.long().cpu()
+        bars = torch.cat([alphas_cumprod.float().cpu()[ts], torch.tensor([float(final_alpha_cumprod)])])
+        # square roots in float32, as diffusers' schedulers take them: coefficients then round alike
+        return cls("vp", prediction, bars.sqrt().double(), (1 - bars).sqrt().double(), timesteps.double())
 
     @classmethod
     def flow(cls, sigmas: torch.Tensor, timesteps: torch.Tensor | None = None) -> "Grid":

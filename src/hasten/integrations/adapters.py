@@ -86,7 +86,9 @@ class UnconditionalAdapter:
                                     device=pipe.device)
 
         def decode(x: torch.Tensor):
-            image = (x / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+            image = (x / 2 + 0.5).clamp(0, 1).cpu()
+            if output_type != "pt":
+                image = image.permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
                 image = pipe.numpy_to_pil(image)
             return ImagePipelineOutput(images=image) if return_dict else (image,)

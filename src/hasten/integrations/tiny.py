@@ -1,0 +1,104 @@
+"""Tiny random diffusers pipelines built offline from configs, for tests, docs and ``hasten make-tiny``.
+
+No download: networks are built from small configs with random weights (seeded) and
+tokenizers in memory, after the pattern of diffusers' own ``get_dummy_components``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hasten.errors import HastenError
+
+KINDS = ("ddim", "ddpm", "sd", "flux")
+WORDS = "a cat dog photo of red blue the".split()
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for w in WORDS:
+        vocab[w + "</w>"] = len(vocab)
+    for ch in sorted(set("".join(WORDS))):
+        vocab.setdefault(ch, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in WORDS]
+                       + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
+
+
+def tiny_unet2d():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
+def clip_text(hidden: int, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    extra = {} if projection is None else {"projection_dim": projection}
+    return CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
+                                        intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
+                                        vocab_size=64, max_position_embeddings=16, **extra)).eval()
+
+
+def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
+    """A tiny pipeline: ``ddim``, ``ddpm``, ``sd`` (Stable Diffusion) or ``flux``."""
+    import diffusers as d
+
+    if kind not in KINDS:
+        raise HastenError(f"unknown tiny pipeline {kind!r}; valid: {', '.join(KINDS)}")
+    torch.manual_seed(seed)
+    if kind == "ddim":
+        pipe = d.DDIMPipeline(unet=tiny_unet2d(), scheduler=d.DDIMScheduler(clip_sample=False))
+    elif kind == "ddpm":
+        pipe = d.DDPMPipeline(unet=tiny_unet2d(), scheduler=d.DDPMScheduler(clip_sample=False, num_train_timesteps=100))
+    elif kind == "sd":
+        unet = d.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                      out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                      norm_num_groups=4, attention_head_dim=4)
+        vae = d.AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
+                              down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                              up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4,
+                              norm_num_groups=4)
+        scheduler = d.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    clip_sample=False, set_alpha_to_one=False, prediction_type=prediction,
+                                    steps_offset=1)
+        if scheduler_cls is not None:
+            scheduler = scheduler_cls.from_config(scheduler.config)
+        pipe = d.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=clip_text(16), tokenizer=clip_tokenizer(),
+                                         scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False)
+    else:
+        from transformers import T5Config, T5EncoderModel
+
+        transformer = d.FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                               pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
+        vae = d.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                              layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        # eval(): freshly built modules train by default, and T5's dropout would change every call
+        pipe = d.FluxPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip_text(32, 32),
+                              tokenizer=clip_tokenizer(), text_encoder_2=t5.eval(), tokenizer_2=t5_tokenizer(),
+                              transformer=transformer.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(kind: str, path: Path | str) -> Path:
+    """Build a tiny pipeline and ``save_pretrained`` it to ``path``."""
+    path = Path(path)
+    tiny_pipeline(kind).save_pretrained(str(path))
+    return path
