@@ -178,3 +178,27 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
     assert "apply to pipeline folders only" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
     assert "is not a saved diffusers pipeline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_sequential_reproduces_wan_video(guidance):
+    pipe = tiny_pipeline("wan")
+    kwargs = dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, num_frames=5, num_inference_steps=6,
+                  guidance_scale=guidance, output_type="latent", max_sequence_length=8)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(1), **kwargs)
+    theirs = pipe(generator=torch.Generator().manual_seed(1), **kwargs)
+    assert ours.frames.shape == theirs.frames.shape and ours.frames.shape[2] == 2  # latent frames > 1
+    assert (ours.frames - theirs.frames).abs().max() <= 1e-5
+
+
+def test_methods_run_on_wan_and_decode_frames():
+    pipe = tiny_pipeline("wan")
+    call = dict(prompt="a cat", height=16, width=16, num_frames=5, num_inference_steps=8, guidance_scale=3.0,
+                max_sequence_length=8, generator=torch.Generator().manual_seed(0))
+    seq = hasten.accelerate(pipe)(**call)
+    assert seq.frames.shape[1] == 5  # decoded video frames
+    fast = hasten.accelerate(pipe, "chords", cores=3, stop="none")(**{**call, "generator": torch.Generator().manual_seed(0)})
+    assert abs(fast.frames - seq.frames).max() <= 1e-4
+    with pytest.raises(HastenError, match="Wan 2.2"):
+        pipe.register_to_config(boundary_ratio=0.5)
+        hasten.accelerate(pipe)(**call)

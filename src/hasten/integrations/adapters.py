@@ -243,8 +243,65 @@ class FluxAdapter:
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
+class WanAdapter:
+    """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, negative_prompt=None, height: int = 480, width: int = 832, num_frames: int = 81,
+                num_inference_steps: int = 50, guidance_scale: float = 5.0, num_videos_per_prompt: int = 1,
+                generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
+                output_type: str = "np", return_dict: bool = True, max_sequence_length: int = 512,
+                num_images_per_prompt: int | None = None, **extra) -> Prepared:
+        from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None \
+                or pipe.config.get("expand_timesteps"):
+            raise HastenError("Wan 2.2 (two transformers, boundary_ratio, expand_timesteps) is not supported yet; "
+                              "supported: Wan 2.1 text-to-video")
+        if num_images_per_prompt is not None:  # the CLI's name for the per-prompt count
+            num_videos_per_prompt = num_images_per_prompt
+        pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds)
+        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        device = pipe._execution_device
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        cfg = guidance_scale > 1
+        cond, uncond = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+                                          num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
+                                          negative_prompt_embeds=negative_prompt_embeds,
+                                          max_sequence_length=max_sequence_length, device=device)
+        transformer = pipe.transformer
+        grid, solver, _ = _grid_and_solver(pipe, num_inference_steps, device)
+        x = pipe.prepare_latents(batch_size * num_videos_per_prompt, transformer.config.in_channels, height, width,
+                                 num_frames, torch.float32, device, generator, latents)
+        denoiser = PipelineDenoiser(
+            lambda xm, t, c: transformer(hidden_states=xm, timestep=t, encoder_hidden_states=c["text"],
+                                         return_dict=False)[0],
+            grid, {"text": cond.to(transformer.dtype)}, {"text": uncond.to(transformer.dtype)} if cfg else None,
+            guidance_scale, dtype=transformer.dtype, device=device)
+
+        def decode(z: torch.Tensor):
+            vae = pipe.vae
+            if output_type == "latent":
+                video = z
+            else:
+                z = z.to(device, vae.dtype)
+                mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+                inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+                with torch.no_grad():
+                    video = vae.decode(z / inv_std + mean, return_dict=False)[0]
+                video = pipe.video_processor.postprocess_video(video, output_type=output_type)
+            return WanPipelineOutput(frames=video) if return_dict else (video,)
+
+        return Prepared(grid, solver, denoiser, x.float(), None, decode)
+
+
 ADAPTERS: dict[str, type] = {
     "FluxPipeline": FluxAdapter,
+    "WanPipeline": WanAdapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
@@ -256,7 +313,7 @@ def adapter_for(pipe):
     name = type(pipe).__name__
     if name not in ADAPTERS:
         raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
-    network = "transformer" if name == "FluxPipeline" else "unet"
+    network = "transformer" if name in ("FluxPipeline", "WanPipeline") else "unet"
     for component in (network, "scheduler"):
         if getattr(pipe, component, None) is None:
             raise HastenError(f"{name} is missing its {component!r} component")

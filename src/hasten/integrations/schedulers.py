@@ -36,7 +36,9 @@ def first_order_scheduler(scheduler):
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
     if "FlowMatch" in name or scheduler.config.get("use_flow_sigmas") or scheduler.config.get("prediction_type") == "flow_prediction":
-        counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config), "euler"
+        shift = scheduler.config.get("flow_shift")  # UniPC / DPM-Solver name the flow shift differently
+        extra = {} if shift is None else {"shift": shift}
+        counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **extra), "euler"
     elif hasattr(scheduler, "alphas_cumprod"):
         counterpart, solver = DDIMScheduler.from_config(scheduler.config), "ddim"
     else:

@@ -12,7 +12,7 @@ import torch
 
 from hasten.errors import HastenError
 
-KINDS = ("ddim", "ddpm", "sd", "flux")
+KINDS = ("ddim", "ddpm", "sd", "flux", "wan")
 WORDS = "a cat dog photo of red blue the".split()
 
 
@@ -79,6 +79,18 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
         pipe = d.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=clip_text(16), tokenizer=clip_tokenizer(),
                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                          requires_safety_checker=False)
+    elif kind == "wan":
+        from transformers import T5Config, T5EncoderModel
+
+        vae = d.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True])
+        transformer = d.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                              in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                              num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                              rope_max_seq_len=32)
+        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
+        pipe = d.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=t5.eval(), vae=vae.eval(),
+                             transformer=transformer.eval(), scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0))
     else:
         from transformers import T5Config, T5EncoderModel
 
