@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prompt", help="prompt, for text-conditioned pipelines")
         p.add_argument("--negative-prompt", help="negative prompt (classifier-free / true CFG)")
         p.add_argument("--guidance-scale", type=float, help="guidance scale, for pipelines (default: the pipeline's)")
+        p.add_argument("--height", type=int, help="image / video height, for pipelines (default: the pipeline's)")
+        p.add_argument("--width", type=int, help="image / video width, for pipelines (default: the pipeline's)")
+        p.add_argument("--frames", type=int, help="number of video frames, for video pipelines")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
         p.add_argument("--batch", type=int, help="number of samples drawn together")
         p.add_argument("--solver", choices=["ddim", "ddpm", "euler"],
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
-    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "flux"], default="sd", help="pipeline family")
+    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "flux", "wan"], default="sd", help="pipeline family")
     t.add_argument("--out", type=Path, required=True, help="folder to save into")
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
@@ -228,13 +231,16 @@ def _sample(args: argparse.Namespace) -> dict | None:
 def _model(args: argparse.Namespace, batch: int):
     """The --model argument: an embedded model's name, or a saved pipeline with this call's prompt."""
     if not Path(args.model).is_dir():
-        if args.prompt or args.negative_prompt or args.guidance_scale is not None:
-            raise HastenError("--prompt, --negative-prompt and --guidance-scale apply to pipeline folders only")
+        if args.prompt or args.negative_prompt or any(v is not None for v in (args.guidance_scale, args.height,
+                                                                               args.width, args.frames)):
+            raise HastenError("--prompt, --negative-prompt, --guidance-scale, --height, --width and --frames apply "
+                              "to pipeline folders only")
         return args.model
     from hasten.integrations.model import PipelineModel, load_pipeline
 
     pipe = load_pipeline(args.model)
-    call = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale}
+    call = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale,
+            "height": args.height, "width": args.width, "num_frames": args.frames}
     if type(pipe).__name__ == "FluxPipeline" and args.negative_prompt:
         call["true_cfg_scale"] = args.guidance_scale or 4.0
         call["guidance_scale"] = None

@@ -28,7 +28,10 @@ def load_pipeline(path: Path | str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any loader failure becomes one clear line
+        raise HastenError(f"could not load the pipeline saved at {path}: {type(err).__name__}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -76,7 +79,8 @@ class PipelineModel:
         return make_step(grid, prepared.solver, prepared.noise)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] through the pipeline's own decoder."""
+        """Images (B, C, H, W) in [0, 1] through the pipeline's own decoder; video frames become images."""
         prepared = next(iter(self._by_steps.values()))
-        images = prepared.decode(x).images
-        return torch.as_tensor(images).float().cpu()
+        out = prepared.decode(x)
+        images = torch.as_tensor(out.frames if hasattr(out, "frames") else out.images).float().cpu()
+        return images.flatten(0, 1) if images.ndim == 5 else images
