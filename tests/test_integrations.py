@@ -204,3 +204,17 @@ def test_methods_run_on_wan_and_decode_frames():
     with pytest.raises(HastenError, match="Wan 2.2"):
         pipe.register_to_config(boundary_ratio=0.5)
         hasten.accelerate(pipe)(**call)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_sequential_reproduces_sd3(guidance):
+    pipe = tiny_pipeline("sd3")
+    kwargs = dict(prompt="a photo of a cat", negative_prompt="a red dog", height=16, width=16, num_inference_steps=6,
+                  guidance_scale=guidance, output_type="latent", max_sequence_length=8, num_images_per_prompt=2)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(5), **kwargs)
+    theirs = pipe(generator=torch.Generator().manual_seed(5), **kwargs)
+    assert ours.images.shape == theirs.images.shape
+    assert (ours.images - theirs.images).abs().max() <= 1e-5
+    fast = hasten.accelerate(pipe, "parasolver-turbo", cores=2, tol=1e-6)(generator=torch.Generator().manual_seed(5),
+                                                                          **kwargs)
+    assert (fast.images - theirs.images).abs().max() <= 1e-4

@@ -243,6 +243,79 @@ class FluxAdapter:
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
+class SD3Adapter:
+    """``StableDiffusion3Pipeline``: flow matching, three text encoders, batched CFG, optional dynamic shift."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, prompt_2=None, prompt_3=None, height=None, width=None,
+                num_inference_steps: int = 28, guidance_scale: float = 7.0, negative_prompt=None,
+                negative_prompt_2=None, negative_prompt_3=None, num_images_per_prompt: int = 1, generator=None,
+                latents=None, prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
+                negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                clip_skip=None, max_sequence_length: int = 256, mu: float | None = None, **extra) -> Prepared:
+        from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+            raise HastenError(f"StableDiffusion3Pipeline with {type(pipe.scheduler).__name__} is not supported; "
+                              "supported: FlowMatchEulerDiscreteScheduler")
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                          pooled_prompt_embeds=pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                          max_sequence_length=max_sequence_length)
+        pipe._guidance_scale, pipe._clip_skip, pipe._joint_attention_kwargs = guidance_scale, clip_skip, None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        cfg = guidance_scale > 1
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+            do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            device=device, clip_skip=clip_skip, num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length)
+        transformer = pipe.transformer
+        x = pipe.prepare_latents(batch_size * num_images_per_prompt, transformer.config.in_channels, height, width,
+                                 embeds.dtype, device, generator, latents)
+        cfg_s = pipe.scheduler.config
+        kwargs = {}
+        if cfg_s.get("use_dynamic_shifting", None) and mu is None:
+            seq = (x.shape[2] // transformer.config.patch_size) * (x.shape[3] // transformer.config.patch_size)
+            mu = calculate_shift(seq, cfg_s.get("base_image_seq_len", 256), cfg_s.get("max_image_seq_len", 4096),
+                                 cfg_s.get("base_shift", 0.5), cfg_s.get("max_shift", 1.16))
+        if mu is not None:
+            kwargs["mu"] = mu
+        retrieve_timesteps(pipe.scheduler, num_inference_steps, device, **kwargs)
+        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        denoiser = PipelineDenoiser(
+            lambda xm, t, c: transformer(hidden_states=xm, timestep=t, encoder_hidden_states=c["text"],
+                                         pooled_projections=c["pooled"], return_dict=False)[0],
+            grid, {"text": embeds, "pooled": pooled}, {"text": neg, "pooled": neg_pooled} if cfg else None,
+            guidance_scale, dtype=transformer.dtype, device=device)
+
+        def decode(z: torch.Tensor):
+            z = z.to(device, pipe.vae.dtype)
+            if output_type == "latent":
+                image = z
+            else:
+                with torch.no_grad():
+                    image = pipe.vae.decode(z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor,
+                                            return_dict=False)[0]
+                image = pipe.image_processor.postprocess(image, output_type=output_type)
+            return StableDiffusion3PipelineOutput(images=image) if return_dict else (image,)
+
+        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+
+
 class WanAdapter:
     """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
 
@@ -302,6 +375,7 @@ class WanAdapter:
 ADAPTERS: dict[str, type] = {
     "FluxPipeline": FluxAdapter,
     "WanPipeline": WanAdapter,
+    "StableDiffusion3Pipeline": SD3Adapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
@@ -313,7 +387,7 @@ def adapter_for(pipe):
     name = type(pipe).__name__
     if name not in ADAPTERS:
         raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
-    network = "transformer" if name in ("FluxPipeline", "WanPipeline") else "unet"
+    network = "transformer" if name in ("FluxPipeline", "WanPipeline", "StableDiffusion3Pipeline") else "unet"
     for component in (network, "scheduler"):
         if getattr(pipe, component, None) is None:
             raise HastenError(f"{name} is missing its {component!r} component")

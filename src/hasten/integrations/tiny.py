@@ -12,7 +12,7 @@ import torch
 
 from hasten.errors import HastenError
 
-KINDS = ("ddim", "ddpm", "sd", "flux", "wan")
+KINDS = ("ddim", "ddpm", "sd", "sd3", "flux", "wan")
 WORDS = "a cat dog photo of red blue the".split()
 
 
@@ -79,6 +79,24 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
         pipe = d.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=clip_text(16), tokenizer=clip_tokenizer(),
                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                          requires_safety_checker=False)
+    elif kind == "sd3":
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+        transformer = d.SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
+                                              attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                              joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+        config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                                num_attention_heads=4, num_hidden_layers=2, vocab_size=64, max_position_embeddings=16,
+                                projection_dim=32)
+        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
+        vae = d.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                              layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        pipe = d.StableDiffusion3Pipeline(
+            scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer.eval(),
+            text_encoder=CLIPTextModelWithProjection(config).eval(), tokenizer=clip_tokenizer(),
+            text_encoder_2=CLIPTextModelWithProjection(config).eval(), tokenizer_2=clip_tokenizer(),
+            text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer())
     elif kind == "wan":
         from transformers import T5Config, T5EncoderModel
 
