@@ -218,3 +218,17 @@ def test_sequential_reproduces_sd3(guidance):
     fast = hasten.accelerate(pipe, "parasolver-turbo", cores=2, tol=1e-6)(generator=torch.Generator().manual_seed(5),
                                                                           **kwargs)
     assert (fast.images - theirs.images).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_sequential_reproduces_sdxl(prediction):
+    pipe = tiny_pipeline("sdxl", prediction=prediction)
+    kwargs = dict(prompt="a photo of a cat", negative_prompt="blue", guidance_scale=5.0, height=16, width=16,
+                  num_inference_steps=6, output_type="latent", num_images_per_prompt=2)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(6), **kwargs)
+    theirs = pipe(generator=torch.Generator().manual_seed(6), **kwargs)
+    assert ours.images.shape == theirs.images.shape
+    assert (ours.images - theirs.images).abs().max() <= 1e-5
+    out = hasten.accelerate(pipe, "chords", cores=3)(prompt="a cat", height=16, width=16, num_inference_steps=8,
+                                                     output_type="np")
+    assert out.images.shape == (1, 16, 16, 3) and out.hasten["rounds"] < 8

@@ -243,6 +243,84 @@ class FluxAdapter:
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
+class SDXLAdapter:
+    """``StableDiffusionXLPipeline``: two text encoders, pooled embeddings and size/crop time ids, batched CFG."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, prompt_2=None, height=None, width=None, num_inference_steps: int = 50,
+                guidance_scale: float = 5.0, negative_prompt=None, negative_prompt_2=None,
+                num_images_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
+                negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                output_type: str = "pil", return_dict: bool = True, guidance_rescale: float = 0.0,
+                original_size=None, crops_coords_top_left=(0, 0), target_size=None, clip_skip=None,
+                **extra) -> Prepared:
+        from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        unet = pipe.unet
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        original_size, target_size = original_size or (height, width), target_size or (height, width)
+        pipe.check_inputs(prompt, prompt_2, height, width, None, negative_prompt, negative_prompt_2, prompt_embeds,
+                          negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+        pipe._guidance_scale, pipe._guidance_rescale, pipe._clip_skip = guidance_scale, guidance_rescale, clip_skip
+        pipe._cross_attention_kwargs, pipe._denoising_end, pipe._interrupt = None, None, False
+        if unet.config.time_cond_proj_dim is not None:
+            raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
+        device = pipe._execution_device
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        cfg = guidance_scale > 1
+        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=cfg, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            clip_skip=clip_skip)
+        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
+        n = batch_size * num_images_per_prompt
+        x = pipe.prepare_latents(n, unet.config.in_channels, height, width, embeds.dtype, device, generator, latents)
+        if float(scheduler.init_noise_sigma) != 1.0:
+            raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
+        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
+                      else pipe.text_encoder_2.config.projection_dim)
+        time_ids = pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=embeds.dtype,
+                                          text_encoder_projection_dim=projection).to(device).repeat(n, 1)
+
+        def call(xm, t, c):
+            return unet(xm, t, encoder_hidden_states=c["text"],
+                        added_cond_kwargs={"text_embeds": c["pooled"], "time_ids": c["time_ids"]}).sample
+
+        denoiser = PipelineDenoiser(call, grid, {"text": embeds, "pooled": pooled, "time_ids": time_ids},
+                                    {"text": neg, "pooled": neg_pooled, "time_ids": time_ids} if cfg else None,
+                                    guidance_scale, guidance_rescale, dtype=unet.dtype, device=device)
+
+        def decode(z: torch.Tensor):
+            vae = pipe.vae
+            z = z.to(device, vae.dtype)
+            if output_type == "latent":
+                image = z
+            else:
+                mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+                if mean is not None and std is not None:
+                    shape = (1, len(mean), 1, 1)
+                    z = z * torch.tensor(std).view(shape).to(z) / vae.config.scaling_factor \
+                        + torch.tensor(mean).view(shape).to(z)
+                else:
+                    z = z / vae.config.scaling_factor
+                with torch.no_grad():
+                    image = vae.decode(z, return_dict=False)[0]
+                if pipe.watermark is not None:
+                    image = pipe.watermark.apply_watermark(image)
+                image = pipe.image_processor.postprocess(image, output_type=output_type)
+            return StableDiffusionXLPipelineOutput(images=image) if return_dict else (image,)
+
+        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+
+
 class SD3Adapter:
     """``StableDiffusion3Pipeline``: flow matching, three text encoders, batched CFG, optional dynamic shift."""
 
@@ -376,6 +454,7 @@ ADAPTERS: dict[str, type] = {
     "FluxPipeline": FluxAdapter,
     "WanPipeline": WanAdapter,
     "StableDiffusion3Pipeline": SD3Adapter,
+    "StableDiffusionXLPipeline": SDXLAdapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,

@@ -12,7 +12,7 @@ import torch
 
 from hasten.errors import HastenError
 
-KINDS = ("ddim", "ddpm", "sd", "sd3", "flux", "wan")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan")
 WORDS = "a cat dog photo of red blue the".split()
 
 
@@ -79,6 +79,30 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
         pipe = d.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=clip_text(16), tokenizer=clip_tokenizer(),
                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                          requires_safety_checker=False)
+    elif kind == "sdxl":
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        unet = d.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                      out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                      use_linear_projection=True, addition_embed_type="text_time",
+                                      addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+                                      projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+                                      norm_num_groups=4)
+        vae = d.AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
+                              down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                              up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4,
+                              norm_num_groups=4)
+        scheduler = d.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    clip_sample=False, set_alpha_to_one=False, prediction_type=prediction,
+                                    steps_offset=1, timestep_spacing="leading")
+        config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                                num_attention_heads=4, num_hidden_layers=2, vocab_size=64, max_position_embeddings=16,
+                                projection_dim=32)
+        pipe = d.StableDiffusionXLPipeline(vae=vae, unet=unet, scheduler=scheduler, text_encoder=clip_text(32),
+                                           tokenizer=clip_tokenizer(),
+                                           text_encoder_2=CLIPTextModelWithProjection(config).eval(),
+                                           tokenizer_2=clip_tokenizer(), add_watermarker=False)
     elif kind == "sd3":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
