@@ -321,6 +321,70 @@ class SDXLAdapter:
         return Prepared(grid, solver, denoiser, x.float(), noise, decode)
 
 
+class CogVideoXAdapter:
+    """``CogVideoXPipeline``: video latents (B, F, C, H, W), v-prediction DDIM, batched and dynamic CFG."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def prepare(self, prompt=None, negative_prompt=None, height=None, width=None, num_frames=None,
+                num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
+                num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
+                negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                max_sequence_length: int = 226, num_images_per_prompt: int | None = None, **extra) -> Prepared:
+        import math
+
+        from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
+
+        pipe = self.pipe
+        _refuse_unknown(extra, set(), pipe)
+        if num_images_per_prompt is not None:
+            num_videos_per_prompt = num_images_per_prompt
+        transformer = pipe.transformer
+        height = height or transformer.config.sample_height * pipe.vae_scale_factor_spatial
+        width = width or transformer.config.sample_width * pipe.vae_scale_factor_spatial
+        num_frames = num_frames or transformer.config.sample_frames
+        pipe.check_inputs(prompt, height, width, negative_prompt, None, prompt_embeds, negative_prompt_embeds)
+        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        if transformer.config.patch_size_t is not None:
+            raise HastenError("CogVideoX 1.5 (temporal patches) is not supported yet; supported: CogVideoX 1.0")
+        device = pipe._execution_device
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        cfg = guidance_scale > 1
+        cond, uncond = pipe.encode_prompt(prompt, negative_prompt, cfg, num_videos_per_prompt=num_videos_per_prompt,
+                                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                          max_sequence_length=max_sequence_length, device=device)
+        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
+        n = batch_size * num_videos_per_prompt
+        x = pipe.prepare_latents(n, transformer.config.in_channels, num_frames, height, width, cond.dtype, device,
+                                 generator, latents)
+        rotary = None
+        if transformer.config.use_rotary_positional_embeddings:
+            rotary = pipe._prepare_rotary_positional_embeddings(height, width, x.size(1), device)
+        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        scale = guidance_scale
+        if use_dynamic_cfg:  # as the pipeline: a function of the timestep value
+            def scale(t: torch.Tensor) -> torch.Tensor:
+                steps = num_inference_steps
+                return 1 + guidance_scale * (1 - torch.cos(math.pi * ((steps - t.double()) / steps) ** 5.0)) / 2
+
+        denoiser = PipelineDenoiser(
+            lambda xm, t, c: transformer(hidden_states=xm, encoder_hidden_states=c["text"], timestep=t,
+                                         image_rotary_emb=rotary, return_dict=False)[0],
+            grid, {"text": cond}, {"text": uncond} if cfg else None, scale, dtype=transformer.dtype, device=device)
+
+        def decode(z: torch.Tensor):
+            if output_type == "latent":
+                video = z
+            else:
+                with torch.no_grad():
+                    video = pipe.decode_latents(z.to(device, pipe.vae.dtype))
+                video = pipe.video_processor.postprocess_video(video=video, output_type=output_type)
+            return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
+
+        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+
+
 class SD3Adapter:
     """``StableDiffusion3Pipeline``: flow matching, three text encoders, batched CFG, optional dynamic shift."""
 
@@ -455,6 +519,7 @@ ADAPTERS: dict[str, type] = {
     "WanPipeline": WanAdapter,
     "StableDiffusion3Pipeline": SD3Adapter,
     "StableDiffusionXLPipeline": SDXLAdapter,
+    "CogVideoXPipeline": CogVideoXAdapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
@@ -466,7 +531,7 @@ def adapter_for(pipe):
     name = type(pipe).__name__
     if name not in ADAPTERS:
         raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
-    network = "transformer" if name in ("FluxPipeline", "WanPipeline", "StableDiffusion3Pipeline") else "unet"
+    network = "unet" if "transformer" not in pipe.components else "transformer"
     for component in (network, "scheduler"):
         if getattr(pipe, component, None) is None:
             raise HastenError(f"{name} is missing its {component!r} component")

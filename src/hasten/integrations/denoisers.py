@@ -18,6 +18,8 @@ class PipelineDenoiser:
     ``guidance_scale > 1`` every row runs twice, on ``uncond`` and ``cond``
     entries, and ``out = uncond + g (cond - uncond)``, optionally rescaled
     (``guidance_rescale``, Lin et al. Sec. 3.4, as diffusers' ``rescale_noise_cfg``).
+    ``guidance_scale`` may be a function of the rows' model times (CogVideoX's
+    dynamic CFG), returning one scale per row.
     """
 
     needs_sample_ids = True
@@ -33,12 +35,15 @@ class PipelineDenoiser:
         t = self.grid.timesteps[index.cpu()].to(self.device)
         xm = x.to(self.device, self.dtype)
         pick = {k: v[sample.to(v.device)] for k, v in self.cond.items()}
-        if self.uncond is None or self.guidance_scale <= 1:
+        if self.uncond is None:
             return self.call(xm, t, pick).float().to(x.device)
         un = {k: v[sample.to(v.device)] for k, v in self.uncond.items()}
         both = {k: torch.cat([un[k], pick[k]]) for k in pick}
         out_u, out_c = self.call(torch.cat([xm, xm]), torch.cat([t, t]), both).float().chunk(2)
-        out = out_u + self.guidance_scale * (out_c - out_u)
+        scale = self.guidance_scale
+        if callable(scale):
+            scale = scale(t).float().view(-1, *([1] * (out_c.ndim - 1))).to(out_c.device)
+        out = out_u + scale * (out_c - out_u)
         if self.guidance_rescale > 0:
             dims = list(range(1, out.ndim))
             std_c, std_o = out_c.std(dim=dims, keepdim=True), out.std(dim=dims, keepdim=True)

@@ -19,7 +19,9 @@ from hasten.errors import HastenError
 
 log = logging.getLogger("hasten")
 
-FIRST_ORDER = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "FlowMatchEulerDiscreteScheduler": "euler"}
+# CogVideoX's DDIM steps as a_t x + b_t x0 with DDIM's coefficients (and its own SNR-shifted alphas_cumprod)
+FIRST_ORDER = {"DDIMScheduler": "ddim", "CogVideoXDDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
+               "FlowMatchEulerDiscreteScheduler": "euler"}
 
 
 def first_order_scheduler(scheduler):

@@ -12,7 +12,7 @@ import torch
 
 from hasten.errors import HastenError
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox")
 WORDS = "a cat dog photo of red blue the".split()
 
 
@@ -103,6 +103,22 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                            tokenizer=clip_tokenizer(),
                                            text_encoder_2=CLIPTextModelWithProjection(config).eval(),
                                            tokenizer_2=clip_tokenizer(), add_watermarker=False)
+    elif kind == "cogvideox":
+        from transformers import T5Config, T5EncoderModel
+
+        transformer = d.CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                                    out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
+                                                    sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+                                                    temporal_compression_ratio=4, max_text_seq_length=16)
+        vae = d.AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                       up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                       latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                       temporal_compression_ratio=4)
+        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
+        pipe = d.CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5.eval(), vae=vae.eval(),
+                                   transformer=transformer.eval(),
+                                   scheduler=d.CogVideoXDDIMScheduler(prediction_type="v_prediction",
+                                                                      clip_sample=False))
     elif kind == "sd3":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
