@@ -106,7 +106,7 @@ def test_bad_input_is_refused_before_any_model_call():
     class NotAPipeline:
         pass
 
-    with pytest.raises(HastenError, match="pipeline NotAPipeline is not supported yet; supported: DDIMPipeline"):
+    with pytest.raises(HastenError, match="pipeline NotAPipeline is not supported yet; supported: CogVideoXPipeline, DDIMPipeline"):
         hasten.accelerate(NotAPipeline())
     pipe = tiny_sd()
     with pytest.raises(HastenError, match="call arguments not supported by hasten: ip_adapter_image"):
