@@ -331,7 +331,8 @@ class CogVideoXAdapter:
                 num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
                 num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
                 negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
-                max_sequence_length: int = 226, num_images_per_prompt: int | None = None, **extra) -> Prepared:
+                max_sequence_length: int | None = None, num_images_per_prompt: int | None = None,
+                **extra) -> Prepared:
         import math
 
         from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
@@ -344,6 +345,8 @@ class CogVideoXAdapter:
         height = height or transformer.config.sample_height * pipe.vae_scale_factor_spatial
         width = width or transformer.config.sample_width * pipe.vae_scale_factor_spatial
         num_frames = num_frames or transformer.config.sample_frames
+        # the transformer's own text length (226 on the released models, the pipeline's default)
+        max_sequence_length = max_sequence_length or transformer.config.max_text_seq_length
         pipe.check_inputs(prompt, height, width, negative_prompt, None, prompt_embeds, negative_prompt_embeds)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
         if transformer.config.patch_size_t is not None:
