@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import hasten
-from hasten import Chords, Sequential, run
 from hasten.metrics import DigitFeatures, digit_features, frechet_distance, psnr, rmse
 from hasten.models.digits import WEIGHTS_PATH, load_digit_images
 from hasten.models.gmm import GaussianMixture

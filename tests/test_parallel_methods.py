@@ -1,6 +1,5 @@
 """ParaDiGMS, SRDS, ParaSolver and ParaSolver-Turbo on the shared engine."""
 
-import warnings
 
 import pytest
 import torch

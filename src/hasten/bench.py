@@ -9,7 +9,6 @@ Quality is measured against the sequential result of the same seed and grid.
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 import time

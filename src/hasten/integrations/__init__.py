@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import torch
 
 from hasten.caches import make_cache
 from hasten.engine import run

@@ -32,11 +32,12 @@ class Prepared:
     decode: Callable[[torch.Tensor], Any]  # final latents -> the pipeline's usual output
 
 
-def _refuse_unknown(kwargs: dict, allowed: set[str], pipe) -> None:
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: {', '.join(unknown)}; "
-                          f"supported: {', '.join(sorted(allowed))}")
+def _refuse_unknown(extra: dict, prepare, pipe) -> None:
+    """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does."""
+    if extra:
+        allowed = sorted(set(inspect.signature(prepare).parameters) - {"self", "extra"})
+        raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: "
+                          f"{', '.join(sorted(extra))}; supported: {', '.join(allowed)}")
 
 
 def _grid_and_solver(pipe, steps: int, device) -> tuple[Grid, str, Any]:
@@ -56,7 +57,6 @@ def _ddpm_noise(grid_timesteps: torch.Tensor, shape, generator, device, dtype) -
 class UnconditionalAdapter:
     """``DDPMPipeline`` and ``DDIMPipeline``: an unconditional ``UNet2DModel``."""
 
-    ARGS = {"batch_size", "generator", "num_inference_steps", "output_type", "return_dict", "eta"}
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -67,7 +67,7 @@ class UnconditionalAdapter:
         from diffusers.utils.torch_utils import randn_tensor
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         if eta != 0.0:
             raise HastenError(f"eta={eta} is not supported; hasten's DDIM is eta = 0 (use the DDPM scheduler for "
                               "stochastic sampling)")
@@ -99,9 +99,6 @@ class UnconditionalAdapter:
 class StableDiffusionAdapter:
     """``StableDiffusionPipeline`` (1.x / 2.x; eps or v prediction), batched classifier-free guidance."""
 
-    ARGS = {"prompt", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt",
-            "num_images_per_prompt", "generator", "latents", "prompt_embeds", "negative_prompt_embeds",
-            "output_type", "return_dict", "guidance_rescale", "clip_skip"}
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -111,7 +108,7 @@ class StableDiffusionAdapter:
                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                 guidance_rescale: float = 0.0, clip_skip=None, **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         unet = pipe.unet
         height = height or unet.config.sample_size * pipe.vae_scale_factor
         width = width or unet.config.sample_size * pipe.vae_scale_factor
@@ -159,10 +156,6 @@ class StableDiffusionAdapter:
 class FluxAdapter:
     """``FluxPipeline``: flow matching with the pipeline's shifted sigmas, guidance embedding and true CFG."""
 
-    ARGS = {"prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "true_cfg_scale", "height", "width",
-            "num_inference_steps", "guidance_scale", "num_images_per_prompt", "generator", "latents",
-            "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
-            "output_type", "return_dict", "max_sequence_length"}
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -178,7 +171,7 @@ class FluxAdapter:
         from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
             raise HastenError(f"FluxPipeline with {type(pipe.scheduler).__name__} is not supported; supported: "
                               "FlowMatchEulerDiscreteScheduler")
@@ -259,7 +252,7 @@ class SDXLAdapter:
         from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         unet = pipe.unet
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
@@ -338,7 +331,7 @@ class CogVideoXAdapter:
         from diffusers.pipelines.cogvideo.pipeline_output import CogVideoXPipelineOutput
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         if num_images_per_prompt is not None:
             num_videos_per_prompt = num_images_per_prompt
         transformer = pipe.transformer
@@ -404,7 +397,7 @@ class SD3Adapter:
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
             raise HastenError(f"StableDiffusion3Pipeline with {type(pipe.scheduler).__name__} is not supported; "
                               "supported: FlowMatchEulerDiscreteScheduler")
@@ -475,7 +468,7 @@ class WanAdapter:
         from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
         pipe = self.pipe
-        _refuse_unknown(extra, set(), pipe)
+        _refuse_unknown(extra, self.prepare, pipe)
         if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None \
                 or pipe.config.get("expand_timesteps"):
             raise HastenError("Wan 2.2 (two transformers, boundary_ratio, expand_timesteps) is not supported yet; "
@@ -540,6 +533,3 @@ def adapter_for(pipe):
             raise HastenError(f"{name} is missing its {component!r} component")
     return ADAPTERS[name](pipe)
 
-
-def call_arguments(fn) -> set[str]:
-    return set(inspect.signature(fn).parameters) - {"self", "extra"}

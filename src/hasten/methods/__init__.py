@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from hasten.errors import HastenError
 from hasten.methods.base import Eval, Hit, Method

@@ -42,7 +42,7 @@ import torch
 
 from hasten.checks import check_int, check_positive
 from hasten.methods.base import Eval, Hit, MethodRun
-from hasten.steps import Step, linear_step, output_for_x0, predicted_x0
+from hasten.steps import Step, linear_step, predicted_x0
 
 
 class NotConvergedWarning(UserWarning):
