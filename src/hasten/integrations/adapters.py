@@ -32,6 +32,25 @@ class Prepared:
     decode: Callable[[torch.Tensor], Any]  # final latents -> the pipeline's usual output
 
 
+class Adapter:
+    """Base of the adapters: holds the pipeline; subclasses implement ``prepare(**call) -> Prepared``."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+
+def _batch_size(prompt, prompt_embeds) -> int:
+    """Prompts in the call: from the prompt (string or list) or, without one, from its embeddings."""
+    if prompt is not None:
+        return 1 if isinstance(prompt, str) else len(prompt)
+    return prompt_embeds.shape[0]
+
+
+def _noise_for(solver: str, scheduler, shape, generator, device, dtype) -> torch.Tensor | None:
+    """The DDPM noise of a call when the scheduler is DDPM, else None."""
+    return _ddpm_noise(scheduler.timesteps, shape, generator, device, dtype) if solver == "ddpm" else None
+
+
 def _refuse_unknown(extra: dict, prepare, pipe) -> None:
     """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does."""
     if extra:
@@ -54,12 +73,9 @@ def _ddpm_noise(grid_timesteps: torch.Tensor, shape, generator, device, dtype) -
     return torch.stack(draws).float()
 
 
-class UnconditionalAdapter:
+class UnconditionalAdapter(Adapter):
     """``DDPMPipeline`` and ``DDIMPipeline``: an unconditional ``UNet2DModel``."""
 
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, batch_size: int = 1, generator=None, num_inference_steps: int | None = None,
                 output_type: str = "pil", return_dict: bool = True, eta: float = 0.0, **extra) -> Prepared:
@@ -79,9 +95,7 @@ class UnconditionalAdapter:
         shape = (batch_size, unet.config.in_channels, *size)
         latents = randn_tensor(shape, generator=generator, device=pipe.device, dtype=unet.dtype).float()
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, pipe.device)
-        noise = None
-        if solver == "ddpm":
-            noise = _ddpm_noise(scheduler.timesteps, shape, generator, pipe.device, unet.dtype)
+        noise = _noise_for(solver, scheduler, shape, generator, pipe.device, unet.dtype)
         denoiser = PipelineDenoiser(lambda x, t, cond: unet(x, t).sample, grid, {}, dtype=unet.dtype,
                                     device=pipe.device)
 
@@ -96,12 +110,9 @@ class UnconditionalAdapter:
         return Prepared(grid, solver, denoiser, latents, noise, decode)
 
 
-class StableDiffusionAdapter:
+class StableDiffusionAdapter(Adapter):
     """``StableDiffusionPipeline`` (1.x / 2.x; eps or v prediction), batched classifier-free guidance."""
 
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, height=None, width=None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
                 negative_prompt=None, num_images_per_prompt: int = 1, generator=None, latents=None,
@@ -115,10 +126,7 @@ class StableDiffusionAdapter:
         pipe._guidance_scale, pipe._guidance_rescale, pipe._clip_skip = guidance_scale, guidance_rescale, clip_skip
         pipe._cross_attention_kwargs, pipe._interrupt = None, False
         pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
-        if prompt is not None:
-            batch_size = 1 if isinstance(prompt, str) else len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         if unet.config.time_cond_proj_dim is not None:
             raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
         cfg = guidance_scale > 1
@@ -131,7 +139,7 @@ class StableDiffusionAdapter:
         x = pipe.prepare_latents(n, unet.config.in_channels, height, width, cond.dtype, device, generator, latents)
         if float(scheduler.init_noise_sigma) != 1.0:
             raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
-        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
         denoiser = PipelineDenoiser(
             lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, grid,
             {"text": cond}, {"text": uncond} if cfg else None, guidance_scale, guidance_rescale,
@@ -153,12 +161,9 @@ class StableDiffusionAdapter:
         return Prepared(grid, solver, denoiser, x.float(), noise, decode)
 
 
-class FluxAdapter:
+class FluxAdapter(Adapter):
     """``FluxPipeline``: flow matching with the pipeline's shifted sigmas, guidance embedding and true CFG."""
 
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
                 true_cfg_scale: float = 1.0, height=None, width=None, num_inference_steps: int = 28,
@@ -184,7 +189,7 @@ class FluxAdapter:
                           max_sequence_length=max_sequence_length)
         pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
         device = pipe._execution_device
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         has_neg = negative_prompt is not None or (negative_prompt_embeds is not None
                                                   and negative_pooled_prompt_embeds is not None)
         true_cfg = true_cfg_scale > 1 and has_neg
@@ -236,11 +241,8 @@ class FluxAdapter:
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
-class SDXLAdapter:
+class SDXLAdapter(Adapter):
     """``StableDiffusionXLPipeline``: two text encoders, pooled embeddings and size/crop time ids, batched CFG."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, prompt_2=None, height=None, width=None, num_inference_steps: int = 50,
                 guidance_scale: float = 5.0, negative_prompt=None, negative_prompt_2=None,
@@ -264,7 +266,7 @@ class SDXLAdapter:
         if unet.config.time_cond_proj_dim is not None:
             raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
         device = pipe._execution_device
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
             prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
@@ -277,7 +279,7 @@ class SDXLAdapter:
         x = pipe.prepare_latents(n, unet.config.in_channels, height, width, embeds.dtype, device, generator, latents)
         if float(scheduler.init_noise_sigma) != 1.0:
             raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
-        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
         projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
                       else pipe.text_encoder_2.config.projection_dim)
         time_ids = pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=embeds.dtype,
@@ -314,11 +316,8 @@ class SDXLAdapter:
         return Prepared(grid, solver, denoiser, x.float(), noise, decode)
 
 
-class CogVideoXAdapter:
+class CogVideoXAdapter(Adapter):
     """``CogVideoXPipeline``: video latents (B, F, C, H, W), v-prediction DDIM, batched and dynamic CFG."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, negative_prompt=None, height=None, width=None, num_frames=None,
                 num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
@@ -345,7 +344,7 @@ class CogVideoXAdapter:
         if transformer.config.patch_size_t is not None:
             raise HastenError("CogVideoX 1.5 (temporal patches) is not supported yet; supported: CogVideoX 1.0")
         device = pipe._execution_device
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
         cond, uncond = pipe.encode_prompt(prompt, negative_prompt, cfg, num_videos_per_prompt=num_videos_per_prompt,
                                           prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -357,7 +356,7 @@ class CogVideoXAdapter:
         rotary = None
         if transformer.config.use_rotary_positional_embeddings:
             rotary = pipe._prepare_rotary_positional_embeddings(height, width, x.size(1), device)
-        noise = _ddpm_noise(scheduler.timesteps, x.shape, generator, device, x.dtype) if solver == "ddpm" else None
+        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
         scale = guidance_scale
         if use_dynamic_cfg:  # as the pipeline: a function of the timestep value
             def scale(t: torch.Tensor) -> torch.Tensor:
@@ -381,11 +380,8 @@ class CogVideoXAdapter:
         return Prepared(grid, solver, denoiser, x.float(), noise, decode)
 
 
-class SD3Adapter:
+class SD3Adapter(Adapter):
     """``StableDiffusion3Pipeline``: flow matching, three text encoders, batched CFG, optional dynamic shift."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, prompt_2=None, prompt_3=None, height=None, width=None,
                 num_inference_steps: int = 28, guidance_scale: float = 7.0, negative_prompt=None,
@@ -412,7 +408,7 @@ class SD3Adapter:
         pipe._guidance_scale, pipe._clip_skip, pipe._joint_attention_kwargs = guidance_scale, clip_skip, None
         pipe._interrupt = False
         device = pipe._execution_device
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
         embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
             prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
@@ -454,11 +450,8 @@ class SD3Adapter:
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
-class WanAdapter:
+class WanAdapter(Adapter):
     """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
 
     def prepare(self, prompt=None, negative_prompt=None, height: int = 480, width: int = 832, num_frames: int = 81,
                 num_inference_steps: int = 50, guidance_scale: float = 5.0, num_videos_per_prompt: int = 1,
@@ -478,7 +471,7 @@ class WanAdapter:
         pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
         device = pipe._execution_device
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
         cond, uncond = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
