@@ -245,3 +245,30 @@ def test_sequential_reproduces_cogvideox(dynamic):
     assert (ours.frames - theirs.frames).abs().max() <= 1e-5
     fast = hasten.accelerate(pipe, "chords", cores=2, stop="none")(generator=torch.Generator().manual_seed(2), **kwargs)
     assert (fast.frames - theirs.frames).abs().max() <= 1e-4
+
+
+FAMILY_CALLS = {
+    "ddim": dict(batch_size=1),
+    "ddpm": dict(batch_size=1),
+    "sd": dict(prompt="a cat"),
+    "sdxl": dict(prompt="a cat", height=16, width=16),
+    "sd3": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
+    "flux": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
+    "wan": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
+    "cogvideox": dict(prompt="a cat", height=16, width=16, num_frames=9),
+}
+_PIPES = {}
+
+
+@pytest.mark.parametrize("method", ["sequential", "chords", "paradigms", "srds", "parasolver", "parasolver-turbo"])
+@pytest.mark.parametrize("kind", list(FAMILY_CALLS))
+def test_every_method_runs_end_to_end_on_every_family(kind, method):
+    if kind not in _PIPES:
+        _PIPES[kind] = tiny_pipeline(kind)
+    steps = 10 if kind == "ddpm" else 6
+    out = hasten.accelerate(_PIPES[kind], method, cores=None if method in ("sequential", "srds") else 2)(
+        num_inference_steps=steps, output_type="latent", generator=torch.Generator().manual_seed(0),
+        **FAMILY_CALLS[kind])
+    stats = out.hasten
+    assert torch.isfinite(stats["latents"]).all()
+    assert 1 <= stats["rounds"] <= steps + 4 and stats["nfe"] >= stats["rounds"]
