@@ -256,6 +256,8 @@ FAMILY_CALLS = {
     "flux": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
     "wan": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
     "cogvideox": dict(prompt="a cat", height=16, width=16, num_frames=9),
+    "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
+                         prompt_template={"template": "{}", "crop_start": 0}),
 }
 _PIPES = {}
 
@@ -272,3 +274,17 @@ def test_every_method_runs_end_to_end_on_every_family(kind, method):
     stats = out.hasten
     assert torch.isfinite(stats["latents"]).all()
     assert 1 <= stats["rounds"] <= steps + 4 and stats["nfe"] >= stats["rounds"]
+
+
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_sequential_reproduces_hunyuanvideo(true_cfg):
+    pipe = tiny_pipeline("hunyuanvideo")
+    kwargs = dict(prompt="a photo of a cat", height=16, width=16, num_frames=5, num_inference_steps=6,
+                  guidance_scale=4.0, output_type="latent", max_sequence_length=16,
+                  prompt_template={"template": "{}", "crop_start": 0})
+    if true_cfg:
+        kwargs.update(negative_prompt="a red dog", true_cfg_scale=3.0)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(3), **kwargs)
+    theirs = pipe(generator=torch.Generator().manual_seed(3), **kwargs)
+    assert ours.frames.shape == theirs.frames.shape and ours.frames.shape[2] == 2  # latent frames
+    assert (ours.frames - theirs.frames).abs().max() <= 1e-5

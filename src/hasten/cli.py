@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
-    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox"], default="sd", help="pipeline family")
+    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
     t.add_argument("--out", type=Path, required=True, help="folder to save into")
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",

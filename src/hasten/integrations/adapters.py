@@ -450,6 +450,80 @@ class SD3Adapter(Adapter):
         return Prepared(grid, "euler", denoiser, x.float(), None, decode)
 
 
+class HunyuanVideoAdapter(Adapter):
+    """``HunyuanVideoPipeline``: flow-matching video, Llama + CLIP text, guidance embedding, true CFG."""
+
+    def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None, height: int = 720,
+                width: int = 1280, num_frames: int = 129, num_inference_steps: int = 50, true_cfg_scale: float = 1.0,
+                guidance_scale: float = 6.0, num_videos_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, pooled_prompt_embeds=None, prompt_attention_mask=None,
+                negative_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+                negative_prompt_attention_mask=None, output_type: str = "pil", return_dict: bool = True,
+                prompt_template=None, max_sequence_length: int = 256, num_images_per_prompt: int | None = None,
+                **extra) -> Prepared:
+        import inspect as _inspect
+
+        import numpy as np
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+        from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
+
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        if num_images_per_prompt is not None:
+            num_videos_per_prompt = num_images_per_prompt
+        if prompt_template is None:
+            prompt_template = _inspect.signature(pipe.encode_prompt).parameters["prompt_template"].default
+        pipe.check_inputs(prompt, prompt_2, height, width, prompt_embeds, None, prompt_template)
+        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        device = pipe._execution_device
+        batch_size = _batch_size(prompt, prompt_embeds)
+        has_neg = negative_prompt is not None or (negative_prompt_embeds is not None
+                                                  and negative_pooled_prompt_embeds is not None)
+        true_cfg = true_cfg_scale > 1 and has_neg
+        transformer = pipe.transformer
+        dtype = transformer.dtype
+
+        def encode(p, p2, e, pe, m):
+            text, pooled, mask = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
+                                                    num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=e,
+                                                    pooled_prompt_embeds=pe, prompt_attention_mask=m, device=device,
+                                                    max_sequence_length=max_sequence_length)
+            return {"text": text.to(dtype), "pooled": pooled.to(dtype), "mask": mask.to(dtype)}
+
+        cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
+        uncond = encode(negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
+                        negative_prompt_attention_mask) if true_cfg else None
+        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+            raise HastenError(f"HunyuanVideoPipeline with {type(pipe.scheduler).__name__} is not supported; "
+                              "supported: FlowMatchEulerDiscreteScheduler")
+        retrieve_timesteps(pipe.scheduler, num_inference_steps, device,
+                           sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1])
+        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        x = pipe.prepare_latents(batch_size * num_videos_per_prompt, transformer.config.in_channels, height, width,
+                                 num_frames, torch.float32, device, generator, latents)
+
+        def call(xm, t, c):
+            guidance = torch.full((xm.shape[0],), guidance_scale, dtype=dtype, device=xm.device) * 1000.0
+            return transformer(hidden_states=xm, timestep=t.float(), encoder_hidden_states=c["text"],
+                               encoder_attention_mask=c["mask"], pooled_projections=c["pooled"], guidance=guidance,
+                               return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, grid, cond, uncond, true_cfg_scale if true_cfg else 1.0, dtype=dtype,
+                                    device=device)
+
+        def decode(z: torch.Tensor):
+            if output_type == "latent":
+                video = z
+            else:
+                with torch.no_grad():
+                    video = pipe.vae.decode(z.to(device, pipe.vae.dtype) / pipe.vae.config.scaling_factor,
+                                            return_dict=False)[0]
+                video = pipe.video_processor.postprocess_video(video, output_type=output_type)
+            return HunyuanVideoPipelineOutput(frames=video) if return_dict else (video,)
+
+        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+
+
 class WanAdapter(Adapter):
     """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
 
@@ -509,6 +583,7 @@ ADAPTERS: dict[str, type] = {
     "StableDiffusion3Pipeline": SD3Adapter,
     "StableDiffusionXLPipeline": SDXLAdapter,
     "CogVideoXPipeline": CogVideoXAdapter,
+    "HunyuanVideoPipeline": HunyuanVideoAdapter,
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,

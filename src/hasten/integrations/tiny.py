@@ -12,7 +12,7 @@ import torch
 
 from hasten.errors import HastenError
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
 WORDS = "a cat dog photo of red blue the".split()
 
 
@@ -34,6 +34,18 @@ def t5_tokenizer():
                        + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
 
 
+def llama_tokenizer():
+    from transformers import LlamaTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for ch in sorted(set("".join(WORDS))):
+        vocab.setdefault(ch, len(vocab))
+    for w in WORDS:
+        vocab.setdefault("\u2581" + w, len(vocab))
+    return LlamaTokenizerFast(vocab=vocab, merges=[], pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                              unk_token="<unk>")
+
+
 def tiny_unet2d():
     from diffusers import UNet2DModel
 
@@ -42,13 +54,13 @@ def tiny_unet2d():
                        up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
-def clip_text(hidden: int, projection: int | None = None):
+def clip_text(hidden: int, projection: int | None = None, positions: int = 16):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     extra = {} if projection is None else {"projection_dim": projection}
     return CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
                                         intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
-                                        vocab_size=64, max_position_embeddings=16, **extra)).eval()
+                                        vocab_size=64, max_position_embeddings=positions, **extra)).eval()
 
 
 def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
@@ -119,6 +131,27 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                    transformer=transformer.eval(),
                                    scheduler=d.CogVideoXDDIMScheduler(prediction_type="v_prediction",
                                                                       clip_sample=False))
+    elif kind == "hunyuanvideo":
+        from transformers import LlamaConfig, LlamaModel
+
+        transformer = d.HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                       attention_head_dim=10, num_layers=1, num_single_layers=1,
+                                                       num_refiner_layers=1, patch_size=1, patch_size_t=1,
+                                                       guidance_embeds=True, text_embed_dim=16,
+                                                       pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))
+        vae = d.AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                          down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                          up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+                                          block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu",
+                                          norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
+                                          temporal_compression_ratio=4, mid_block_add_attention=True)
+        llama = LlamaModel(LlamaConfig(bos_token_id=1, eos_token_id=2, pad_token_id=3, hidden_size=16,
+                                       intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                       vocab_size=64, max_position_embeddings=512))
+        pipe = d.HunyuanVideoPipeline(text_encoder=llama.eval(), tokenizer=llama_tokenizer(),
+                                      transformer=transformer.eval(), vae=vae.eval(),
+                                      scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                      text_encoder_2=clip_text(8, positions=77), tokenizer_2=clip_tokenizer())
     elif kind == "sd3":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
