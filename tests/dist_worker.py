@@ -73,3 +73,19 @@ def run_faulty(rank: int, world: int, port: int, out_dir: str, mode: str, timeou
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
         fh.write(f"{time.monotonic() - start:.2f}\n{outcome}\n")
     os._exit(0)
+
+
+def run_pipeline(rank: int, world: int, port: int, out_dir: str) -> None:
+    """hasten.accelerate with the distributed executor on a tiny Stable Diffusion pipeline."""
+    from hasten.integrations.tiny import tiny_pipeline
+
+    _init(rank, world, port, 60)
+    try:
+        pipe = tiny_pipeline("sd")
+        out = hasten.accelerate(pipe, "chords", cores=3, stop="none", executor="distributed")(
+            prompt=["a photo of a cat", "a red dog"], num_images_per_prompt=2, guidance_scale=4.0,
+            num_inference_steps=10, output_type="latent", generator=torch.Generator().manual_seed(0))
+        if rank == 0:
+            torch.save(out.images, os.path.join(out_dir, "pipeline.pt"))
+    finally:
+        dist.destroy_process_group()
