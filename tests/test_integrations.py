@@ -288,3 +288,22 @@ def test_sequential_reproduces_hunyuanvideo(true_cfg):
     theirs = pipe(generator=torch.Generator().manual_seed(3), **kwargs)
     assert ours.frames.shape == theirs.frames.shape and ours.frames.shape[2] == 2  # latent frames
     assert (ours.frames - theirs.frames).abs().max() <= 1e-5
+
+
+def test_diffusers_cache_hooks_run_through_the_bench(tmp_path, capsys):
+    import json
+
+    from hasten.cli import main
+    from hasten.integrations.tiny import save_tiny_pipeline
+
+    flux = save_tiny_pipeline("flux", tmp_path / "flux")
+    common = ["--model", str(flux), "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "8",
+              "--batch", "1", "--no-progress"]
+    assert main(["bench", *common, "--methods", "sequential", "--caches",
+                 "none,diffusers:firstblock:threshold=0.2,diffusers:taylorseer", "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert [r["cache"] for r in rows] == ["none", "diffusers:firstblock:threshold=0.2", "diffusers:taylorseer"]
+    assert all(r["gflops"] is None for r in rows[1:])  # a hook's savings inside the network are not countable here
+    assert main(["bench", *common, "--methods", "chords", "--caches", "diffusers:taylorseer",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "serve sequential sampling only" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +27,7 @@ from hasten.errors import HastenError
 from hasten.executors.batched import BatchedExecutor
 from hasten.methods import Eval, Sequential, make_method, parse_method_spec
 from hasten.caches import make_cache
+from hasten.integrations.hooks import diffusers_cache, hook_config
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
 from hasten.models import EmbeddedModel, load_model
 from hasten.report import (
@@ -119,11 +121,32 @@ class BenchConfig:
             if n < 1:
                 raise HastenError(f"steps must be >= 1, got {n}")
         for solver, n, name, options, k, _, cache, run_steps in self.runs():
+            if cache.startswith("diffusers:"):
+                if name != "sequential":
+                    raise HastenError(f"diffusers cache hooks serve sequential sampling only, not {name}")
+                if not hasattr(self.model, "network"):
+                    raise HastenError("diffusers cache hooks need a pipeline folder as --model")
+                hook_name, hook_opts = _hook_spec(cache)
+                hook_config(hook_name, hook_opts)
+                continue
             make_cache(cache)
             method = make_method(name, cores=k, **options)
             method.validate(run_steps)
             if name == "chords":
                 stop.check_cores(method.cores(run_steps))
+
+
+def _hook_spec(spec: str) -> tuple[str, dict]:
+    """``diffusers:NAME[:key=value...]`` -> (NAME, options with numbers parsed)."""
+    _, name, *parts = spec.split(":")
+    options = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        try:
+            options[key] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            options[key] = value
+    return name, options
 
 
 def _params(name: str, method, n: int) -> str:
@@ -198,16 +221,22 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                 run_step = model_step(model, run_grid, solver, x_init, cfg.seed)
                 run_executor = type(executor)(model.denoiser(run_grid))
             model_s = run_executor.model_seconds
-            cache = make_cache(cache_spec)
+            hook = None
+            if cache_spec.startswith("diffusers:"):
+                hook_name, hook_opts = _hook_spec(cache_spec)
+                hook = diffusers_cache(model.network, run_executor.denoiser, hook_config(hook_name, hook_opts))
+                cache = None
+            else:
+                cache = make_cache(cache_spec)
             hits = []
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, (hook or nullcontext()):
                 warnings.simplefilter("always")
                 result = run(method, x_init, run_step, run_executor, "none", on_hit=hits.append, cache=cache)
             overhead_ms = 1000 * (result.wall_s - (run_executor.model_seconds - model_s)) / max(1, result.all_rounds)
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
-            cache_label = "none" if cache is None else cache.config.label()
-            label = f"{name} K={cores} {params} {solver_name}-{n}" + ("" if cache is None else f" + {cache_label}")
+            cache_label = cache_spec if hook is not None else ("none" if cache is None else cache.config.label())
+            label = f"{name} K={cores} {params} {solver_name}-{n}" + ("" if cache_label == "none" else f" + {cache_label}")
             hit_rows = []
             for h in hits:
                 images = decode(h.x)
@@ -220,7 +249,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             h = hits[pick]
             row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
                    "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,
-                   "nfe": h.nfe, "gflops": gflops and gflops * h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
+                   "nfe": h.nfe, "gflops": None if hook is not None else gflops and gflops * h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
                    "overhead_ms": overhead_ms, **quality(h.x, decode(h.x))}
             rows.append(row)
             runs.append({

@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--caches", type=_str_list, default=["none"],
                    help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
                         "optional :interval=T:warmup=W:last=L:history=computed|all (e.g. abcache:2:interval=3). "
-                        "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline)")
+                        "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline). With a "
+                        "pipeline folder, diffusers' own hooks run with sequential sampling: "
+                        "diffusers:firstblock[:threshold=0.2], diffusers:taylorseer, diffusers:magcache[:...]")
     b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="distributed: run inside torchrun; the sequential reference runs on each process alone "
                         "(the one-device baseline), the other methods spread each round over the ranks")

@@ -27,11 +27,18 @@ class PipelineDenoiser:
     def __init__(self, call: Callable, grid: Grid, cond: dict, uncond: dict | None = None, guidance_scale: float = 1.0,
                  guidance_rescale: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.call, self.grid, self.cond, self.uncond = call, grid, cond, uncond
+        self.context: Callable | None = None  # e.g. a diffusers cache hook's ``network.cache_context``
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.dtype, self.device = dtype, torch.device(device)
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        if self.context is None:
+            return self._denoise(x, index, sample)
+        with self.context():
+            return self._denoise(x, index, sample)
+
+    @torch.no_grad()
+    def _denoise(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         t = self.grid.timesteps[index.cpu()].to(self.device)
         xm = x.to(self.device, self.dtype)
         pick = {k: v[sample.to(v.device)] for k, v in self.cond.items()}

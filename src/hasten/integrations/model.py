@@ -78,6 +78,11 @@ class PipelineModel:
             raise HastenError(f"this pipeline's scheduler implies solver {prepared.solver!r}, not {solver!r}")
         return make_step(grid, prepared.solver, prepared.noise)
 
+    @property
+    def network(self):
+        """The pipeline's denoising network (transformer or UNet)."""
+        return getattr(self.pipe, "transformer", None) or self.pipe.unet
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] through the pipeline's own decoder; video frames become images."""
         prepared = next(iter(self._by_steps.values()))
