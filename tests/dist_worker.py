@@ -82,9 +82,13 @@ def run_pipeline(rank: int, world: int, port: int, out_dir: str) -> None:
     _init(rank, world, port, 60)
     try:
         pipe = tiny_pipeline("sd")
+        calls = []
+        pipe.text_encoder.register_forward_hook(lambda *_: calls.append(1))
         out = hasten.accelerate(pipe, "chords", cores=3, stop="none", executor="distributed")(
             prompt=["a photo of a cat", "a red dog"], num_images_per_prompt=2, guidance_scale=4.0,
             num_inference_steps=10, output_type="latent", generator=torch.Generator().manual_seed(0))
+        with open(os.path.join(out_dir, f"text_encoder_calls_rank{rank}.txt"), "w") as fh:
+            fh.write(str(len(calls)))
         if rank == 0:
             torch.save(out.images, os.path.join(out_dir, "pipeline.pt"))
     finally:

@@ -99,3 +99,6 @@ def test_accelerated_pipeline_on_two_ranks_equals_batched(tmp_path):
     # this random pipeline's latents reach |x| ~ 17, where float32's spacing is 2e-6: bound the
     # difference (a different batch composition per rank) relative to that scale
     assert (got - ref.images).abs().max() <= 1e-6 * ref.images.abs().max()
+    # conditioning is computed once (rank 0) and sent: rank 1 never runs its text encoder
+    calls = [int((tmp_path / f"text_encoder_calls_rank{r}.txt").read_text()) for r in (0, 1)]
+    assert calls[0] > 0 and calls[1] == 0

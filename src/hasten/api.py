@@ -83,6 +83,8 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     stop = Stop.parse(stop)
     method.validate(steps)
     stop.check_cores(method.cores(steps))
+    if executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
+        model.adapter.broadcast_conditioning = True
     x = model_latents(model, batch, seed)
     grid = model.grid(steps)
     step = model_step(model, grid, solver, x, seed)

@@ -167,6 +167,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     """
     cfg.validate()
     model = load_model(cfg.model)
+    if cfg.executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
+        model.adapter.broadcast_conditioning = True
     stop = Stop.parse(cfg.stop)
     decode = model.decode
     features = None

@@ -35,6 +35,7 @@ class AcceleratedPipeline:
         if executor not in ("batched", "distributed"):
             raise HastenError(f"executor must be 'batched' or 'distributed', got {executor!r}")
         self.executor_kind = executor
+        self.adapter.broadcast_conditioning = executor == "distributed"
         self.stop = Stop.parse(stop if stop is not None else ("first" if method == "chords" else "none"))
         self.on_hit = on_hit
         self.last_stats: dict | None = None

@@ -33,10 +33,35 @@ class Prepared:
 
 
 class Adapter:
-    """Base of the adapters: holds the pipeline; subclasses implement ``prepare(**call) -> Prepared``."""
+    """Base of the adapters: holds the pipeline; subclasses implement ``prepare(**call) -> Prepared``.
+
+    Every prompt encoding goes through :meth:`encode`. With ``broadcast_conditioning``
+    set (the distributed executor), rank 0 alone runs the text encoders and sends
+    the embeddings to the other ranks once: only the denoiser works on every rank.
+    """
 
     def __init__(self, pipe):
         self.pipe = pipe
+        self.broadcast_conditioning = False
+
+    def encode(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` (a pipeline's ``encode_prompt``), run once on rank 0 when broadcasting."""
+        if not self.broadcast_conditioning:
+            return fn(*args, **kwargs)
+        import torch.distributed as dist
+
+        box = [fn(*args, **kwargs) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        device = self.pipe._execution_device
+
+        def to_device(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            if isinstance(value, (tuple, list)):
+                return type(value)(to_device(v) for v in value)
+            return value
+
+        return to_device(box[0])
 
 
 def _batch_size(prompt, prompt_embeds) -> int:
@@ -131,7 +156,7 @@ class StableDiffusionAdapter(Adapter):
             raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
         cfg = guidance_scale > 1
         device = pipe._execution_device
-        cond, uncond = pipe.encode_prompt(prompt, device, num_images_per_prompt, cfg, negative_prompt,
+        cond, uncond = self.encode(pipe.encode_prompt, prompt, device, num_images_per_prompt, cfg, negative_prompt,
                                           prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                                           clip_skip=clip_skip)
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
@@ -193,13 +218,13 @@ class FluxAdapter(Adapter):
         has_neg = negative_prompt is not None or (negative_prompt_embeds is not None
                                                   and negative_pooled_prompt_embeds is not None)
         true_cfg = true_cfg_scale > 1 and has_neg
-        embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+        embeds, pooled, text_ids = self.encode(
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
         uncond = None
         if true_cfg:
-            neg, neg_pooled, _ = pipe.encode_prompt(
-                prompt=negative_prompt, prompt_2=negative_prompt_2, prompt_embeds=negative_prompt_embeds,
+            neg, neg_pooled, _ = self.encode(
+                pipe.encode_prompt, prompt=negative_prompt, prompt_2=negative_prompt_2, prompt_embeds=negative_prompt_embeds,
                 pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
                 num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
             uncond = {"text": neg, "pooled": neg_pooled}
@@ -268,8 +293,8 @@ class SDXLAdapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
+        embeds, neg, pooled, neg_pooled = self.encode(
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=cfg, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
@@ -346,7 +371,7 @@ class CogVideoXAdapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        cond, uncond = pipe.encode_prompt(prompt, negative_prompt, cfg, num_videos_per_prompt=num_videos_per_prompt,
+        cond, uncond = self.encode(pipe.encode_prompt, prompt, negative_prompt, cfg, num_videos_per_prompt=num_videos_per_prompt,
                                           prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                                           max_sequence_length=max_sequence_length, device=device)
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
@@ -410,8 +435,8 @@ class SD3Adapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
+        embeds, neg, pooled, neg_pooled = self.encode(
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
             negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
             do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
@@ -484,7 +509,7 @@ class HunyuanVideoAdapter(Adapter):
         dtype = transformer.dtype
 
         def encode(p, p2, e, pe, m):
-            text, pooled, mask = pipe.encode_prompt(prompt=p, prompt_2=p2, prompt_template=prompt_template,
+            text, pooled, mask = self.encode(pipe.encode_prompt, prompt=p, prompt_2=p2, prompt_template=prompt_template,
                                                     num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=e,
                                                     pooled_prompt_embeds=pe, prompt_attention_mask=m, device=device,
                                                     max_sequence_length=max_sequence_length)
@@ -547,7 +572,7 @@ class WanAdapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        cond, uncond = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+        cond, uncond = self.encode(pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
                                           num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
                                           negative_prompt_embeds=negative_prompt_embeds,
                                           max_sequence_length=max_sequence_length, device=device)
