@@ -76,6 +76,20 @@ def _noise_for(solver: str, scheduler, shape, generator, device, dtype) -> torch
     return _ddpm_noise(scheduler.timesteps, shape, generator, device, dtype) if solver == "ddpm" else None
 
 
+def _unet_latents(pipe, scheduler, solver: str, n: int, height: int, width: int, dtype, device, generator,
+                  latents) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Initial latents (the pipeline's ``prepare_latents``) and DDPM noise for a UNet text-to-image pipeline."""
+    x = pipe.prepare_latents(n, pipe.unet.config.in_channels, height, width, dtype, device, generator, latents)
+    if float(scheduler.init_noise_sigma) != 1.0:
+        raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
+    return x, _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
+
+
+def _refuse_guidance_embedding(unet) -> None:
+    if unet.config.time_cond_proj_dim is not None:
+        raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
+
+
 def _refuse_unknown(extra: dict, prepare, pipe) -> None:
     """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does."""
     if extra:
@@ -152,19 +166,15 @@ class StableDiffusionAdapter(Adapter):
         pipe._cross_attention_kwargs, pipe._interrupt = None, False
         pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
         batch_size = _batch_size(prompt, prompt_embeds)
-        if unet.config.time_cond_proj_dim is not None:
-            raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
+        _refuse_guidance_embedding(unet)
         cfg = guidance_scale > 1
         device = pipe._execution_device
         cond, uncond = self.encode(pipe.encode_prompt, prompt, device, num_images_per_prompt, cfg, negative_prompt,
-                                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                                          clip_skip=clip_skip)
+                                   prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                   clip_skip=clip_skip)
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
-        n = batch_size * num_images_per_prompt
-        x = pipe.prepare_latents(n, unet.config.in_channels, height, width, cond.dtype, device, generator, latents)
-        if float(scheduler.init_noise_sigma) != 1.0:
-            raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
-        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
+        x, noise = _unet_latents(pipe, scheduler, solver, batch_size * num_images_per_prompt, height, width,
+                                 cond.dtype, device, generator, latents)
         denoiser = PipelineDenoiser(
             lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, grid,
             {"text": cond}, {"text": uncond} if cfg else None, guidance_scale, guidance_rescale,
@@ -288,23 +298,19 @@ class SDXLAdapter(Adapter):
                           negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
         pipe._guidance_scale, pipe._guidance_rescale, pipe._clip_skip = guidance_scale, guidance_rescale, clip_skip
         pipe._cross_attention_kwargs, pipe._denoising_end, pipe._interrupt = None, None, False
-        if unet.config.time_cond_proj_dim is not None:
-            raise HastenError("UNets with a guidance embedding (time_cond_proj_dim, LCM) are not supported yet")
+        _refuse_guidance_embedding(unet)
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
         embeds, neg, pooled, neg_pooled = self.encode(
-            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=cfg, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, device=device,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=cfg, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             clip_skip=clip_skip)
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
         n = batch_size * num_images_per_prompt
-        x = pipe.prepare_latents(n, unet.config.in_channels, height, width, embeds.dtype, device, generator, latents)
-        if float(scheduler.init_noise_sigma) != 1.0:
-            raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
-        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
+        x, noise = _unet_latents(pipe, scheduler, solver, n, height, width, embeds.dtype, device, generator, latents)
         projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
                       else pipe.text_encoder_2.config.projection_dim)
         time_ids = pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=embeds.dtype,
@@ -371,9 +377,10 @@ class CogVideoXAdapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        cond, uncond = self.encode(pipe.encode_prompt, prompt, negative_prompt, cfg, num_videos_per_prompt=num_videos_per_prompt,
-                                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                                          max_sequence_length=max_sequence_length, device=device)
+        cond, uncond = self.encode(pipe.encode_prompt, prompt, negative_prompt, cfg,
+                                   num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
+                                   negative_prompt_embeds=negative_prompt_embeds,
+                                   max_sequence_length=max_sequence_length, device=device)
         grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
         n = batch_size * num_videos_per_prompt
         x = pipe.prepare_latents(n, transformer.config.in_channels, num_frames, height, width, cond.dtype, device,
@@ -509,10 +516,11 @@ class HunyuanVideoAdapter(Adapter):
         dtype = transformer.dtype
 
         def encode(p, p2, e, pe, m):
-            text, pooled, mask = self.encode(pipe.encode_prompt, prompt=p, prompt_2=p2, prompt_template=prompt_template,
-                                                    num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=e,
-                                                    pooled_prompt_embeds=pe, prompt_attention_mask=m, device=device,
-                                                    max_sequence_length=max_sequence_length)
+            text, pooled, mask = self.encode(pipe.encode_prompt, prompt=p, prompt_2=p2,
+                                             prompt_template=prompt_template,
+                                             num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=e,
+                                             pooled_prompt_embeds=pe, prompt_attention_mask=m, device=device,
+                                             max_sequence_length=max_sequence_length)
             return {"text": text.to(dtype), "pooled": pooled.to(dtype), "mask": mask.to(dtype)}
 
         cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
@@ -572,10 +580,10 @@ class WanAdapter(Adapter):
         device = pipe._execution_device
         batch_size = _batch_size(prompt, prompt_embeds)
         cfg = guidance_scale > 1
-        cond, uncond = self.encode(pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
-                                          num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
-                                          negative_prompt_embeds=negative_prompt_embeds,
-                                          max_sequence_length=max_sequence_length, device=device)
+        cond, uncond = self.encode(pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt,
+                                   do_classifier_free_guidance=cfg, num_videos_per_prompt=num_videos_per_prompt,
+                                   prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                   max_sequence_length=max_sequence_length, device=device)
         transformer = pipe.transformer
         grid, solver, _ = _grid_and_solver(pipe, num_inference_steps, device)
         x = pipe.prepare_latents(batch_size * num_videos_per_prompt, transformer.config.in_channels, height, width,

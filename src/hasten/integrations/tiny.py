@@ -63,6 +63,37 @@ def clip_text(hidden: int, projection: int | None = None, positions: int = 16):
                                         vocab_size=64, max_position_embeddings=positions, **extra)).eval()
 
 
+def t5_text():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2)).eval()
+
+
+def sd_vae():
+    """The small VAE of the Stable Diffusion family pipelines (4 latent channels, 2x down)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
+                         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=4)
+
+
+def flow_vae(latent_channels: int):
+    """The one-level VAE with shift and scale of the flow-matching image pipelines (SD3, Flux)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def sd_scheduler(prediction: str, **extra):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, prediction_type=prediction, steps_offset=1, **extra)
+
+
 def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
     """A tiny pipeline: ``ddim``, ``ddpm``, ``sd`` (Stable Diffusion) or ``flux``."""
     import diffusers as d
@@ -79,13 +110,8 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                       out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
                                       norm_num_groups=4, attention_head_dim=4)
-        vae = d.AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
-                              down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                              up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4,
-                              norm_num_groups=4)
-        scheduler = d.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    clip_sample=False, set_alpha_to_one=False, prediction_type=prediction,
-                                    steps_offset=1)
+        vae = sd_vae()
+        scheduler = sd_scheduler(prediction)
         if scheduler_cls is not None:
             scheduler = scheduler_cls.from_config(scheduler.config)
         pipe = d.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=clip_text(16), tokenizer=clip_tokenizer(),
@@ -101,13 +127,8 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                       addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
                                       projection_class_embeddings_input_dim=80, cross_attention_dim=64,
                                       norm_num_groups=4)
-        vae = d.AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
-                              down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                              up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4,
-                              norm_num_groups=4)
-        scheduler = d.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    clip_sample=False, set_alpha_to_one=False, prediction_type=prediction,
-                                    steps_offset=1, timestep_spacing="leading")
+        vae = sd_vae()
+        scheduler = sd_scheduler(prediction, timestep_spacing="leading")
         config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
                                 num_attention_heads=4, num_hidden_layers=2, vocab_size=64, max_position_embeddings=16,
                                 projection_dim=32)
@@ -116,8 +137,6 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                            text_encoder_2=CLIPTextModelWithProjection(config).eval(),
                                            tokenizer_2=clip_tokenizer(), add_watermarker=False)
     elif kind == "cogvideox":
-        from transformers import T5Config, T5EncoderModel
-
         transformer = d.CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
                                                     out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
                                                     sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
@@ -126,8 +145,8 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
                                        latent_channels=4, layers_per_block=1, norm_num_groups=2,
                                        temporal_compression_ratio=4)
-        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
-        pipe = d.CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5.eval(), vae=vae.eval(),
+        t5 = t5_text()
+        pipe = d.CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5, vae=vae.eval(),
                                    transformer=transformer.eval(),
                                    scheduler=d.CogVideoXDDIMScheduler(prediction_type="v_prediction",
                                                                       clip_sample=False))
@@ -153,7 +172,7 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                       scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0),
                                       text_encoder_2=clip_text(8, positions=77), tokenizer_2=clip_tokenizer())
     elif kind == "sd3":
-        from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
         transformer = d.SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
                                               attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
@@ -161,40 +180,32 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
         config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
                                 num_attention_heads=4, num_hidden_layers=2, vocab_size=64, max_position_embeddings=16,
                                 projection_dim=32)
-        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
-        vae = d.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
-                              layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
-                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        t5 = t5_text()
+        vae = flow_vae(4)
         pipe = d.StableDiffusion3Pipeline(
             scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer.eval(),
             text_encoder=CLIPTextModelWithProjection(config).eval(), tokenizer=clip_tokenizer(),
             text_encoder_2=CLIPTextModelWithProjection(config).eval(), tokenizer_2=clip_tokenizer(),
-            text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer())
+            text_encoder_3=t5, tokenizer_3=t5_tokenizer())
     elif kind == "wan":
-        from transformers import T5Config, T5EncoderModel
-
         vae = d.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                  temperal_downsample=[False, True, True])
         transformer = d.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                               in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
                                               num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                               rope_max_seq_len=32)
-        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
-        pipe = d.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=t5.eval(), vae=vae.eval(),
+        t5 = t5_text()
+        pipe = d.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=t5, vae=vae.eval(),
                              transformer=transformer.eval(), scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0))
     else:
-        from transformers import T5Config, T5EncoderModel
-
         transformer = d.FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
                                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                                pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
-        t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2))
-        vae = d.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
-                              layers_per_block=1, latent_channels=1, norm_num_groups=1, use_quant_conv=False,
-                              use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        t5 = t5_text()
+        vae = flow_vae(1)
         # eval(): freshly built modules train by default, and T5's dropout would change every call
         pipe = d.FluxPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip_text(32, 32),
-                              tokenizer=clip_tokenizer(), text_encoder_2=t5.eval(), tokenizer_2=t5_tokenizer(),
+                              tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
                               transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
     return pipe
