@@ -175,9 +175,9 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
     from hasten.cli import main
 
     assert main(["sample", "--model", "gmm", "--prompt", "a cat", "--out", str(tmp_path / "x")]) == 2
-    assert "apply to pipeline folders only" in capsys.readouterr().err
+    assert "apply to diffusers pipelines" in capsys.readouterr().err
     assert main(["sample", "--model", "gmm", "--frames", "5", "--out", str(tmp_path / "x")]) == 2
-    assert "apply to pipeline folders only" in capsys.readouterr().err
+    assert "apply to diffusers pipelines" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
     assert "is not a saved diffusers pipeline" in capsys.readouterr().err
 

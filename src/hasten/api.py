@@ -10,8 +10,11 @@ import torch
 from hasten.caches import ABCache, CacheConfig, make_cache
 from hasten.engine import HitStream, Result, iterate
 from hasten.errors import HastenError
+from hasten.denoise import compile_network, denoiser_device
+from hasten.devices import resolve_device, resolve_dtype
+from hasten.executors import EXECUTORS, make_executor
 from hasten.executors.base import Executor
-from hasten.executors.batched import BatchedExecutor
+from hasten.executors.distributed import init_distributed
 from hasten.methods import Hit, Method, make_method
 from hasten.models import EmbeddedModel, load_model
 from hasten.steps import Step, make_step
@@ -55,25 +58,33 @@ def model_step(model, grid, solver: str | None, x: torch.Tensor, seed: int) -> S
 def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
     """DDPM's per-step noise (steps, *x.shape), drawn once before sampling; None for ODE solvers.
 
-    Drawn from a generator seeded ``seed + 1`` so the initial noise is the same for every solver.
+    Drawn on the CPU from a generator seeded ``seed + 1`` (the initial noise is the same for every
+    solver and device), then moved to the latents' device.
     """
     if solver != "ddpm":
         return None
-    return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1))
+    return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1)).to(x.device)
 
 
 def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None,
-            executor: str = "batched", **options) -> Setup:
+            executor: str = "batched", device=None, dtype=None, max_batch: int | None = None,
+            compile: str | None = None, **options) -> Setup:
     """Validate the arguments and build the run's pieces (used by the API and the CLI).
 
     ``executor``: ``"batched"`` (one forward per round on this process) or
     ``"distributed"`` (the round spread over the torch.distributed ranks of the
     current process group; every rank calls this with the same arguments).
+    ``device``/``dtype``: where the model runs and in which dtype (see
+    :mod:`hasten.devices`; an already built model keeps its own). Latents are
+    drawn on the CPU from ``seed`` and moved to the device, so every device and
+    executor starts from the same noise.
     """
-    if executor not in ("batched", "distributed"):
-        raise HastenError(f"executor must be 'batched' or 'distributed', got {executor!r}")
+    if executor not in EXECUTORS:
+        raise HastenError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     cache = make_cache(cache)
-    model = load_model(model)
+    if isinstance(model, str):
+        dev = resolve_device(device) if executor != "distributed" else init_distributed(device=device)
+        model = load_model(model, dev, resolve_dtype(dtype, dev))
     if isinstance(method, str):
         method = make_method(method, cores=cores, **options)
     elif cores is not None or any(v is not None for v in options.values()):
@@ -87,13 +98,14 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
         model.adapter.broadcast_conditioning = True
     x = model_latents(model, batch, seed)
     grid = model.grid(steps)
+    denoiser = model.denoiser(grid)
+    x = x.to(denoiser_device(denoiser))
     step = model_step(model, grid, solver, x, seed)
-    if executor == "distributed":
-        from hasten.executors.distributed import DistributedExecutor
-
-        runner = DistributedExecutor(model.denoiser(grid))
-    else:
-        runner = BatchedExecutor(model.denoiser(grid))
+    if compile is not None:
+        compile_network(getattr(model, "network", None), compile)
+    width = method.max_width(steps)
+    runner = make_executor(denoiser, executor, max_batch, compile is not None,
+                           None if width is None else width * x.shape[0])
     return Setup(model, method, x, step, runner, stop, cache)
 
 
@@ -111,6 +123,10 @@ def sample(
     cache: str | CacheConfig | None = None,
     executor: str = "batched",
     progress: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    max_batch: int | None = None,
+    compile: str | None = None,
     **options,
 ) -> Result:
     """Sample ``batch`` latents from an embedded model with a method.
@@ -126,9 +142,16 @@ def sample(
     ``solver`` is ``ddim``, ``ddpm`` or ``euler``. ``cache`` is a
     :class:`hasten.caches.CacheConfig` or a spec (``"abcache:2:interval=3"``,
     ``"reuse"``); it works with every method.
+
+    ``device`` (default: cuda when available, else cpu; ``cuda:LOCAL_RANK`` under
+    torchrun) and ``dtype`` (default float32; e.g. ``"bfloat16"``) place the
+    model; ``max_batch`` bounds the network rows of one forward; ``compile``
+    names a ``torch.compile`` backend (``"inductor"``) and pads every forward to
+    one size so one graph serves the run.
     """
     hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
-                  cache=cache, executor=executor, progress=progress, **options)
+                  cache=cache, executor=executor, progress=progress, device=device, dtype=dtype,
+                  max_batch=max_batch, compile=compile, **options)
     for hit in hits:
         if on_hit is not None:
             on_hit(hit)
@@ -148,11 +171,16 @@ def stream(
     cache: str | CacheConfig | None = None,
     executor: str = "batched",
     progress: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    max_batch: int | None = None,
+    compile: str | None = None,
     **options,
 ) -> HitStream:
     """Iterate over hits as they land; the stream's ``.result`` is set when it ends.
 
     Validation happens here, before the first round.
     """
-    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, executor, **options)
+    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, executor, device, dtype, max_batch,
+                compile, **options)
     return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache))

@@ -9,6 +9,7 @@ Quality is measured against the sequential result of the same seed and grid.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -22,14 +23,18 @@ import torch
 from tqdm.auto import tqdm
 
 from hasten.api import model_latents, model_step
+from hasten.checks import check_int
+from hasten.denoise import CompileStats, EmulatedDevice, compile_network, denoiser_device
+from hasten.devices import resolve_device, resolve_dtype
 from hasten.engine import run
 from hasten.errors import HastenError
-from hasten.executors.batched import BatchedExecutor
+from hasten.executors import make_executor
+from hasten.executors.distributed import init_distributed
 from hasten.methods import Eval, Sequential, make_method, parse_method_spec
 from hasten.caches import make_cache
 from hasten.integrations.hooks import diffusers_cache, hook_config
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
-from hasten.models import EmbeddedModel, load_model
+from hasten.models import EmbeddedModel, is_embedded, load_model
 from hasten.report import (
     fmt,
     markdown_table,
@@ -52,6 +57,12 @@ CACHE_COLUMNS = [
     ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup"),
     ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("fd", "Frechet dist."),
 ]
+
+
+#: the option that sets a method's per-round budget; when a --methods entry sets it, --cores does not apply
+BUDGET_OPTION = {"paradigms": "window", "parasolver": "window", "parasolver-turbo": "rho"}
+#: shown where a run measured them: communication (distributed), peak GPU memory, graphs compiled during the run
+RESOURCE_COLUMNS = [("comm_ms", "comm ms/round"), ("peak_gib", "peak GiB"), ("recompiles", "graphs compiled")]
 
 
 def parse_steps(entry: str, default_solver: str | None) -> tuple[str | None, int]:
@@ -79,6 +90,13 @@ class BenchConfig:
     solver: str | None = None
     executor: str = "batched"
     progress: bool = True
+    max_batch: int | None = None
+    compile: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    emulate_latency: float | None = None
+    emulate_capacity: int = 1
+    to_end: bool = True
     command: str = field(default_factory=lambda: "hasten " + shlex.join(sys.argv[1:]))
 
     def settings(self) -> list[tuple[str | None, int]]:
@@ -100,7 +118,8 @@ class BenchConfig:
                         if cache != "none" or run_steps != n:
                             out.append((solver, n, name, options, None, None, cache, run_steps))
                         continue
-                    for k in self.cores:
+                    budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8
+                    for k in ([None] if budget_set else self.cores):
                         for init in (self.inits if name == "chords" and "init" not in options else [None]):
                             opts = {**options, **({"init": init} if init else {})}
                             out.append((solver, n, name, opts, k, init, cache, run_steps))
@@ -114,6 +133,9 @@ class BenchConfig:
             raise HastenError("methods, steps, cores and init each need at least one value")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise HastenError(f"batch must be an integer >= 1, got {self.batch!r}")
+        check_int("max_batch", self.max_batch, 1, allow_none=True)
+        if self.emulate_latency is not None:
+            EmulatedDevice(lambda x, i: x, self.emulate_latency, self.emulate_capacity)  # validates both
         stop = Stop.parse(self.stop)
         for solver, n in self.settings():
             if solver not in (None, "ddim", "ddpm", "euler"):
@@ -124,14 +146,18 @@ class BenchConfig:
             if cache.startswith("diffusers:"):
                 if name != "sequential":
                     raise HastenError(f"diffusers cache hooks serve sequential sampling only, not {name}")
-                if not hasattr(self.model, "network"):
-                    raise HastenError("diffusers cache hooks need a pipeline folder as --model")
+                pipeline = not is_embedded(self.model) if isinstance(self.model, str) else hasattr(self.model, "adapter")
+                if not pipeline:
+                    raise HastenError("diffusers cache hooks need a diffusers pipeline as --model")
                 hook_name, hook_opts = _hook_spec(cache)
                 hook_config(hook_name, hook_opts)
                 continue
             make_cache(cache)
             method = make_method(name, cores=k, **options)
             method.validate(run_steps)
+            if self.compile is not None and method.max_width(run_steps) is None and self.max_batch is None:
+                raise HastenError(f"--compile needs a fixed forward size: {name} without a cores cap has no "
+                                  "fixed round width; give --max-batch")
             if name == "chords":
                 stop.check_cores(method.cores(run_steps))
 
@@ -156,6 +182,58 @@ def _params(name: str, method, n: int) -> str:
     return " ".join(f"{k}={fmt(d[k])}" for k in keep.get(name, ()) if d.get(k) is not None)
 
 
+def _executor(cfg: BenchConfig, model, grid, kind: str, method, steps: int):
+    """A fresh executor for one run, warmed up (untimed) at the shape its rounds will have.
+
+    With ``emulate_latency`` every forward takes that stated device time
+    (:class:`hasten.denoise.EmulatedDevice`); with ``compile`` forwards are padded
+    to the run's widest round, so the warm-up compiles the one graph the run uses.
+    """
+    denoiser = model.denoiser(grid)
+    if cfg.emulate_latency is not None:
+        denoiser = EmulatedDevice(denoiser, cfg.emulate_latency, cfg.emulate_capacity)
+    width = method.max_width(steps)
+    x = model_latents(model, cfg.batch, cfg.seed).to(denoiser_device(denoiser))
+    executor = make_executor(denoiser, kind, cfg.max_batch, cfg.compile is not None,
+                             None if width is None else width * x.shape[0])
+    executor.evaluate([Eval(x, 0)] * (width or 1))  # warm-up: kernels, compiled graph, collectives
+    return executor
+
+
+def _timed(executor, job: Callable, compiled: CompileStats | None = None):
+    """Run ``job``; return (its result, its costs besides rounds: peak GPU memory, graphs compiled during it,
+    time outside the model and in communication per round, where measured)."""
+    device = executor.device
+    graphs = None if compiled is None else compiled.graphs
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model_s, comm_s = executor.model_seconds, getattr(executor, "comm_seconds", None)
+    emulated = executor.denoiser if isinstance(executor.denoiser, EmulatedDevice) else None
+    before = None if emulated is None else (emulated.forwards, emulated.overruns, emulated.compute_s)
+    result = job()
+    rounds = max(1, result.all_rounds)
+    emulation = None
+    if emulated is not None:
+        forwards = emulated.forwards - before[0]
+        emulation = {"forwards": forwards, "overruns": emulated.overruns - before[1],
+                     "compute_ms_per_forward": 1000 * (emulated.compute_s - before[2]) / max(1, forwards)}
+    return result, {
+        "emulation": emulation,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "recompiles": None if compiled is None else compiled.graphs - graphs,
+        "overhead_ms": 1000 * (result.wall_s - (executor.model_seconds - model_s)) / rounds
+        if executor.time_model else None,
+        "comm_ms": None if comm_s is None else 1000 * (executor.comm_seconds - comm_s) / rounds,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    """The accelerator's name (e.g. ``NVIDIA H100 80GB HBM3``), or the CPU's core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark and write its report into ``out`` (which must exist; None writes nothing).
 
@@ -166,7 +244,11 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     their rounds over the ranks; only the caller's rank 0 should pass ``out``.
     """
     cfg.validate()
-    model = load_model(cfg.model)
+    model = cfg.model
+    if isinstance(model, str):
+        device = resolve_device(cfg.device) if cfg.executor != "distributed" else init_distributed(device=cfg.device)
+        model = load_model(model, device, resolve_dtype(cfg.dtype, device))
+    compiled = None if cfg.compile is None else compile_network(getattr(model, "network", None), cfg.compile)
     if cfg.executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
         model.adapter.broadcast_conditioning = True
     stop = Stop.parse(cfg.stop)
@@ -187,20 +269,12 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     x_init = model_latents(model, cfg.batch, cfg.seed)
     for solver, n in settings:
         grid = model.grid(n)
+        local = _executor(cfg, model, grid, "batched", Sequential(), n)
+        x_init = x_init.to(local.device)
         step = model_step(model, grid, solver, x_init, cfg.seed)
         solver_name = step.name
-        local = BatchedExecutor(model.denoiser(grid))
-        local.evaluate([Eval(x_init, 0)])  # warm-up, untimed
         gflops = flops_per_evaluation(local.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
-        executor = local
-        if cfg.executor == "distributed":
-            from hasten.executors.distributed import DistributedExecutor
-
-            executor = DistributedExecutor(model.denoiser(grid))
-            executor.evaluate([Eval(x_init, 0)])  # warm-up of the collectives, untimed
-        ref_model_s = local.model_seconds
-        ref = run(Sequential(), x_init, step, local)
-        ref_overhead = 1000 * (ref.wall_s - (local.model_seconds - ref_model_s)) / ref.all_rounds
+        ref, ref_stats = _timed(local, lambda: run(Sequential(), x_init, step, local), compiled)
         ref_images = decode(ref.x)
 
         def quality(x: torch.Tensor, images: torch.Tensor | None) -> dict:
@@ -213,16 +287,15 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             rows.append({"method": "sequential", "cache": "none", "solver": solver_name, "steps": n, "cores": 1,
                          "params": None, "rounds": ref.rounds, "all_rounds": ref.all_rounds, "speedup": 1.0,
                          "nfe": ref.nfe, "gflops": gflops and gflops * ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0,
-                         "overhead_ms": ref_overhead, **quality(ref.x, ref_images)})
+                         **ref_stats, **quality(ref.x, ref_images)})
         bar.update(1)
         for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
             method = make_method(name, cores=cores, **options)
-            run_step, run_executor = step, executor
+            run_step, run_grid = step, grid
             if run_steps != n:  # fewer steps: its own grid, same initial noise
                 run_grid = model.grid(run_steps)
                 run_step = model_step(model, run_grid, solver, x_init, cfg.seed)
-                run_executor = type(executor)(model.denoiser(run_grid))
-            model_s = run_executor.model_seconds
+            run_executor = _executor(cfg, model, run_grid, cfg.executor, method, run_steps)
             hook = None
             if cache_spec.startswith("diffusers:"):
                 hook_name, hook_opts = _hook_spec(cache_spec)
@@ -231,10 +304,11 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             else:
                 cache = make_cache(cache_spec)
             hits = []
+            read_at = stop if name == "chords" and not cfg.to_end else "none"
             with warnings.catch_warnings(record=True) as caught, (hook or nullcontext()):
                 warnings.simplefilter("always")
-                result = run(method, x_init, run_step, run_executor, "none", on_hit=hits.append, cache=cache)
-            overhead_ms = 1000 * (result.wall_s - (run_executor.model_seconds - model_s)) / max(1, result.all_rounds)
+                result, run_stats = _timed(run_executor, lambda: run(method, x_init, run_step, run_executor, read_at,
+                                                                     on_hit=hits.append, cache=cache), compiled)
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
             cache_label = cache_spec if hook is not None else ("none" if cache is None else cache.config.label())
@@ -251,8 +325,9 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             h = hits[pick]
             row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
                    "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,
-                   "nfe": h.nfe, "gflops": None if hook is not None else gflops and gflops * h.nfe, "wall_s": h.wall_s, "wall_speedup": ref.wall_s / h.wall_s,
-                   "overhead_ms": overhead_ms, **quality(h.x, decode(h.x))}
+                   "nfe": h.nfe, "gflops": None if hook is not None else gflops and gflops * h.nfe, "wall_s": h.wall_s,
+                   "wall_speedup": ref.wall_s / h.wall_s, **run_stats,
+                   **quality(h.x, decode(h.x))}
             rows.append(row)
             runs.append({
                 "label": label, "method": name, "solver": solver_name, "steps": n, "cores": cores, "init": init,
@@ -281,10 +356,17 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
         import torch.distributed as dist
 
         title += f", {dist.get_world_size()} ranks ({dist.get_backend()})"
-    table = markdown_table(rows, CACHE_COLUMNS if with_cache else COLUMNS)
+    if cfg.emulate_latency is not None:
+        title += (f", emulated devices: {1000 * cfg.emulate_latency:g} ms per forward of up to "
+                  f"{cfg.emulate_capacity} row(s)")
+    columns = (CACHE_COLUMNS if with_cache else COLUMNS) + [
+        c for c in RESOURCE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    table = markdown_table(rows, columns)
     report = {
         "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
         "executor": cfg.executor, "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "device": str(x_init.device), "device_name": _device_name(x_init.device),
+        "emulated_latency_s": cfg.emulate_latency, "emulated_capacity": cfg.emulate_capacity,
         "rows": rows, "runs": runs,
     }
     if out is None:

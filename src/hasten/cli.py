@@ -64,8 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="digits",
-                       help=f"embedded model ({', '.join(MODELS)}) or the folder of a diffusers pipeline saved with "
-                            "save_pretrained (loaded locally, never downloaded)")
+                       help=f"embedded model ({', '.join(MODELS)}; options as name:key=value, e.g. "
+                            "gmm-flow:shape=4096x64), a diffusers pipeline folder saved with save_pretrained, a "
+                            "Hugging Face model id (e.g. black-forest-labs/FLUX.1-dev; downloaded unless "
+                            "--local-files-only or HF_HUB_OFFLINE=1), or random:flux-dev | random:sd3.5-medium | "
+                            "random:wan2.1-1.3b (the real-size network with random weights, for speed tests; "
+                            "append :tiny for a small one)")
+        p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu; under "
+                       "torchrun each rank takes cuda:LOCAL_RANK)")
+        p.add_argument("--dtype", help="network dtype: float32, bfloat16 (bf16) or float16 (fp16); steps stay "
+                       "float32 (default: float32 on cpu, the checkpoint's own dtype on a GPU)")
+        p.add_argument("--local-files-only", action="store_true",
+                       help="never download: a model id must already be in the local Hugging Face cache")
+        p.add_argument("--max-batch", type=int, help="most network rows in one forward (a round larger than this "
+                       "runs in chunks; with classifier-free guidance each sample is two rows)")
+        p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                       help="torch.compile the network (backend, default inductor); every forward is padded to one "
+                            "size (padding is not counted as NFE) so one compiled graph serves the run")
         p.add_argument("--prompt", help="prompt, for text-conditioned pipelines")
         p.add_argument("--negative-prompt", help="negative prompt (classifier-free / true CFG)")
         p.add_argument("--guidance-scale", type=float, help="guidance scale, for pipelines (default: the pipeline's)")
@@ -157,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the one-device baseline), the other methods spread each round over the ranks")
     b.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (default: automatic)")
     b.add_argument("--timeout", type=float, default=60.0, help="seconds any rank waits for the others")
+    b.add_argument("--until-stop", action="store_true",
+                   help="stop each CHORDS run at the stop rule instead of running it to the end (faster; the "
+                        "convergence plot then has fewer hits)")
+    b.add_argument("--emulate-latency", type=float, metavar="SECONDS",
+                   help="emulated devices: every forward of R network rows takes SECONDS x ceil(R / "
+                        "--emulate-capacity), the model computing the numbers inside that time and sleeping the "
+                        "rest (no CPU), so many ranks on few cores behave like many devices")
+    b.add_argument("--emulate-capacity", type=int, default=1,
+                   help="rows one emulated device runs in one latency (1: a saturated device)")
     b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     return parser
@@ -173,23 +197,21 @@ def _sample(args: argparse.Namespace) -> dict | None:
     from hasten.report import save_image_grid, write_json
 
     stop = args.stop or ("first" if args.method == "chords" else "none")
+    device = _place(args)
     rank = 0
     if args.executor == "distributed":
         import torch.distributed as dist
 
-        from hasten.executors.distributed import init_distributed
-
-        init_distributed(args.backend, args.timeout)
         rank = dist.get_rank()
-        torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
     cache = None
     if args.cache != "none":
         from hasten.caches import CacheConfig
 
         cache = CacheConfig(order=1 if args.cache == "reuse" else args.cache_order, interval=args.cache_interval,
                             warmup=args.cache_warmup, last=args.cache_last, history=args.cache_history)
-    s = prepare(_model(args, args.batch or 4), args.method, args.steps, args.seed, args.batch or 4, stop, args.solver, args.cores,
-                cache, args.executor, init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
+    s = prepare(_model(args, args.batch or 4, device), args.method, args.steps, args.seed, args.batch or 4, stop,
+                args.solver, args.cores, cache, args.executor, max_batch=args.max_batch, compile=args.compile,
+                init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
                 precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
                 max_iters=args.max_iters)
     ref = run(Sequential(), s.x, s.step, s.executor)
@@ -221,26 +243,55 @@ def _sample(args: argparse.Namespace) -> dict | None:
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
             "warnings": [str(w.message) for w in caught], "executor": args.executor,
-            "world_size": getattr(s.executor, "world", 1),
+            "world_size": getattr(s.executor, "world", 1), "device": str(s.x.device),
+            "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
         }
-        save_file({"latents": result.x.contiguous(), "sequential": ref.x.contiguous()}, str(tmp / "latents.safetensors"))
+        save_file({"latents": result.x.cpu().contiguous(), "sequential": ref.x.cpu().contiguous()},
+                  str(tmp / "latents.safetensors"))
         if images is not None:
             save_image_grid(images, tmp / "samples.png")
         write_json(summary, tmp / "result.json")
     return summary
 
 
-def _model(args: argparse.Namespace, batch: int):
-    """The --model argument: an embedded model's name, or a saved pipeline with this call's prompt."""
-    if not Path(args.model).is_dir():
-        if args.prompt or args.negative_prompt or any(v is not None for v in (args.guidance_scale, args.height,
-                                                                               args.width, args.frames)):
-            raise HastenError("--prompt, --negative-prompt, --guidance-scale, --height, --width and --frames apply "
-                              "to pipeline folders only")
-        return args.model
+def _place(args: argparse.Namespace) -> torch.device:
+    """This process's device (and, under torchrun, its process group): checked before any model is loaded."""
+    from hasten.devices import parse_dtype, resolve_device
+
+    parse_dtype(args.dtype)
+    if args.executor == "distributed":
+        from hasten.executors.distributed import init_distributed
+
+        device = init_distributed(args.backend, args.timeout, args.device)
+        torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
+        return device
+    if args.backend is not None:
+        raise HastenError("--backend applies to --executor distributed only")
+    return resolve_device(args.device)
+
+
+def _model(args: argparse.Namespace, batch: int, device: torch.device):
+    """The --model argument, built on ``device``: an embedded model, or a pipeline with this call's prompt."""
+    from hasten.devices import resolve_dtype
+    from hasten.integrations.model import model_source
+
+    source = model_source(args.model)
+    pipeline_args = {"--prompt": args.prompt, "--negative-prompt": args.negative_prompt,
+                     "--guidance-scale": args.guidance_scale, "--height": args.height, "--width": args.width,
+                     "--frames": args.frames}
+    if source == "embedded":
+        given = [k for k, v in pipeline_args.items() if v is not None]
+        if given:
+            raise HastenError(f"{', '.join(given)} apply to diffusers pipelines (a folder, a model id or "
+                              f"random:NAME), not to the embedded model {args.model}")
+        if args.local_files_only:
+            raise HastenError("--local-files-only applies to Hugging Face model ids, not to embedded models")
+        from hasten.models import load_model
+
+        return load_model(args.model, device, resolve_dtype(args.dtype, device))
     from hasten.integrations.model import PipelineModel, load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device, args.dtype, args.local_files_only)
     call = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale,
             "height": args.height, "width": args.width, "num_frames": args.frames}
     if type(pipe).__name__ == "FluxPipeline" and args.negative_prompt:
@@ -283,18 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         from hasten.bench import BenchConfig, run_bench
 
         cfg = BenchConfig(
-            model=_model(args, args.batch or 64), methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
+            model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
             caches=args.caches, executor=args.executor,
             stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
-            progress=not args.no_progress,
+            progress=not args.no_progress, max_batch=args.max_batch, compile=args.compile,
+            emulate_latency=args.emulate_latency, emulate_capacity=args.emulate_capacity, to_end=not args.until_stop,
         )
-        cfg.validate()
+        cfg.validate()  # names, options and numbers: before any model is loaded
+        cfg.model = _model(args, cfg.batch, _place(args))
+        cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
         if args.executor == "distributed":
             import torch.distributed as dist
 
-            from hasten.executors.distributed import init_distributed
-
-            init_distributed(args.backend, args.timeout)
             if dist.get_rank() != 0:
                 cfg.progress = False
                 run_bench(cfg, None, log=lambda _: None)

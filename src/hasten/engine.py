@@ -5,18 +5,19 @@ is one batch of independent evaluations a method asks for; it counts as a
 round of model latency when at least one of them reaches the model (a cache
 may answer them all). *NFE* is the number of model evaluations per sample,
 *requests* the number asked for. Wall time covers everything from the first
-round to the return, bookkeeping included.
+round to the return, bookkeeping included; on a GPU it is read from CUDA
+events after the queued work has finished (:class:`hasten.devices.Stopwatch`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from hasten.devices import Stopwatch
 from hasten.errors import HastenError, NonFiniteOutputError
 from hasten.executors.base import Executor
 from hasten.methods.base import Eval, Hit, Method
@@ -59,14 +60,49 @@ class Result:
         return self.steps / self.rounds if self.rounds else float("nan")
 
 
-def _check_finite(outputs: list[torch.Tensor], evals: list[Eval], step: Step, rnd: int) -> None:
-    for out, ev in zip(outputs, evals):
-        if not torch.isfinite(out).all():
-            t = float(step.grid.timesteps[ev.index])
-            raise NonFiniteOutputError(
-                f"model output is not finite (NaN or Inf) at grid step {ev.index} of {step.grid.steps} "
-                f"(model time {t:g}) in round {rnd}"
-            )
+class FiniteCheck:
+    """Catches NaN / Inf in model outputs and names the grid step and round where it first appeared.
+
+    The test is the finiteness of each output's sum: NaN and Inf propagate into
+    it, at the cost of one reduction (an output so large that its float32 sum
+    overflows is reported too; no sane model output comes near).
+
+    On the CPU every round is checked at once. On an accelerator a check
+    would stall the device queue each round, so each round's flags stay on the
+    device and are read together every ``every`` rounds, before a hit is
+    handed out and at the end: one host synchronisation per ``every`` rounds,
+    and the report still names the first bad step.
+    """
+
+    def __init__(self, step: Step, device: torch.device, every: int = 16):
+        self.step, self.pending = step, []
+        self.every = 1 if device.type == "cpu" else every
+
+    def add(self, outputs: list[torch.Tensor], evals: list[Eval], rnd: int) -> None:
+        # NaN and Inf propagate into a sum: one cheap reduction per output instead of a mask of the whole latent
+        flags = torch.isfinite(torch.stack([out.sum() for out in outputs]))
+        self.pending.append((rnd, evals, flags))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        ok = torch.cat([flags for _, _, flags in pending]).tolist()  # the one host read
+        if all(ok):
+            return
+        pos = ok.index(False)
+        for rnd, evals, flags in pending:
+            if pos < len(evals):
+                index = evals[pos].index
+                t = float(self.step.grid.timesteps[index])
+                raise NonFiniteOutputError(
+                    f"model output is not finite (NaN or Inf, or beyond float32 range in its sum) at grid step "
+                    f"{index} of {self.step.grid.steps} "
+                    f"(model time {t:g}) in round {rnd}"
+                )
+            pos -= len(evals)
 
 
 def _answer(evals: list[Eval], executor: Executor, cache, round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
@@ -106,6 +142,7 @@ def iterate(
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
     x = x.float()
+    finite = FiniteCheck(step, x.device)
     if cache is not None:
         cache.reset(step.grid)
 
@@ -114,7 +151,7 @@ def iterate(
     last: Hit | None = None
     stopped_by = "end"
     bar = tqdm(total=method.max_rounds(n), desc=method.name, unit="round", disable=not progress, leave=False)
-    start = time.perf_counter()
+    clock = Stopwatch(x.device).start()
     run = method.solve(x, step)
     reply = None
     try:
@@ -126,8 +163,9 @@ def iterate(
                 break
             if isinstance(item, Hit):
                 reply = None
+                finite.flush()
                 item.round, item.all_rounds, item.nfe = rounds, all_rounds, nfe
-                item.wall_s = time.perf_counter() - start
+                item.wall_s = clock.elapsed()  # counts the finished device work, not its launch
                 item.residual = None if last is None else relative_residual(item.x, last.x)
                 infos.append(HitInfo(item.core, item.round, item.nfe, item.wall_s, item.residual, item.all_rounds))
                 last = item
@@ -144,11 +182,12 @@ def iterate(
             nfe += len(computed)
             requests += len(item)
             bar.update(1)
-            _check_finite(reply, item, step, all_rounds)
+            finite.add(reply, item, all_rounds)
+        finite.flush()
     finally:
         run.close()
         bar.close()
-    wall = time.perf_counter() - start
+    wall = clock.elapsed()
     return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
                   all_rounds, requests, None if cache is None else {"config": cache.config.label(), **cache.stats()})
 

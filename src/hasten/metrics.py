@@ -50,11 +50,11 @@ def flops_per_evaluation(denoiser, x: torch.Tensor) -> int:
     """FLOPs of one model evaluation for one sample, counted by ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hasten.executors.base import call_denoiser
+    from hasten.executors.base import denoise_round
 
     counter = FlopCounterMode(display=False)
     with counter:
-        call_denoiser(denoiser, x[:1], torch.zeros(1, dtype=torch.long), [1], slice(0, 1))
+        denoise_round(denoiser, x[:1], torch.zeros(1, dtype=torch.long, device=x.device), [1], slice(0, 1))
     return int(counter.get_total_flops())
 
 

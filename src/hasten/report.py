@@ -107,7 +107,8 @@ def plot_convergence(curves: dict[str, list[tuple[int, float]]], path: Path, tit
     ax.set_ylabel("RMSE to final output")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

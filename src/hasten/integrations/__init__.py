@@ -6,10 +6,15 @@ import time
 from typing import Any, Callable
 
 
+import torch
+
 from hasten.caches import make_cache
+from hasten.checks import check_int
+from hasten.denoise import compile_network
 from hasten.engine import run
 from hasten.errors import HastenError
-from hasten.executors.batched import BatchedExecutor
+from hasten.executors import EXECUTORS, make_executor
+from hasten.executors.distributed import init_distributed
 from hasten.integrations.adapters import ADAPTERS, adapter_for
 from hasten.methods import Hit, Method, make_method
 from hasten.steps import make_step
@@ -25,17 +30,24 @@ class AcceleratedPipeline:
     """
 
     def __init__(self, pipe, method: str | Method = "sequential", cache=None, executor: str = "batched",
-                 stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None, **options):
+                 stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
+                 max_batch: int | None = None, compile: str | None = None, **options):
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
         self.cache = make_cache(cache)
         self.method_spec = (method, cores, options)
         if isinstance(method, str):
             make_method(method, cores=cores, **options)  # validate now, before any call
-        if executor not in ("batched", "distributed"):
-            raise HastenError(f"executor must be 'batched' or 'distributed', got {executor!r}")
-        self.executor_kind = executor
+        if executor not in EXECUTORS:
+            raise HastenError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        check_int("max_batch", max_batch, 1, allow_none=True)
+        self.executor_kind, self.max_batch, self.compile = executor, max_batch, compile
         self.adapter.broadcast_conditioning = executor == "distributed"
+        if executor == "distributed":
+            _join_ranks(pipe)
+        self.compile_stats = None
+        if compile is not None:
+            self.compile_stats = compile_network(getattr(pipe, "transformer", None) or pipe.unet, compile)
         self.stop = Stop.parse(stop if stop is not None else ("first" if method == "chords" else "none"))
         self.on_hit = on_hit
         self.last_stats: dict | None = None
@@ -51,12 +63,9 @@ class AcceleratedPipeline:
         prepared = self.adapter.prepare(**kwargs)
         method = self._method()
         step = make_step(prepared.grid, prepared.solver, prepared.noise)
-        if self.executor_kind == "distributed":
-            from hasten.executors.distributed import DistributedExecutor
-
-            executor = DistributedExecutor(prepared.denoiser)
-        else:
-            executor = BatchedExecutor(prepared.denoiser)
+        width = method.max_width(prepared.grid.steps)
+        executor = make_executor(prepared.denoiser, self.executor_kind, self.max_batch, self.compile is not None,
+                                 None if width is None else width * prepared.latents.shape[0])
         callback = None
         if self.on_hit is not None:
             def callback(hit: Hit) -> None:
@@ -68,6 +77,7 @@ class AcceleratedPipeline:
             "all_rounds": result.all_rounds, "nfe": result.nfe, "speedup": result.speedup,
             "wall_s": result.wall_s, "total_s": time.perf_counter() - start, "params": result.params,
             "cache": result.cache, "hits": [vars(h) for h in result.hits], "latents": result.x,
+            "compiled_graphs": None if self.compile_stats is None else self.compile_stats.graphs,
         }
         try:
             output.hasten = self.last_stats
@@ -76,9 +86,23 @@ class AcceleratedPipeline:
         return output
 
 
+def _join_ranks(pipe) -> None:
+    """Join torchrun's process group for a pipeline already placed on a device, and check the placement.
+
+    Every rank must hold the pipeline on its own device: ``cuda:LOCAL_RANK``
+    (``hasten.init_distributed()`` before ``pipe.to("cuda")`` arranges it).
+    """
+    placed = torch.device(pipe._execution_device)
+    rank_device = init_distributed(device=placed.type)
+    if placed.type == "cuda" and placed.index is not None and placed != rank_device:
+        raise HastenError(f"the pipeline is on {placed} but this rank owns {rank_device} (LOCAL_RANK); call "
+                          "hasten.init_distributed() before pipe.to('cuda'), or move it with "
+                          f"pipe.to('{rank_device}')")
+
+
 def accelerate(pipe, method: str | Method = "sequential", cache=None, executor: str = "batched",
                stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
-               **options) -> AcceleratedPipeline:
+               max_batch: int | None = None, compile: str | None = None, **options) -> AcceleratedPipeline:
     """Wrap a diffusers pipeline so that it samples with a hasten method (and cache).
 
     Example::
@@ -86,9 +110,16 @@ def accelerate(pipe, method: str | Method = "sequential", cache=None, executor: 
         fast = hasten.accelerate(pipe, method="chords", cores=8)
         image = fast(prompt="a cat", num_inference_steps=50).images[0]
 
-    Supported pipelines: see ``hasten.integrations.adapters.ADAPTERS``.
+    ``executor="distributed"`` inside a torchrun launch spreads every round over
+    the ranks (each rank on its own GPU: call ``hasten.init_distributed()``
+    before ``pipe.to("cuda")``). ``max_batch`` bounds the network rows of one
+    forward (cores x samples x 2 with classifier-free guidance); ``compile``
+    names a ``torch.compile`` backend for the pipeline's network, with every
+    forward padded to one size. ``enable_model_cpu_offload()`` works with every
+    method (the network stays on the GPU while sampling); it does not mix with
+    ``compile``. Supported pipelines: see ``hasten.integrations.adapters.ADAPTERS``.
     """
-    return AcceleratedPipeline(pipe, method, cache, executor, stop, on_hit, cores, **options)
+    return AcceleratedPipeline(pipe, method, cache, executor, stop, on_hit, cores, max_batch, compile, **options)
 
 
 __all__ = ["ADAPTERS", "AcceleratedPipeline", "accelerate"]

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from hasten.denoise import grid_times
 from hasten.grid import Grid
 
 
@@ -30,6 +31,12 @@ class PipelineDenoiser:
         self.context: Callable | None = None  # e.g. a diffusers cache hook's ``network.cache_context``
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.dtype, self.device = dtype, torch.device(device)
+        self.times = grid_times(grid, self.device)  # on the device once: no host copy per call
+
+    @property
+    def rows_per_input(self) -> int:
+        """Network rows per latent row: 2 with batched classifier-free guidance."""
+        return 1 if self.uncond is None else 2
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         if self.context is None:
@@ -39,7 +46,7 @@ class PipelineDenoiser:
 
     @torch.no_grad()
     def _denoise(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        t = self.grid.timesteps[index.cpu()].to(self.device)
+        t = self.times[index.to(self.device)]
         xm = x.to(self.device, self.dtype)
         pick = {k: v[sample.to(v.device)] for k, v in self.cond.items()}
         if self.uncond is None:

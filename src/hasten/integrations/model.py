@@ -10,28 +10,102 @@ the same adapter as ``hasten.accelerate``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hasten.devices import resolve_device, resolve_dtype, stored_dtype
 from hasten.errors import HastenError
 from hasten.integrations.adapters import Prepared, adapter_for
 from hasten.steps import Step, make_step
 
 
-def load_pipeline(path: Path | str):
-    """``DiffusionPipeline.from_pretrained`` on a local folder; never downloads."""
-    path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise HastenError(f"{path} is not a saved diffusers pipeline (no model_index.json)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def offline() -> bool:
+    """Whether the Hugging Face hub is switched off by the environment (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_source(spec: str) -> str:
+    """What ``--model`` names: ``embedded``, ``random`` (``random:NAME``), ``folder`` or ``id``.
+
+    A spec that is neither an embedded name, nor an existing folder, nor
+    shaped like a Hugging Face id (``owner/name``) is refused here, with the
+    reason, before anything is loaded.
+    """
+    from hasten.models import MODELS, is_embedded
+
+    if is_embedded(spec):
+        return "embedded"
+    if spec.startswith("random:"):
+        return "random"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.exists():
+        raise HastenError(f"--model {spec}: this is a file; give a pipeline folder saved with save_pretrained")
+    if MODEL_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return "id"
+    if os.sep in spec or spec.startswith((".", "~")):
+        raise HastenError(f"--model {spec}: no such folder")
+    raise HastenError(f"--model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
+                      "network (random:flux-dev, random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, "
+                      "or a Hugging Face model id (owner/name)")
+
+
+def pipeline_folder(spec: str, local_files_only: bool = False) -> Path:
+    """The local folder of a saved pipeline or of a model id (downloaded unless offline).
+
+    ``local_files_only`` or ``HF_HUB_OFFLINE=1``: the id must already be in
+    the local Hugging Face cache.
+    """
+    if model_source(spec) == "folder":
+        folder = Path(spec).expanduser()
+    else:
+        from diffusers import DiffusionPipeline
+
+        no_download = local_files_only or offline()
+        try:
+            folder = Path(DiffusionPipeline.download(spec, local_files_only=no_download))
+        except Exception as err:  # noqa: BLE001 - hub, network and cache errors all become one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if no_download:
+                raise HastenError(f"--model {spec}: not found in the local Hugging Face cache and downloads are off "
+                                  f"({'--local-files-only' if local_files_only else 'HF_HUB_OFFLINE=1'}); download "
+                                  f"it once online, or pass a folder saved with save_pretrained ({first})") from None
+            raise HastenError(f"--model {spec}: could not be downloaded from the Hugging Face hub: {first}") from None
+    if not (folder / "model_index.json").is_file():
+        raise HastenError(f"{spec} is not a saved diffusers pipeline (no model_index.json in {folder})")
+    return folder
+
+
+def load_pipeline(spec: Path | str, device: torch.device | str | None = "cpu", dtype: torch.dtype | str | None = None,
+                  local_files_only: bool = False):
+    """A diffusers pipeline from a saved folder, a model id or ``random:NAME``, on ``device`` in ``dtype``.
+
+    ``dtype=None`` takes float32 on the CPU and the checkpoint's stored dtype
+    on an accelerator (:func:`hasten.devices.resolve_dtype`).
+    """
+    spec = str(spec)
+    dev = resolve_device(device)
+    if model_source(spec) == "random":
+        from hasten.integrations.random_pipelines import parse_random_spec, random_pipeline
+
+        parse_random_spec(spec)
+        return random_pipeline(spec, dev, resolve_dtype(dtype, dev, torch.bfloat16))
+    folder = pipeline_folder(spec, local_files_only)
+    chosen = resolve_dtype(dtype, dev, stored_dtype(folder))
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=chosen, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any loader failure becomes one clear line
-        raise HastenError(f"could not load the pipeline saved at {path}: {type(err).__name__}: {err}") from err
+        raise HastenError(f"could not load the pipeline {spec}: {type(err).__name__}: {err}") from err
+    pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

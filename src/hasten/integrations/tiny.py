@@ -16,7 +16,7 @@ KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyu
 WORDS = "a cat dog photo of red blue the".split()
 
 
-def clip_tokenizer():
+def clip_tokenizer(max_length: int = 16):
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
@@ -24,7 +24,7 @@ def clip_tokenizer():
         vocab[w + "</w>"] = len(vocab)
     for ch in sorted(set("".join(WORDS))):
         vocab.setdefault(ch, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def t5_tokenizer():
@@ -54,19 +54,22 @@ def tiny_unet2d():
                        up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
-def clip_text(hidden: int, projection: int | None = None, positions: int = 16):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text(hidden: int, projection: int | None = None, positions: int = 16, with_projection: bool = False):
+    """A two-layer CLIP text encoder (``CLIPTextModelWithProjection`` when ``with_projection``)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     extra = {} if projection is None else {"projection_dim": projection}
-    return CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
-                                        intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
-                                        vocab_size=64, max_position_embeddings=positions, **extra)).eval()
+    config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
+                            intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
+                            vocab_size=64, max_position_embeddings=positions, **extra)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
-def t5_text():
+def t5_text(d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2)).eval()
+    return T5EncoderModel(T5Config(vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
+                                   num_layers=2)).eval()
 
 
 def sd_vae():

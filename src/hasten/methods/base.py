@@ -68,6 +68,9 @@ class Method(Protocol):
     def max_rounds(self, steps: int) -> int:
         """Upper bound on rounds, for progress bars."""
 
+    def max_width(self, steps: int) -> int | None:
+        """Most requests in one round (None: no fixed bound), e.g. to pad forwards for ``torch.compile``."""
+
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
         """Run from initial noise ``x`` (grid point 0) to the end of ``step.grid``."""
 

@@ -66,6 +66,9 @@ class Chords:
     def max_rounds(self, steps: int) -> int:
         return steps
 
+    def max_width(self, steps: int) -> int:
+        return self.n_cores
+
     def describe(self, steps: int) -> dict:
         init = self.init_sequence(steps)
         return {

@@ -24,6 +24,9 @@ class Sequential:
     def max_rounds(self, steps: int) -> int:
         return steps
 
+    def max_width(self, steps: int) -> int:
+        return 1
+
     def describe(self, steps: int) -> dict:
         return {"cores": 1}
 

@@ -67,6 +67,9 @@ class SRDS:
     def max_rounds(self, steps: int) -> int:
         return steps + self.n_blocks(steps)
 
+    def max_width(self, steps: int) -> int | None:
+        return self.cores_cap  # uncapped, the pipelined dataflow has no fixed width
+
     def describe(self, steps: int) -> dict:
         return {"blocks": self.n_blocks(steps), "tol": self.tol, "cores": self.cores_cap, "max_iters": self.max_iters}
 

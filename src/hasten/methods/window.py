@@ -125,6 +125,9 @@ class SlidingWindow:
     def max_rounds(self, steps: int) -> int:
         return steps
 
+    def max_width(self, steps: int) -> int:
+        return min(self.window, self.rho or self.window)
+
     def describe(self, steps: int) -> dict:
         return {"window": self.window, "tol": "auto" if self.tol is None else self.tol, "rho": self.rho, "precondition": self.precondition,
                 "subintervals": self.subintervals or steps, "max_iters": self.max_iters}
@@ -178,9 +181,10 @@ class SlidingWindow:
             for c in range(n + rho, end):  # linear equations, immediate update
                 new[c + 1] = linear_step(step, new[c], x0_last, b[c], b[c + 1])
 
+            changes = torch.stack([(new[c] - pts[c]).flatten(1).pow(2).sum(1).max() for c in range(n + 1, end + 1)])
             ratios = []
-            for c in range(n + 1, end + 1):
-                err = (new[c] - pts[c]).flatten(1).pow(2).sum(1).max().item() / dim
+            for c, change in zip(range(n + 1, end + 1), changes.tolist()):  # one host read per iteration
+                err = change / dim
                 limit = (tol * scales[c]) ** 2
                 ratios.append(0.0 if err == 0 else (math.inf if limit == 0 else err / limit))
             first_bad = next((k for k, r in enumerate(ratios) if r > 1), len(ratios))

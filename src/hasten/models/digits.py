@@ -53,7 +53,8 @@ class DigitsModel:
     name = "digits"
     latent_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
 
-    def __init__(self, weights: Path | str = WEIGHTS_PATH, device: str | torch.device = "cpu"):
+    def __init__(self, weights: Path | str = WEIGHTS_PATH, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
         from diffusers import UNet2DModel
         from safetensors.torch import load_file
 
@@ -66,7 +67,13 @@ class DigitsModel:
             )
         self.unet = UNet2DModel(**UNET_CONFIG)
         self.unet.load_state_dict(load_file(str(path)))
-        self.unet.to(device).eval().requires_grad_(False)
+        self.unet.to(device, dtype).eval().requires_grad_(False)
+        self.device = torch.device(device)
+
+    @property
+    def network(self):
+        """The denoising network (for ``torch.compile``)."""
+        return self.unet
 
     def grid(self, steps: int):
         from diffusers import DDIMScheduler
