@@ -102,3 +102,20 @@ def test_accelerated_pipeline_on_two_ranks_equals_batched(tmp_path):
     # conditioning is computed once (rank 0) and sent: rank 1 never runs its text encoder
     calls = [int((tmp_path / f"text_encoder_calls_rank{r}.txt").read_text()) for r in (0, 1)]
     assert calls[0] > 0 and calls[1] == 0
+
+
+def test_the_readme_torchrun_script_runs_a_saved_pipeline_on_two_ranks(tmp_path):
+    """examples/distributed_pipeline.py, as documented, on a saved tiny Flux pipeline with gloo."""
+    pytest.importorskip("transformers")
+    from hasten.integrations.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("flux", tmp_path / "flux")
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "distributed_pipeline.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), script, "--model", str(folder), "--cores", "2", "--steps", "6",
+           "--out", str(tmp_path / "cat.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rounds for 6 steps" in proc.stdout and "on 2 ranks" in proc.stdout
+    assert (tmp_path / "cat.png").is_file()
