@@ -51,7 +51,7 @@ def test_sample_digits_saves_images_per_hit(tmp_path, capsys):
     (["--steps", "4", "--cores", "4"], "steps must be greater than cores"),
     (["--stop", "residual:0"], "tolerance must be a finite number > 0"),
     (["--method", "magic"], "unknown method 'magic'"),
-    (["--model", "nope"], "--model 'nope' is not an embedded model"),
+    (["--model", "nope"], "model 'nope' is not an embedded model"),
 ])
 def test_errors_are_one_line_and_leave_no_files(tmp_path, args, message):
     out = tmp_path / "never"

@@ -49,13 +49,20 @@ def test_parasolver_with_one_subinterval_is_sequential(problem):
     assert torch.equal(res.x, seq(p).x) and res.rounds == 30 and res.nfe == 30
 
 
-@pytest.mark.parametrize("rho", [8, 9, 50])
-def test_turbo_with_rho_at_least_window_is_parasolver(problem, rho):
+def test_turbo_with_rho_equal_to_window_is_parasolver(problem):
     p = problem(steps=50)
     ex1, ex2 = RecordingExecutor(p.executor), RecordingExecutor(p.executor)
     a = run(ParaSolver(window=8, tol=0.03), p.x, p.step, ex1)
-    b = run(ParaSolverTurbo(window=8, rho=rho, tol=0.03), p.x, p.step, ex2)
+    b = run(ParaSolverTurbo(window=8, rho=8, tol=0.03), p.x, p.step, ex2)
     assert torch.equal(a.x, b.x) and ex1.sizes == ex2.sizes
+
+
+@pytest.mark.parametrize("rho", [9, 50])
+def test_turbo_refuses_rho_beyond_its_window(problem, rho):
+    """Issue 10: rho > window used to be clamped silently and reported as the rho asked for."""
+    p = problem(steps=50)
+    with pytest.raises(HastenError, match=f"rho={rho} exceeds window=8"):
+        run(ParaSolverTurbo(window=8, rho=rho, tol=0.03), p.x, p.step, p.executor)
 
 
 def test_srds_with_one_block_is_sequential(problem):

@@ -11,12 +11,12 @@ from hasten.caches import ABCache, CacheConfig, make_cache
 from hasten.engine import HitStream, Result, iterate
 from hasten.errors import HastenError
 from hasten.denoise import compile_network, denoiser_device
-from hasten.devices import resolve_device, resolve_dtype
+from hasten.devices import resolve_device
 from hasten.executors import EXECUTORS, make_executor
 from hasten.executors.base import Executor
 from hasten.executors.distributed import init_distributed
 from hasten.methods import Hit, Method, make_method
-from hasten.models import EmbeddedModel, load_model
+from hasten.models import EmbeddedModel
 from hasten.steps import Step, make_step
 from hasten.stopping import Stop
 
@@ -25,7 +25,14 @@ def initial_noise(model: EmbeddedModel, batch: int, seed: int) -> torch.Tensor:
     """Standard normal noise (batch, *latent_shape) from ``torch.Generator().manual_seed(seed)``."""
     if not isinstance(batch, int) or batch < 1:
         raise HastenError(f"batch must be an integer >= 1, got {batch!r}")
-    return torch.randn((batch, *model.latent_shape), generator=torch.Generator().manual_seed(seed))
+    try:
+        return torch.randn((batch, *model.latent_shape), generator=torch.Generator().manual_seed(seed))
+    except RuntimeError as err:  # the host cannot hold even the initial latents
+        size = batch * 4
+        for n in model.latent_shape:
+            size *= n
+        raise HastenError(f"batch={batch}: the initial latents alone need {size / 2**30:.1f} GiB, more than this "
+                          f"machine can allocate ({str(err).splitlines()[0][:80]})") from None
 
 
 @dataclass
@@ -68,7 +75,8 @@ def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> to
 
 def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None,
             executor: str = "batched", device=None, dtype=None, max_batch: int | None = None,
-            compile: str | None = None, **options) -> Setup:
+            compile: str | None = None, call: dict | None = None, local_files_only: bool = False,
+            **options) -> Setup:
     """Validate the arguments and build the run's pieces (used by the API and the CLI).
 
     ``executor``: ``"batched"`` (one forward per round on this process) or
@@ -83,8 +91,10 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
         raise HastenError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     cache = make_cache(cache)
     if isinstance(model, str):
+        from hasten.integrations.model import open_model
+
         dev = resolve_device(device) if executor != "distributed" else init_distributed(device=device)
-        model = load_model(model, dev, resolve_dtype(dtype, dev))
+        model = open_model(model, dev, dtype, batch, seed, call, local_files_only)
     if isinstance(method, str):
         method = make_method(method, cores=cores, **options)
     elif cores is not None or any(v is not None for v in options.values()):
@@ -97,7 +107,10 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     if executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
         model.adapter.broadcast_conditioning = True
     x = model_latents(model, batch, seed)
-    grid = model.grid(steps)
+    try:
+        grid = model.grid(steps)
+    except ValueError as err:  # e.g. a scheduler refusing more steps than it was trained with
+        raise HastenError(f"steps={steps}: {err}") from None
     denoiser = model.denoiser(grid)
     x = x.to(denoiser_device(denoiser))
     step = model_step(model, grid, solver, x, seed)
@@ -127,6 +140,8 @@ def sample(
     dtype: str | torch.dtype | None = None,
     max_batch: int | None = None,
     compile: str | None = None,
+    call: dict | None = None,
+    local_files_only: bool = False,
     **options,
 ) -> Result:
     """Sample ``batch`` latents from an embedded model with a method.
@@ -148,10 +163,14 @@ def sample(
     model; ``max_batch`` bounds the network rows of one forward; ``compile``
     names a ``torch.compile`` backend (``"inductor"``) and pads every forward to
     one size so one graph serves the run.
+
+    ``model`` may also be a diffusers pipeline folder, a Hugging Face model id
+    or ``random:NAME``, called with ``call`` (``{"prompt": "a cat", "height": 512}``),
+    as on the command line.
     """
     hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
                   cache=cache, executor=executor, progress=progress, device=device, dtype=dtype,
-                  max_batch=max_batch, compile=compile, **options)
+                  max_batch=max_batch, compile=compile, call=call, local_files_only=local_files_only, **options)
     for hit in hits:
         if on_hit is not None:
             on_hit(hit)
@@ -175,6 +194,8 @@ def stream(
     dtype: str | torch.dtype | None = None,
     max_batch: int | None = None,
     compile: str | None = None,
+    call: dict | None = None,
+    local_files_only: bool = False,
     **options,
 ) -> HitStream:
     """Iterate over hits as they land; the stream's ``.result`` is set when it ends.
@@ -182,5 +203,5 @@ def stream(
     Validation happens here, before the first round.
     """
     s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, executor, device, dtype, max_batch,
-                compile, **options)
+                compile, call, local_files_only, **options)
     return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache))

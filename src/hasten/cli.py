@@ -5,64 +5,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
-from typing import Iterator
+import signal
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.methods import METHODS
 from hasten.models import MODELS
+from hasten.output import OutputFolder, check_out
 
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got nothing")
+    return values
 
 
 def _init(text: str):
-    return text if text in ("paper", "uniform") else _int_list(text)
+    if text.strip() in ("paper", "uniform"):
+        return text.strip()
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs paper, uniform or comma-separated grid indices like 0,8,16,32")
+    return _int_list(text)
 
 
 def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-@contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``; its files move into ``out`` only on success."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    for item in tmp.iterdir():
-        target = out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        shutil.move(str(item), str(target))
-    tmp.rmdir()
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hasten", description="Training-free acceleration of diffusion sampling.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, batch_default: int) -> None:
         p.add_argument("--model", default="digits",
                        help=f"embedded model ({', '.join(MODELS)}; options as name:key=value, e.g. "
                             "gmm-flow:shape=4096x64), a diffusers pipeline folder saved with save_pretrained, a "
@@ -88,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--width", type=int, help="image / video width, for pipelines (default: the pipeline's)")
         p.add_argument("--frames", type=int, help="number of video frames, for video pipelines")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
-        p.add_argument("--batch", type=int, help="number of samples drawn together")
+        p.add_argument("--batch", type=int, help=f"number of samples drawn together (default: {batch_default})")
         p.add_argument("--solver", choices=["ddim", "ddpm", "euler"],
                        help="step; default ddim for VP models, euler for flow models; ddpm draws every step's "
                             "noise once before sampling, so parallel methods converge to the sequential DDPM run")
@@ -98,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     s = sub.add_parser("sample", help="sample with one method and save the result",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_Help,
                        description="Sample with one method; quality is measured against sequential sampling "
                                    "of the same seed. Writes result.json, latents.safetensors and, for image "
                                    "models, samples.png and one PNG per hit as it lands.")
-    common(s)
+    common(s, 4)
     s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
     s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4)")
     s.add_argument("--steps", type=int, default=50, help="sampling steps N")
@@ -123,35 +117,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", default="none", choices=["none", "reuse", "abcache"],
                    help="answer some evaluations from cached outputs: reuse (last output) or abcache "
                         "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method")
-    s.add_argument("--cache-order", type=int, default=2, help="AB-Cache order k in 1..4 (1 = reuse)")
-    s.add_argument("--cache-interval", type=int, default=3, help="compute every T-th round after warm-up")
+    s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
+    s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
     s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
-    s.add_argument("--cache-last", type=int, default=1, help="final grid steps always computed")
-    s.add_argument("--cache-history", choices=["computed", "all"], default="computed",
-                   help="extrapolate from computed outputs only, or from predictions too")
+    s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
+    s.add_argument("--cache-history", choices=["computed", "all"],
+                   help="extrapolate from computed outputs only, or from predictions too (default: computed)")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
     s.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (default: automatic)")
     s.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds any rank waits for the others before failing (distributed executor)")
-    s.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+                   help="seconds any rank waits for the others before failing (distributed executor); torchrun's "
+                        "own rendezvous of the nodes takes --rdzv-conf timeout=SECONDS instead")
+    s.add_argument("--out", default="out", help="output folder (files of an earlier run there are replaced)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     t = sub.add_parser("make-tiny", help="save a tiny random diffusers pipeline (for tests and docs)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_Help,
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
     t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
-    t.add_argument("--out", type=Path, required=True, help="folder to save into")
+    t.add_argument("--out", required=True, help="folder to save into")
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_Help,
                        description="Run sequential and parallel methods on the same seed and write results.md, "
                                    "results.json, convergence.png, scaling.png and one image grid per run. "
                                    "Lists run as a grid: --init paper,uniform gives the initialisation "
                                    "ablation (CHORDS Table 3), --steps 50,75,100 the steps ablation (Table 4).")
-    common(b)
+    common(b, 64)
     b.add_argument("--methods", type=_str_list, default=["sequential", "chords"],
                    help=f"comma-separated methods ({', '.join(METHODS)}), each optionally with options "
                         "as name:key=value:key=value, e.g. parasolver-turbo:window=24:rho=8")
@@ -181,13 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "rest (no CPU), so many ranks on few cores behave like many devices")
     b.add_argument("--emulate-capacity", type=int, default=1,
                    help="rows one emulated device runs in one latency (1: a saturated device)")
-    b.add_argument("--out", type=Path, default=Path("report"), help="report folder")
+    b.add_argument("--out", default="report", help="report folder (files of an earlier run there are replaced)")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     return parser
 
 
+def _check_common(args: argparse.Namespace) -> None:
+    """Checks every command shares, before any model is loaded or process group joined."""
+    if args.batch is not None and args.batch < 1:
+        raise HastenError(f"--batch must be an integer >= 1, got {args.batch}")
+    if args.stop is not None and not args.stop.strip():
+        raise HastenError("--stop must be one of first, core:K, residual:TOL, none; got an empty string")
+    for flag, value in (("--height", args.height), ("--width", args.width), ("--frames", args.frames)):
+        if value is not None and value < 1:
+            raise HastenError(f"{flag} must be a positive integer, got {value}")
+    check_out(args.out)
+
+
+def _cache_config(args: argparse.Namespace):
+    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
+    options = {"order": args.cache_order, "interval": args.cache_interval, "warmup": args.cache_warmup,
+               "last": args.cache_last, "history": args.cache_history}
+    given = [f"--cache-{k}" for k, v in options.items() if v is not None]
+    if args.cache == "none":
+        if given:
+            raise HastenError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cache reuse or "
+                              "--cache abcache")
+        return None
+    from hasten.caches import CacheConfig
+
+    if args.cache == "reuse":
+        if args.cache_order not in (None, 1):
+            raise HastenError(f"--cache reuse is order 1; --cache-order {args.cache_order} needs --cache abcache")
+        options["order"] = 1
+    defaults = {"order": 2, "interval": 3, "last": 1, "history": "computed"}
+    return CacheConfig(**{k: (defaults.get(k) if v is None else v) for k, v in options.items()})
+
+
 def _sample(args: argparse.Namespace) -> dict | None:
     """Run ``hasten sample``; returns the summary on rank 0 and None on other ranks."""
+    from contextlib import nullcontext
+
     from safetensors.torch import save_file
 
     from hasten.api import prepare
@@ -196,46 +225,47 @@ def _sample(args: argparse.Namespace) -> dict | None:
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
 
-    stop = args.stop or ("first" if args.method == "chords" else "none")
+    _check_common(args)
+    stop = args.stop if args.stop is not None else ("first" if args.method == "chords" else "none")
+    cache = _cache_config(args)
+    batch = args.batch or 4
     device = _place(args)
     rank = 0
     if args.executor == "distributed":
         import torch.distributed as dist
 
         rank = dist.get_rank()
-    cache = None
-    if args.cache != "none":
-        from hasten.caches import CacheConfig
-
-        cache = CacheConfig(order=1 if args.cache == "reuse" else args.cache_order, interval=args.cache_interval,
-                            warmup=args.cache_warmup, last=args.cache_last, history=args.cache_history)
-    s = prepare(_model(args, args.batch or 4, device), args.method, args.steps, args.seed, args.batch or 4, stop,
+    out = OutputFolder(args.out) if rank == 0 else None  # only rank 0 writes
+    s = prepare(_model(args, batch, device), args.method, args.steps, args.seed, batch, stop,
                 args.solver, args.cores, cache, args.executor, max_batch=args.max_batch, compile=args.compile,
                 init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
                 precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
                 max_iters=args.max_iters)
-    ref = run(Sequential(), s.x, s.step, s.executor)
-    ref_images = s.model.decode(ref.x)
-    hits = []
-    with (staged_output(args.out) if rank == 0 else nullcontext(None)) as tmp:  # only rank 0 writes
+    with out or nullcontext():
+        ref = run(Sequential(), s.x, s.step, s.executor)
+        ref_images = s.model.decode(ref.x)
+        hits = []
+
         def on_hit(hit) -> None:
             images = s.model.decode(hit.x)
-            if images is not None and tmp is not None:  # saved at once, while sampling runs
-                save_image_grid(images, tmp / f"hit_core{hit.core}_round{hit.round}.png")
+            if images is not None and out is not None:  # written into --out the moment the hit lands
+                save_image_grid(images, out.stream(f"hit_core{hit.core}_round{hit.round}.png"))
             hits.append({"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
                          "rmse": rmse(hit.x, ref.x), "residual": hit.residual})
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, rank == 0 and not args.no_progress, s.cache)
-        if tmp is None:
+            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, rank == 0 and not args.no_progress,
+                         s.cache)
+        if out is None:
             return None
         for w in caught:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
         summary = {
             "method": result.method, "model": s.model.name, "steps": result.steps,
-            "cores": result.params.get("cores", 1), "init": result.params.get("init"), "params": result.params,
+            "cores": result.params.get("cores") if result.method == "chords" else None,
+            "width": s.method.max_width(result.steps), "init": result.params.get("init"), "params": result.params,
             "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
             "rounds": result.rounds, "all_rounds": result.all_rounds, "nfe": result.nfe, "requests": result.requests,
             "speedup": result.speedup, "cache": result.cache,
@@ -247,10 +277,10 @@ def _sample(args: argparse.Namespace) -> dict | None:
             "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
         }
         save_file({"latents": result.x.cpu().contiguous(), "sequential": ref.x.cpu().contiguous()},
-                  str(tmp / "latents.safetensors"))
+                  str(out / "latents.safetensors"))
         if images is not None:
-            save_image_grid(images, tmp / "samples.png")
-        write_json(summary, tmp / "result.json")
+            save_image_grid(images, out / "samples.png")
+        write_json(summary, out / "result.json")
     return summary
 
 
@@ -272,39 +302,34 @@ def _place(args: argparse.Namespace) -> torch.device:
 
 def _model(args: argparse.Namespace, batch: int, device: torch.device):
     """The --model argument, built on ``device``: an embedded model, or a pipeline with this call's prompt."""
-    from hasten.devices import resolve_dtype
-    from hasten.integrations.model import model_source
+    from hasten.integrations.model import open_model
+    from hasten.models import is_embedded
 
-    source = model_source(args.model)
-    pipeline_args = {"--prompt": args.prompt, "--negative-prompt": args.negative_prompt,
-                     "--guidance-scale": args.guidance_scale, "--height": args.height, "--width": args.width,
-                     "--frames": args.frames}
-    if source == "embedded":
-        given = [k for k, v in pipeline_args.items() if v is not None]
-        if given:
-            raise HastenError(f"{', '.join(given)} apply to diffusers pipelines (a folder, a model id or "
-                              f"random:NAME), not to the embedded model {args.model}")
-        if args.local_files_only:
-            raise HastenError("--local-files-only applies to Hugging Face model ids, not to embedded models")
-        from hasten.models import load_model
-
-        return load_model(args.model, device, resolve_dtype(args.dtype, device))
-    from hasten.integrations.model import PipelineModel, load_pipeline
-
-    pipe = load_pipeline(args.model, device, args.dtype, args.local_files_only)
     call = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance_scale,
             "height": args.height, "width": args.width, "num_frames": args.frames}
-    if type(pipe).__name__ == "FluxPipeline" and args.negative_prompt:
-        call["true_cfg_scale"] = args.guidance_scale or 4.0
-        call["guidance_scale"] = None
-    return PipelineModel(pipe, call, batch=batch, seed=args.seed)
+    names = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "guidance_scale": "--guidance-scale",
+             "height": "--height", "width": "--width", "num_frames": "--frames"}
+    if not is_embedded(args.model):
+        try:  # transformers' advice ("requires torchvision ... falling back") is noise on every pipeline run
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.set_verbosity_error()
+        except ImportError:  # transformers is optional
+            pass
+    try:
+        return open_model(args.model, device, args.dtype, batch, args.seed, call, args.local_files_only)
+    except HastenError as err:  # name the flags, not the call's keywords
+        text = str(err)
+        for key, flag in names.items():
+            text = text.replace(f"{key},", f"{flag},").replace(f"{key} apply", f"{flag} apply")
+        raise HastenError(text.replace("local_files_only applies", "--local-files-only applies")) from None
 
 
 def _print_sample(summary: dict) -> None:
     from hasten.report import markdown_table
 
-    keys = ["method", "model", "steps", "cores", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
-    print(markdown_table([summary], [(k, k) for k in keys]))
+    keys = ["method", "model", "steps", "cores", "width", "stop", "rounds", "speedup", "nfe", "wall_s", "rmse", "psnr"]
+    print(markdown_table([summary], [(k, "requests/round (max)" if k == "width" else k) for k in keys]))
     if summary["hits"]:
         print()
         print(markdown_table(summary["hits"], [("core", "core"), ("round", "round"), ("nfe", "NFE"),
@@ -312,12 +337,34 @@ def _print_sample(summary: dict) -> None:
                                                ("residual", "residual")]))
 
 
+def _quiet(no_progress: bool) -> None:
+    """Silence what is noise on a command line: loading bars (with --no-progress); see also _model."""
+    if no_progress:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        try:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        except ImportError:  # transformers is optional
+            pass
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (torchrun stopping a job, a scheduler's kill) unwinds like Ctrl-C, so --out is cleaned."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        _quiet(getattr(args, "no_progress", False))
         if args.command == "make-tiny":
             from hasten.integrations.tiny import save_tiny_pipeline
 
+            check_out(args.out)
             print(save_tiny_pipeline(args.kind, args.out))
             return 0
         if args.command == "sample":
@@ -331,38 +378,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_sample(summary)
             return 0
-        from hasten.bench import BenchConfig, run_bench
-
-        cfg = BenchConfig(
-            model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
-            caches=args.caches, executor=args.executor,
-            stop=args.stop or "first", seed=args.seed, batch=args.batch or 64, solver=args.solver,
-            progress=not args.no_progress, max_batch=args.max_batch, compile=args.compile,
-            emulate_latency=args.emulate_latency, emulate_capacity=args.emulate_capacity, to_end=not args.until_stop,
-        )
-        cfg.validate()  # names, options and numbers: before any model is loaded
-        cfg.model = _model(args, cfg.batch, _place(args))
-        cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
-        if args.executor == "distributed":
-            import torch.distributed as dist
-
-            if dist.get_rank() != 0:
-                cfg.progress = False
-                run_bench(cfg, None, log=lambda _: None)
-                return 0
-        with staged_output(args.out) as tmp:
-            report = run_bench(cfg, tmp, log=(lambda _: None) if args.json else print)
-        if args.json:
-            from hasten.report import json_safe
-
-            print(json.dumps(json_safe(report)))
-        return 0
+        return _bench(args)
     except HastenError as err:
         print(f"hasten: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hasten: interrupted", file=sys.stderr)
         return 130
+    except torch.OutOfMemoryError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        print(f"hasten: error: out of memory ({first_line}); lower --batch or --cores, or bound each forward "
+              "with --max-batch", file=sys.stderr)
+        return 2
     except RuntimeError as err:  # a collective that timed out or lost a peer (DistBackendError included)
         if getattr(args, "executor", "batched") != "distributed":
             raise
@@ -371,7 +398,46 @@ def main(argv: list[str] | None = None) -> int:
               f"connect): {first_line}", file=sys.stderr)
         return 3
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _shutdown_distributed()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run ``hasten bench``; only rank 0 writes and prints."""
+    from hasten.bench import BenchConfig, run_bench
+    from hasten.report import require_plots
+
+    _check_common(args)
+    require_plots()  # before any work: the report's plots need matplotlib
+    cfg = BenchConfig(
+        model=args.model, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
+        caches=args.caches, executor=args.executor,
+        stop=args.stop if args.stop is not None else "first", seed=args.seed,
+        batch=args.batch if args.batch is not None else 64, solver=args.solver,
+        progress=not args.no_progress, max_batch=args.max_batch, compile=args.compile,
+        emulate_latency=args.emulate_latency, emulate_capacity=args.emulate_capacity, to_end=not args.until_stop,
+    )
+    cfg.validate()  # names, options and numbers: before any model is loaded
+    device = _place(args)
+    rank = 0
+    if args.executor == "distributed":
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+    out = OutputFolder(args.out) if rank == 0 else None
+    cfg.model = _model(args, cfg.batch, device)
+    cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
+    if out is None:
+        cfg.progress = False
+        run_bench(cfg, None, log=lambda _: None)
+        return 0
+    with out:
+        report = run_bench(cfg, out, log=(lambda _: None) if args.json else print)
+    if args.json:
+        from hasten.report import json_safe
+
+        print(json.dumps(json_safe(report)))
+    return 0
 
 
 def _shutdown_distributed() -> None:

@@ -23,6 +23,11 @@ def _matplotlib():
     return plt
 
 
+def require_plots() -> None:
+    """Refuse early, before any work, when the plotting library of the reports is missing."""
+    _matplotlib()
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A table cell: floats to ``digits`` significant digits, None as '-'."""
     if value is None:
@@ -62,17 +67,19 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def save_image_grid(images: torch.Tensor, path: Path, ncol: int = 8) -> None:
-    """Save images (B, C, H, W) in [0, 1] as one PNG grid."""
-    plt = _matplotlib()
+    """Save images (B, C, H, W) in [0, 1] as one PNG grid (Pillow: no plotting library needed)."""
+    from PIL import Image
+
     b, c, h, w = images.shape
     ncol = min(ncol, b)
     nrow = math.ceil(b / ncol)
     canvas = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
     for n in range(b):
         r, q = divmod(n, ncol)
-        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[n]
-    arr = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).numpy()
-    plt.imsave(path, arr, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[n].float().cpu()
+    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if c == 1 else pixels[:3].permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path, format="PNG")
 
 
 def save_hit_grid(rows: Sequence[tuple[str, torch.Tensor]], path: Path, ncol: int = 8, title: str = "") -> None:

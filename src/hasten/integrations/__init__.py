@@ -16,6 +16,7 @@ from hasten.errors import HastenError
 from hasten.executors import EXECUTORS, make_executor
 from hasten.executors.distributed import init_distributed
 from hasten.integrations.adapters import ADAPTERS, adapter_for
+from hasten.integrations.model import prepare_call
 from hasten.methods import Hit, Method, make_method
 from hasten.steps import make_step
 from hasten.stopping import Stop
@@ -60,7 +61,7 @@ class AcceleratedPipeline:
         if args:
             kwargs = {"prompt": args[0], **kwargs} if "prompt" not in kwargs else kwargs
         start = time.perf_counter()
-        prepared = self.adapter.prepare(**kwargs)
+        prepared = prepare_call(self.adapter, **kwargs)
         method = self._method()
         step = make_step(prepared.grid, prepared.solver, prepared.noise)
         width = method.max_width(prepared.grid.steps)

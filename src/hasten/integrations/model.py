@@ -47,12 +47,12 @@ def model_source(spec: str) -> str:
     if path.is_dir():
         return "folder"
     if path.exists():
-        raise HastenError(f"--model {spec}: this is a file; give a pipeline folder saved with save_pretrained")
+        raise HastenError(f"model {spec}: this is a file; give a pipeline folder saved with save_pretrained")
     if MODEL_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return "id"
     if os.sep in spec or spec.startswith((".", "~")):
-        raise HastenError(f"--model {spec}: no such folder")
-    raise HastenError(f"--model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
+        raise HastenError(f"model {spec}: no such folder")
+    raise HastenError(f"model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
                       "network (random:flux-dev, random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, "
                       "or a Hugging Face model id (owner/name)")
 
@@ -74,10 +74,10 @@ def pipeline_folder(spec: str, local_files_only: bool = False) -> Path:
         except Exception as err:  # noqa: BLE001 - hub, network and cache errors all become one line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if no_download:
-                raise HastenError(f"--model {spec}: not found in the local Hugging Face cache and downloads are off "
+                raise HastenError(f"model {spec}: not found in the local Hugging Face cache and downloads are off "
                                   f"({'--local-files-only' if local_files_only else 'HF_HUB_OFFLINE=1'}); download "
                                   f"it once online, or pass a folder saved with save_pretrained ({first})") from None
-            raise HastenError(f"--model {spec}: could not be downloaded from the Hugging Face hub: {first}") from None
+            raise HastenError(f"model {spec}: could not be downloaded from the Hugging Face hub: {first}") from None
     if not (folder / "model_index.json").is_file():
         raise HastenError(f"{spec} is not a saved diffusers pipeline (no model_index.json in {folder})")
     return folder
@@ -110,6 +110,47 @@ def load_pipeline(spec: Path | str, device: torch.device | str | None = "cpu", d
     return pipe
 
 
+def open_model(spec, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
+               batch: int = 1, seed: int = 0, call: dict[str, Any] | None = None, local_files_only: bool = False):
+    """Any ``--model``: an embedded model, or a pipeline (folder, model id, ``random:NAME``) with ``call``.
+
+    ``call`` holds the pipeline's call arguments (prompt, guidance_scale,
+    height, ...); it is refused for embedded models, which take none.
+    """
+    from hasten.models import load_model
+
+    if not isinstance(spec, str):
+        return spec
+    dev = resolve_device(device)
+    if model_source(spec) == "embedded":
+        given = sorted(k for k, v in (call or {}).items() if v is not None)
+        if given:
+            raise HastenError(f"{', '.join(given)} apply to diffusers pipelines (a folder, a model id or "
+                              f"random:NAME), not to the embedded model {spec}")
+        if local_files_only:
+            raise HastenError("local_files_only applies to Hugging Face model ids, not to embedded models")
+        return load_model(spec, dev, resolve_dtype(dtype, dev))
+    pipe = load_pipeline(spec, dev, dtype, local_files_only)
+    return PipelineModel(pipe, call, batch=batch, seed=seed)
+
+
+def prepare_call(adapter, **call):
+    """``adapter.prepare(**call)``, with diffusers' own argument errors (ValueError) as one HastenError."""
+    name = type(adapter.pipe).__name__
+    try:
+        prepared = adapter.prepare(**call)
+    except HastenError:
+        raise
+    except ValueError as err:
+        raise HastenError(f"{name}: {err}") from None
+    if prepared.latents.numel() == 0:  # the pipeline rounds the size down to its latent grid: nothing left
+        sizes = {k: call[k] for k in ("height", "width", "num_frames") if call.get(k) is not None}
+        raise HastenError(f"{name}: {sizes or 'the call'} is smaller than one latent patch of this pipeline; "
+                          f"use a larger size (a multiple of {2 * getattr(adapter.pipe, 'vae_scale_factor', 8)} "
+                          "is safe)")
+    return prepared
+
+
 class PipelineModel:
     """``pipe`` called with ``call`` (prompt, guidance_scale, ...), ``batch`` images, seed ``seed``."""
 
@@ -118,6 +159,8 @@ class PipelineModel:
         self.adapter = adapter_for(pipe)
         self.name = type(pipe).__name__
         self.call = {k: v for k, v in (call or {}).items() if v is not None}
+        if self.name == "FluxPipeline" and "negative_prompt" in self.call:  # Flux guides by true CFG
+            self.call.setdefault("true_cfg_scale", self.call.pop("guidance_scale", 4.0))
         self.batch, self.seed = batch, seed
         self._by_steps: dict[int, Prepared] = {}
         self._by_grid: dict[int, Prepared] = {}
@@ -125,8 +168,9 @@ class PipelineModel:
     def _prepare(self, steps: int) -> Prepared:
         if steps not in self._by_steps:
             count = "batch_size" if self.name in ("DDPMPipeline", "DDIMPipeline") else "num_images_per_prompt"
-            prepared = self.adapter.prepare(num_inference_steps=steps, generator=torch.Generator().manual_seed(self.seed),
-                                            output_type="pt", **{count: self.batch}, **self.call)
+            prepared = prepare_call(self.adapter, num_inference_steps=steps,
+                                    generator=torch.Generator().manual_seed(self.seed), output_type="pt",
+                                    **{count: self.batch}, **self.call)
             self._by_steps[steps] = prepared
             self._by_grid[id(prepared.grid)] = prepared
         return self._by_steps[steps]

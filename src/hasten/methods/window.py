@@ -41,6 +41,7 @@ from typing import Generator
 import torch
 
 from hasten.checks import check_int, check_positive
+from hasten.errors import HastenError
 from hasten.methods.base import Eval, Hit, MethodRun
 from hasten.steps import Step, linear_step, predicted_x0
 
@@ -112,6 +113,9 @@ class SlidingWindow:
         check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
         check_int("precondition", self.precondition, 0, self.subintervals or steps)
         check_positive("tol", self.tol, allow_none=True)
+        if self.rho is not None and self.rho > self.window:
+            raise HastenError(f"rho={self.rho} exceeds window={self.window}: rho of the window's points call the "
+                              f"model; choose rho <= window (e.g. window={3 * self.rho})")
 
     def tol_for(self, solver: str) -> float:
         """The tolerance in force with a step named ``solver``."""

@@ -67,7 +67,8 @@ class DigitsModel:
             )
         self.unet = UNet2DModel(**UNET_CONFIG)
         self.unet.load_state_dict(load_file(str(path)))
-        self.unet.to(device, dtype).eval().requires_grad_(False)
+        # torch's own .to: diffusers' override warns about float32 modules this network does not have
+        torch.nn.Module.to(self.unet, device, dtype).eval().requires_grad_(False)
         self.device = torch.device(device)
 
     @property
