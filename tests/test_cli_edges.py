@@ -206,3 +206,14 @@ def test_a_node_that_never_joins_fails_within_the_rendezvous_timeout(tmp_path):
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode != 0 and time.monotonic() - start < 60
     assert "waiting for clients" in proc.stderr
+
+
+def test_prompt_embeds_of_the_wrong_width_are_refused_before_any_forward():
+    from hasten.integrations.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(HastenError, match="prompt_embeds has width 32 but UNet2DConditionModel takes 16"):
+        hasten.accelerate(pipe)(prompt_embeds=torch.randn(1, 16, 32), num_inference_steps=2, guidance_scale=1.0)
+    assert calls == []

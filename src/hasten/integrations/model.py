@@ -143,12 +143,31 @@ def prepare_call(adapter, **call):
         raise
     except ValueError as err:
         raise HastenError(f"{name}: {err}") from None
+    _check_text_width(adapter.pipe, prepared.denoiser, call)
     if prepared.latents.numel() == 0:  # the pipeline rounds the size down to its latent grid: nothing left
         sizes = {k: call[k] for k in ("height", "width", "num_frames") if call.get(k) is not None}
         raise HastenError(f"{name}: {sizes or 'the call'} is smaller than one latent patch of this pipeline; "
                           f"use a larger size (a multiple of {2 * getattr(adapter.pipe, 'vae_scale_factor', 8)} "
                           "is safe)")
     return prepared
+
+
+#: the network config entry that fixes the width of the text embeddings it attends to
+TEXT_WIDTH_KEYS = ("cross_attention_dim", "joint_attention_dim", "text_dim", "text_embed_dim")
+
+
+def _check_text_width(pipe, denoiser, call: dict) -> None:
+    """Refuse text embeddings (``prompt_embeds``) whose width the network cannot take, before any forward."""
+    text = getattr(denoiser, "cond", {}).get("text")
+    network = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if text is None or network is None:
+        return
+    config = network.config
+    key = next((k for k in TEXT_WIDTH_KEYS if isinstance(config.get(k), int)), None)
+    if key is not None and text.shape[-1] != config[key]:
+        given = "prompt_embeds" if call.get("prompt_embeds") is not None else "the text encoder's output"
+        raise HastenError(f"{type(pipe).__name__}: {given} has width {text.shape[-1]} but "
+                          f"{type(network).__name__} takes {config[key]} ({key})")
 
 
 class PipelineModel:
