@@ -14,7 +14,7 @@ from diffusers import (  # noqa: E402
 )
 import hasten  # noqa: E402
 from hasten import HastenError  # noqa: E402
-from hasten.integrations.tiny import tiny_pipeline, tiny_unet2d  # noqa: E402
+from hasten.integrations.tiny import TINY_CALLS, tiny_pipeline, tiny_unet2d  # noqa: E402
 
 
 def tiny_unet():
@@ -109,7 +109,8 @@ def test_bad_input_is_refused_before_any_model_call():
     with pytest.raises(HastenError, match="pipeline NotAPipeline is not supported yet; supported: CogVideoXPipeline, DDIMPipeline"):
         hasten.accelerate(NotAPipeline())
     pipe = tiny_sd()
-    with pytest.raises(HastenError, match="not supported by hasten: ip_adapter_image; supported: clip_skip, generator"):
+    with pytest.raises(HastenError, match="not supported by hasten: ip_adapter_image \\(hasten takes "
+                                          "ip_adapter_image=None, the pipeline's default, only\\); supported: clip_skip"):
         hasten.accelerate(pipe)("a cat", ip_adapter_image=object())
     with pytest.raises(HastenError, match="unknown method 'magic'"):
         hasten.accelerate(pipe, "magic")
@@ -247,18 +248,7 @@ def test_sequential_reproduces_cogvideox(dynamic):
     assert (fast.frames - theirs.frames).abs().max() <= 1e-4
 
 
-FAMILY_CALLS = {
-    "ddim": dict(batch_size=1),
-    "ddpm": dict(batch_size=1),
-    "sd": dict(prompt="a cat"),
-    "sdxl": dict(prompt="a cat", height=16, width=16),
-    "sd3": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
-    "flux": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
-    "wan": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
-    "cogvideox": dict(prompt="a cat", height=16, width=16, num_frames=9),
-    "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
-                         prompt_template={"template": "{}", "crop_start": 0}),
-}
+FAMILY_CALLS = TINY_CALLS
 _PIPES = {}
 
 

@@ -17,7 +17,7 @@ from hasten.executors.base import Executor
 from hasten.executors.distributed import init_distributed
 from hasten.methods import Hit, Method, make_method
 from hasten.models import EmbeddedModel
-from hasten.steps import Step, make_step
+from hasten.steps import NOISY_SOLVERS, Step, make_step
 from hasten.stopping import Stop
 
 
@@ -63,12 +63,12 @@ def model_step(model, grid, solver: str | None, x: torch.Tensor, seed: int) -> S
 
 
 def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
-    """DDPM's per-step noise (steps, *x.shape), drawn once before sampling; None for ODE solvers.
+    """The per-step noise of ddpm or euler-stochastic (steps, *x.shape), drawn once before sampling; None for ODE solvers.
 
     Drawn on the CPU from a generator seeded ``seed + 1`` (the initial noise is the same for every
     solver and device), then moved to the latents' device.
     """
-    if solver != "ddpm":
+    if solver not in NOISY_SOLVERS:
         return None
     return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1)).to(x.device)
 

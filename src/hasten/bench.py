@@ -43,6 +43,7 @@ from hasten.report import (
     save_hit_grid,
     write_json,
 )
+from hasten.steps import SOLVERS
 from hasten.stopping import Stop
 
 COLUMNS = [
@@ -138,8 +139,8 @@ class BenchConfig:
             EmulatedDevice(lambda x, i: x, self.emulate_latency, self.emulate_capacity)  # validates both
         stop = Stop.parse(self.stop)
         for solver, n in self.settings():
-            if solver not in (None, "ddim", "ddpm", "euler"):
-                raise HastenError(f"unknown solver {solver!r} in steps; valid: ddim, ddpm, euler")
+            if solver not in (None, *SOLVERS):
+                raise HastenError(f"unknown solver {solver!r} in steps; valid: {', '.join(SOLVERS)}")
             if n < 1:
                 raise HastenError(f"steps must be >= 1, got {n}")
         for solver, n, name, options, k, _, cache, run_steps in self.runs():

@@ -15,6 +15,7 @@ from hasten.errors import HastenError
 from hasten.methods import METHODS
 from hasten.models import MODELS
 from hasten.output import OutputFolder, check_out
+from hasten.steps import SOLVERS
 
 
 def _int_list(text: str) -> list[int]:
@@ -83,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--frames", type=int, help="number of video frames, for video pipelines")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator)")
         p.add_argument("--batch", type=int, help=f"number of samples drawn together (default: {batch_default})")
-        p.add_argument("--solver", choices=["ddim", "ddpm", "euler"],
-                       help="step; default ddim for VP models, euler for flow models; ddpm draws every step's "
-                            "noise once before sampling, so parallel methods converge to the sequential DDPM run")
+        p.add_argument("--solver", choices=list(SOLVERS),
+                       help="step; default ddim for VP models, euler for flow models; ddpm (VP) and "
+                            "euler-stochastic (flow) draw every step's noise once before sampling, so parallel "
+                            "methods converge to the sequential run of the same draws")
         p.add_argument("--stop", help="when a streaming method stops: first (fastest core), core:K (after core K "
                        "lands; 1 = slowest = sequential result), residual:TOL (relative change between "
                        "consecutive hits <= TOL), none (run to the end)")

@@ -39,6 +39,14 @@ class Grid:
             ``sample`` for VP; ``flow`` velocity for flow matching).
         alpha, sigma: float64 tensors of shape (N + 1,), signal and noise scale.
         timesteps: float64 tensor (N,), the model's time input at points 0..N-1.
+        model_alpha, model_sigma: float64 tensors (N,), the scales the network's
+            output is read with at points 0..N-1 (default: ``alpha[:N]``,
+            ``sigma[:N]``). They differ only where a scheduler lands a step on
+            one noise level and evaluates the next at another: DDIM steps
+            ``t -> t - T // N`` whatever the next grid timestep is, so with
+            ``linspace`` or non-dividing ``trailing`` spacing the state at point
+            i + 1 has the scale of ``t_i - T // N`` (``alpha``) but is read as
+            if at ``t_{i+1}`` (``model_alpha``), as diffusers does.
     """
 
     kind: Kind
@@ -46,6 +54,8 @@ class Grid:
     alpha: torch.Tensor
     sigma: torch.Tensor
     timesteps: torch.Tensor
+    model_alpha: torch.Tensor | None = None
+    model_sigma: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PREDICTIONS:
@@ -61,6 +71,12 @@ class Grid:
                 f"grid arrays disagree: {n} timesteps need alpha and sigma of length {n + 1}, "
                 f"got {tuple(self.alpha.shape)} and {tuple(self.sigma.shape)}"
             )
+        for name, full in (("model_alpha", self.alpha), ("model_sigma", self.sigma)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, full[:n])
+            elif value.shape != (n,):
+                raise HastenError(f"grid {name} needs length {n}, got {tuple(value.shape)}")
 
     @property
     def steps(self) -> int:
@@ -70,9 +86,11 @@ class Grid:
     def posterior_std(self, i: int, j: int) -> float:
         """Std of ``q(x_j | x_i, x0)`` for i < j: the DDPM posterior (Ho et al. Eq. 7).
 
-        ``sigma_j^2 / sigma_i^2 * (1 - alpha_i^2 / alpha_j^2)``; 0 where ``sigma_j = 0``.
+        ``sigma_j^2 / sigma_i^2 * (1 - alpha_i^2 / alpha_j^2)`` with point i read
+        at its model scales; 0 where ``sigma_j = 0``.
         """
-        ai, aj, si, sj = (float(v) for v in (self.alpha[i], self.alpha[j], self.sigma[i], self.sigma[j]))
+        ai, aj = float(self.model_alpha[i]), float(self.alpha[j])
+        si, sj = float(self.model_sigma[i]), float(self.sigma[j])
         if sj == 0 or aj == 0:
             return 0.0
         return max(0.0, sj**2 / si**2 * (1 - ai**2 / aj**2)) ** 0.5
@@ -103,25 +121,48 @@ class Grid:
         return cls("flow", "flow", 1 - s, s, ts)
 
     @classmethod
-    def from_scheduler(cls, scheduler: Any, steps: int) -> "Grid":
-        """Read the grid of a diffusers scheduler after ``set_timesteps(steps)``.
+    def from_scheduler(cls, scheduler: Any, steps: int | None = None) -> "Grid":
+        """Read the grid of a diffusers scheduler, after ``set_timesteps(steps)`` when ``steps`` is given.
 
-        Supports the DDIM/DDPM family (``alphas_cumprod``) and
-        ``FlowMatchEulerDiscreteScheduler`` (``sigmas``). The scheduler is
-        configured in place, as the pipeline itself would do.
+        * DDIM / CogVideoXDDIM (``alphas_cumprod``): each step lands on
+          ``t - T // N`` (or ``final_alpha_cumprod`` below 0), as their ``step``
+          does; the next point is read at the next grid timestep.
+        * DDPM: grid point to grid point (its ``previous_timestep``).
+        * Euler / EulerAncestral (VE ``sigmas``): the VP grid with
+          ``alpha = 1 / sqrt(1 + sigma^2)``, ``sigma_vp = sigma * alpha``: in VP
+          coordinates deterministic Euler is DDIM and ancestral Euler is DDPM.
+        * FlowMatchEulerDiscrete: its ``sigmas``.
+
+        ``steps=None`` reads a scheduler the caller already configured (a
+        pipeline's own ``retrieve_timesteps``).
         """
-        if steps < 1:
-            raise HastenError(f"steps must be >= 1, got {steps}")
-        scheduler.set_timesteps(steps)
-        config = scheduler.config
-        if hasattr(scheduler, "alphas_cumprod"):
-            final = getattr(scheduler, "final_alpha_cumprod", None)
-            if final is None:
-                final = 1.0
-            return cls.vp(scheduler.alphas_cumprod, scheduler.timesteps, float(final), config.prediction_type)
-        if hasattr(scheduler, "sigmas") and "FlowMatch" in type(scheduler).__name__:
-            return cls.flow(scheduler.sigmas, scheduler.timesteps)
-        raise HastenError(
-            f"scheduler {type(scheduler).__name__} is not supported; supported: schedulers with "
-            "alphas_cumprod (DDIM, DDPM, ...) and FlowMatchEulerDiscreteScheduler"
-        )
+        if steps is not None:
+            if steps < 1:
+                raise HastenError(f"steps must be >= 1, got {steps}")
+            scheduler.set_timesteps(steps)
+        name, config = type(scheduler).__name__, scheduler.config
+        timesteps = scheduler.timesteps.detach().cpu()
+        if name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
+            ve = scheduler.sigmas.detach().cpu().double()
+            alpha = 1 / (1 + ve**2).sqrt()
+            return cls("vp", config.prediction_type, alpha, ve * alpha, timesteps.double())
+        if "FlowMatch" in name and hasattr(scheduler, "sigmas"):
+            return cls.flow(scheduler.sigmas.detach().cpu(), timesteps)
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise HastenError(
+                f"scheduler {name} is not supported; supported: DDIM, DDPM, CogVideoXDDIM, Euler, "
+                "EulerAncestral and FlowMatchEulerDiscrete"
+            )
+        final = getattr(scheduler, "final_alpha_cumprod", None)
+        final = 1.0 if final is None else float(final)
+        bars = scheduler.alphas_cumprod.float().cpu()
+        ts = timesteps.long()
+        if name == "DDPMScheduler":
+            return cls.vp(bars, ts, final, config.prediction_type)
+        # DDIM's step: prev = t - T // N whatever the next grid timestep is
+        prev = ts - config.num_train_timesteps // scheduler.num_inference_steps
+        landed = torch.stack([bars[p] if p >= 0 else torch.tensor(final) for p in prev.tolist()])
+        read = bars[ts]
+        alpha_bar = torch.cat([read[:1], landed])
+        return cls("vp", config.prediction_type, alpha_bar.sqrt().double(), (1 - alpha_bar).sqrt().double(),
+                   ts.double(), read.sqrt().double(), (1 - read).sqrt().double())

@@ -26,9 +26,20 @@ class Step(Protocol):
     ) -> torch.Tensor: ...
 
 
-def predict_x0_eps(grid: Grid, x: torch.Tensor, output: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network output at grid point i into (x0, eps) estimates."""
-    a, s = float(grid.alpha[i]), float(grid.sigma[i])
+def predict_x0_eps(grid: Grid, x: torch.Tensor, output: torch.Tensor, i: int, clip: float | None = None,
+                   clip_eps: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a network output at grid point i into (x0, eps) estimates (read at the point's model scales).
+
+    ``clip``: clamp x0 to ``[-clip, clip]`` (diffusers' ``clip_sample_range``)
+    and, with ``clip_eps``, recompute eps from the clamped x0. DDPM's posterior
+    and CogVideoXDDIM recompute it; DDIMScheduler keeps the network's eps
+    (unless ``use_clipped_model_output``).
+    """
+    if clip is not None:
+        x0, eps = predict_x0_eps(grid, x, output, i)
+        x0 = x0.clamp(-clip, clip)
+        return x0, (x - float(grid.model_alpha[i]) * x0) / float(grid.model_sigma[i]) if clip_eps else eps
+    a, s = float(grid.model_alpha[i]), float(grid.model_sigma[i])
     if grid.prediction == "epsilon":
         return (x - s * output) / a, output
     if grid.prediction == "v_prediction":
@@ -48,12 +59,12 @@ class DDIMStep:
 
     name = "ddim"
 
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+    def __init__(self, grid: Grid, clip: float | None = None, clip_eps: bool = False) -> None:
+        self.grid, self.clip, self.clip_eps = grid, clip, clip_eps
 
     def __call__(self, x, output, i, j, noise=None):
         x, output = x.float(), output.float()
-        x0, eps = predict_x0_eps(self.grid, x, output, i)
+        x0, eps = predict_x0_eps(self.grid, x, output, i, self.clip, self.clip_eps)
         return float(self.grid.alpha[j]) * x0 + float(self.grid.sigma[j]) * eps
 
 
@@ -70,18 +81,18 @@ class DDPMStep:
 
     name = "ddpm"
 
-    def __init__(self, grid: Grid, noise: torch.Tensor) -> None:
+    def __init__(self, grid: Grid, noise: torch.Tensor, clip: float | None = None) -> None:
         if grid.kind != "vp":
             raise HastenError(f"solver 'ddpm' needs a VP grid, got a {grid.kind} grid; use 'euler'")
         if noise is None or noise.shape[0] != grid.steps:
             raise HastenError(f"solver 'ddpm' needs noise of shape (steps={grid.steps}, batch, ...), got "
                               f"{None if noise is None else tuple(noise.shape)}")
-        self.grid = grid
+        self.grid, self.clip = grid, clip
         self.noise = noise.float()
 
     def __call__(self, x, output, i, j, noise=None):
         x, output = x.float(), output.float()
-        x0, eps = predict_x0_eps(self.grid, x, output, i)
+        x0, eps = predict_x0_eps(self.grid, x, output, i, self.clip)
         s = self.grid.posterior_std(i, j)
         sj = float(self.grid.sigma[j])
         z = self.noise[i] if noise is None else noise
@@ -103,28 +114,63 @@ class EulerStep:
         return x.float() + ds * output.float()
 
 
-SOLVERS = ("ddim", "ddpm", "euler")
+class StochasticEulerStep:
+    """Flow matching with re-noising (diffusers' ``stochastic_sampling``), noise drawn before any iteration.
+
+    ``x_j = (1 - sigma_j) * x0_hat + sigma_j * noise[i]`` with
+    ``x0_hat = x_i - sigma_i * v``: the clean-sample estimate carried to
+    ``sigma_j`` with fresh noise, as ``FlowMatchEulerDiscreteScheduler.step``
+    does. The noise is fixed, so parallel methods converge to the sequential
+    trajectory of the same draws (as with :class:`DDPMStep`).
+    """
+
+    name = "euler-stochastic"
+
+    def __init__(self, grid: Grid, noise: torch.Tensor) -> None:
+        if grid.kind != "flow":
+            raise HastenError(f"solver 'euler-stochastic' needs a flow-matching grid, got a {grid.kind} grid")
+        if noise is None or noise.shape[0] != grid.steps:
+            raise HastenError(f"solver 'euler-stochastic' needs noise of shape (steps={grid.steps}, batch, ...), "
+                              f"got {None if noise is None else tuple(noise.shape)}")
+        self.grid, self.noise = grid, noise.float()
+
+    def __call__(self, x, output, i, j, noise=None):
+        sj = float(self.grid.sigma[j])
+        x0 = x.float() - float(self.grid.sigma[i]) * output.float()
+        return (1 - sj) * x0 + sj * (self.noise[i] if noise is None else noise)
 
 
-def make_step(grid: Grid, solver: str | None = None, noise: torch.Tensor | None = None) -> Step:
+SOLVERS = ("ddim", "ddpm", "euler", "euler-stochastic")
+NOISY_SOLVERS = ("ddpm", "euler-stochastic")  # steps that take noise drawn before sampling
+
+
+def make_step(grid: Grid, solver: str | None = None, noise: torch.Tensor | None = None,
+              clip: float | None = None, clip_eps: bool = False) -> Step:
     """The step named ``solver``, or the natural one for the grid (ddim for VP, euler for flow).
 
-    ``ddpm`` needs ``noise`` of shape (N, B, ...), drawn before sampling starts.
+    ``ddpm`` and ``euler-stochastic`` need ``noise`` of shape (N, B, ...),
+    drawn before sampling starts. ``clip`` clamps the x0 estimate of the VP
+    steps (diffusers' ``clip_sample_range``); ``clip_eps`` makes ddim recompute
+    eps from the clamped x0 (CogVideoXDDIM), as ddpm always does.
     """
     if solver is None:
         solver = "euler" if grid.kind == "flow" else "ddim"
+    if clip is not None and solver not in ("ddim", "ddpm"):
+        raise HastenError(f"clip applies to the solvers ddim and ddpm, not {solver!r}")
     if solver == "ddim":
-        return DDIMStep(grid)
+        return DDIMStep(grid, clip, clip_eps)
     if solver == "euler":
         return EulerStep(grid)
     if solver == "ddpm":
-        return DDPMStep(grid, noise)
+        return DDPMStep(grid, noise, clip)
+    if solver == "euler-stochastic":
+        return StochasticEulerStep(grid, noise)
     raise HastenError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
 
 
 def output_for_x0(grid: Grid, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
     """The network output at grid point i that would predict ``x0`` for latent ``x``."""
-    a, s = float(grid.alpha[i]), float(grid.sigma[i])
+    a, s = float(grid.model_alpha[i]), float(grid.model_sigma[i])
     eps = (x - a * x0) / s
     if grid.prediction == "epsilon":
         return eps
@@ -137,7 +183,7 @@ def output_for_x0(grid: Grid, x: torch.Tensor, x0: torch.Tensor, i: int) -> torc
 
 def predicted_x0(step: Step, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:
     """The clean-sample prediction of a network output (ParaSolver-Turbo Algorithm 1, line 4)."""
-    return predict_x0_eps(step.grid, x.float(), output.float(), i)[0]
+    return predict_x0_eps(step.grid, x.float(), output.float(), i, getattr(step, "clip", None))[0]
 
 
 def linear_step(step: Step, x: torch.Tensor, x0: torch.Tensor, i: int, j: int) -> torch.Tensor:

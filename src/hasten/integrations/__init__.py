@@ -18,7 +18,6 @@ from hasten.executors.distributed import init_distributed
 from hasten.integrations.adapters import ADAPTERS, adapter_for
 from hasten.integrations.model import prepare_call
 from hasten.methods import Hit, Method, make_method
-from hasten.steps import make_step
 from hasten.stopping import Stop
 
 
@@ -63,18 +62,28 @@ class AcceleratedPipeline:
         start = time.perf_counter()
         prepared = prepare_call(self.adapter, **kwargs)
         method = self._method()
-        step = make_step(prepared.grid, prepared.solver, prepared.noise)
+        step = prepared.step()
+        hits: list[Callable[[Hit], None]] = []
+        if prepared.callback is not None:
+            if method.name == "sequential":  # a step callback, as the pipeline's own loop calls it
+                step = prepared.callback.wrap_step(step)
+            else:  # once per hit, in landing order
+                hits.append(lambda hit, count=iter(range(10**9)): prepared.callback.on_hit(next(count), hit))
+        if self.on_hit is not None:
+            hits.append(lambda hit: self.on_hit(hit, prepared.decode))
         width = method.max_width(prepared.grid.steps)
         executor = make_executor(prepared.denoiser, self.executor_kind, self.max_batch, self.compile is not None,
                                  None if width is None else width * prepared.latents.shape[0])
         callback = None
-        if self.on_hit is not None:
+        if hits:
             def callback(hit: Hit) -> None:
-                self.on_hit(hit, prepared.decode)
+                for fn in hits:
+                    fn(hit)
         result = run(method, prepared.latents, step, executor, self.stop, callback, cache=self.cache)
         output = prepared.decode(result.x)
         self.last_stats = {
-            "method": result.method, "steps": result.steps, "solver": prepared.solver, "rounds": result.rounds,
+            "method": result.method, "steps": result.steps, "solver": prepared.solver,
+            "scheduler": prepared.scheduler, "rounds": result.rounds,
             "all_rounds": result.all_rounds, "nfe": result.nfe, "speedup": result.speedup,
             "wall_s": result.wall_s, "total_s": time.perf_counter() - start, "params": result.params,
             "cache": result.cache, "hits": [vars(h) for h in result.hits], "latents": result.x,

@@ -9,6 +9,7 @@ returns everything the engine needs, before any network call.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,12 +18,20 @@ import torch
 from hasten.errors import HastenError
 from hasten.grid import Grid
 from hasten.integrations.denoisers import PipelineDenoiser
-from hasten.integrations.schedulers import first_order_scheduler
+from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
+from hasten.steps import Step, make_step
+
+log = logging.getLogger("hasten")
 
 
 @dataclass
 class Prepared:
-    """What the engine needs for one pipeline call."""
+    """What the engine needs for one pipeline call.
+
+    ``latents`` and ``decode`` speak the pipeline's own latent convention;
+    :func:`hasten.integrations.model.prepare_call` converts them to hasten's
+    state with ``pipeline_scale`` (VE schedulers keep ``x / alpha``).
+    """
 
     grid: Grid
     solver: str
@@ -30,6 +39,21 @@ class Prepared:
     latents: torch.Tensor
     noise: torch.Tensor | None
     decode: Callable[[torch.Tensor], Any]  # final latents -> the pipeline's usual output
+    clip: float | None = None
+    clip_eps: bool = False
+    pipeline_scale: torch.Tensor | None = None  # x_pipeline = pipeline_scale[i] * x_hasten at grid point i
+    scheduler: str = ""  # the scheduler sampled with, for notices and reports
+    callback: Any = None  # a StepCallback, set by prepare_call
+
+    @classmethod
+    def from_plan(cls, plan: SchedulerPlan, denoiser, latents: torch.Tensor, noise: torch.Tensor | None,
+                  decode: Callable) -> "Prepared":
+        return cls(plan.grid, plan.solver, denoiser, latents, noise, decode, plan.clip, plan.clip_eps,
+                   plan.pipeline_scale, plan.describe())
+
+    def step(self) -> Step:
+        """The hasten step of this call's scheduler."""
+        return make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps)
 
 
 class Adapter:
@@ -71,18 +95,11 @@ def _batch_size(prompt, prompt_embeds) -> int:
     return prompt_embeds.shape[0]
 
 
-def _noise_for(solver: str, scheduler, shape, generator, device, dtype) -> torch.Tensor | None:
-    """The DDPM noise of a call when the scheduler is DDPM, else None."""
-    return _ddpm_noise(scheduler.timesteps, shape, generator, device, dtype) if solver == "ddpm" else None
-
-
-def _unet_latents(pipe, scheduler, solver: str, n: int, height: int, width: int, dtype, device, generator,
+def _unet_latents(pipe, plan: SchedulerPlan, n: int, height: int, width: int, dtype, device, generator,
                   latents) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Initial latents (the pipeline's ``prepare_latents``) and DDPM noise for a UNet text-to-image pipeline."""
+    """Initial latents (the pipeline's ``prepare_latents``) and step noise for a UNet text-to-image pipeline."""
     x = pipe.prepare_latents(n, pipe.unet.config.in_channels, height, width, dtype, device, generator, latents)
-    if float(scheduler.init_noise_sigma) != 1.0:
-        raise HastenError("schedulers whose initial noise is scaled (init_noise_sigma != 1) are not supported")
-    return x, _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
+    return x, plan.draw_noise(x.shape, generator, device, pipe.unet.dtype)
 
 
 def _refuse_guidance_embedding(unet) -> None:
@@ -91,25 +108,35 @@ def _refuse_guidance_embedding(unet) -> None:
 
 
 def _refuse_unknown(extra: dict, prepare, pipe) -> None:
-    """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does."""
-    if extra:
+    """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does.
+
+    An argument the pipeline's ``__call__`` takes, given at its default value
+    (``eta=0.0``, ``cross_attention_kwargs=None``, ...), changes nothing and is accepted.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(pipe.__call__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    refused = sorted(k for k, v in extra.items() if not (k in defaults and _same_default(v, defaults[k])))
+    if refused:
         allowed = sorted(set(inspect.signature(prepare).parameters) - {"self", "extra"})
+        at_default = [f"{k}={defaults[k]!r}" for k in refused if k in defaults]
+        hint = f" (hasten takes {', '.join(at_default)}, the pipeline's default, only)" if at_default else ""
         raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: "
-                          f"{', '.join(sorted(extra))}; supported: {', '.join(allowed)}")
+                          f"{', '.join(refused)}{hint}; supported: {', '.join(allowed)}")
 
 
-def _grid_and_solver(pipe, steps: int, device) -> tuple[Grid, str, Any]:
-    scheduler, solver = first_order_scheduler(pipe.scheduler)
-    return Grid.from_scheduler(scheduler, steps), solver, scheduler
+def _same_default(value, default) -> bool:
+    """Whether a call argument is the pipeline's own default (None, a number, a string, a list of them)."""
+    if value is default:
+        return True
+    simple = (type(None), bool, int, float, str, list, tuple)
+    return isinstance(value, simple) and isinstance(default, simple) and value == default
 
 
-def _ddpm_noise(grid_timesteps: torch.Tensor, shape, generator, device, dtype) -> torch.Tensor:
-    """DDPM noise drawn in the pipeline's own order: one draw per step with t > 0 (diffusers' DDPMScheduler.step)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    draws = [randn_tensor(shape, generator=generator, device=device, dtype=dtype) if t > 0
-             else torch.zeros(shape, device=device, dtype=dtype) for t in grid_timesteps.tolist()]
-    return torch.stack(draws).float()
+def _refuse_other_schedulers(pipe) -> None:
+    """Pipelines whose adapter sets the flow sigmas itself take FlowMatchEulerDiscreteScheduler only."""
+    if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+        raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported; "
+                          "supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling)")
 
 
 class UnconditionalAdapter(Adapter):
@@ -129,14 +156,19 @@ class UnconditionalAdapter(Adapter):
         if num_inference_steps is None:
             num_inference_steps = 1000 if type(pipe).__name__ == "DDPMPipeline" else 50
         unet = pipe.unet
+        if float(pipe.scheduler.init_noise_sigma) != 1.0:  # the pipeline itself neither scales noise nor input
+            raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported: the "
+                              "pipeline neither scales its noise nor its model input for this VE scheduler; "
+                              "supported: DDPM, DDIM and other VP schedulers (init_noise_sigma = 1)")
+        device = pipe._execution_device
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, unet.config.in_channels, *size)
-        latents = randn_tensor(shape, generator=generator, device=pipe.device, dtype=unet.dtype).float()
-        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, pipe.device)
-        noise = _noise_for(solver, scheduler, shape, generator, pipe.device, unet.dtype)
-        denoiser = PipelineDenoiser(lambda x, t, cond: unet(x, t).sample, grid, {}, dtype=unet.dtype,
-                                    device=pipe.device)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype).float()
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        noise = plan.draw_noise(shape, generator, device, unet.dtype)
+        denoiser = PipelineDenoiser(lambda x, t, cond: unet(x, t).sample, plan.grid, {}, dtype=unet.dtype,
+                                    device=device)
 
         def decode(x: torch.Tensor):
             image = (x / 2 + 0.5).clamp(0, 1).cpu()
@@ -146,7 +178,7 @@ class UnconditionalAdapter(Adapter):
                 image = pipe.numpy_to_pil(image)
             return ImagePipelineOutput(images=image) if return_dict else (image,)
 
-        return Prepared(grid, solver, denoiser, latents, noise, decode)
+        return Prepared.from_plan(plan, denoiser, latents, noise, decode)
 
 
 class StableDiffusionAdapter(Adapter):
@@ -172,11 +204,11 @@ class StableDiffusionAdapter(Adapter):
         cond, uncond = self.encode(pipe.encode_prompt, prompt, device, num_images_per_prompt, cfg, negative_prompt,
                                    prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                                    clip_skip=clip_skip)
-        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
-        x, noise = _unet_latents(pipe, scheduler, solver, batch_size * num_images_per_prompt, height, width,
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        x, noise = _unet_latents(pipe, plan, batch_size * num_images_per_prompt, height, width,
                                  cond.dtype, device, generator, latents)
         denoiser = PipelineDenoiser(
-            lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, grid,
+            lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, plan.grid,
             {"text": cond}, {"text": uncond} if cfg else None, guidance_scale, guidance_rescale,
             dtype=unet.dtype, device=device,
         )
@@ -193,7 +225,7 @@ class StableDiffusionAdapter(Adapter):
                 image = pipe.image_processor.postprocess(image, output_type=output_type)
             return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=None) if return_dict else (image, None)
 
-        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), noise, decode)
 
 
 class FluxAdapter(Adapter):
@@ -212,9 +244,7 @@ class FluxAdapter(Adapter):
 
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
-        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-            raise HastenError(f"FluxPipeline with {type(pipe.scheduler).__name__} is not supported; supported: "
-                              "FlowMatchEulerDiscreteScheduler")
+        _refuse_other_schedulers(pipe)
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
         pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
@@ -247,7 +277,8 @@ class FluxAdapter(Adapter):
         mu = calculate_shift(x.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         retrieve_timesteps(pipe.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
-        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        plan = plan_scheduler(pipe.scheduler)
+        grid = plan.grid
         guidance = None
         if transformer.config.guidance_embeds:
             guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
@@ -273,7 +304,8 @@ class FluxAdapter(Adapter):
                 image = pipe.image_processor.postprocess(image, output_type=output_type)
             return FluxPipelineOutput(images=image) if return_dict else (image,)
 
-        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  decode)
 
 
 class SDXLAdapter(Adapter):
@@ -308,9 +340,10 @@ class SDXLAdapter(Adapter):
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             clip_skip=clip_skip)
-        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        grid = plan.grid
         n = batch_size * num_images_per_prompt
-        x, noise = _unet_latents(pipe, scheduler, solver, n, height, width, embeds.dtype, device, generator, latents)
+        x, noise = _unet_latents(pipe, plan, n, height, width, embeds.dtype, device, generator, latents)
         projection = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
                       else pipe.text_encoder_2.config.projection_dim)
         time_ids = pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=embeds.dtype,
@@ -344,7 +377,7 @@ class SDXLAdapter(Adapter):
                 image = pipe.image_processor.postprocess(image, output_type=output_type)
             return StableDiffusionXLPipelineOutput(images=image) if return_dict else (image,)
 
-        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), noise, decode)
 
 
 class CogVideoXAdapter(Adapter):
@@ -364,6 +397,10 @@ class CogVideoXAdapter(Adapter):
         _refuse_unknown(extra, self.prepare, pipe)
         if num_images_per_prompt is not None:
             num_videos_per_prompt = num_images_per_prompt
+        if num_videos_per_prompt != 1:  # CogVideoXPipeline.__call__ sets num_videos_per_prompt = 1
+            log.warning("hasten: CogVideoXPipeline makes one video per prompt whatever num_videos_per_prompt "
+                        "says, and so does hasten; pass a list of prompts for more videos")
+            num_videos_per_prompt = 1
         transformer = pipe.transformer
         height = height or transformer.config.sample_height * pipe.vae_scale_factor_spatial
         width = width or transformer.config.sample_width * pipe.vae_scale_factor_spatial
@@ -381,14 +418,15 @@ class CogVideoXAdapter(Adapter):
                                    num_videos_per_prompt=num_videos_per_prompt, prompt_embeds=prompt_embeds,
                                    negative_prompt_embeds=negative_prompt_embeds,
                                    max_sequence_length=max_sequence_length, device=device)
-        grid, solver, scheduler = _grid_and_solver(pipe, num_inference_steps, device)
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        grid = plan.grid
         n = batch_size * num_videos_per_prompt
         x = pipe.prepare_latents(n, transformer.config.in_channels, num_frames, height, width, cond.dtype, device,
                                  generator, latents)
         rotary = None
         if transformer.config.use_rotary_positional_embeddings:
             rotary = pipe._prepare_rotary_positional_embeddings(height, width, x.size(1), device)
-        noise = _noise_for(solver, scheduler, x.shape, generator, device, x.dtype)
+        noise = plan.draw_noise(x.shape, generator, device, transformer.dtype)
         scale = guidance_scale
         if use_dynamic_cfg:  # as the pipeline: a function of the timestep value
             def scale(t: torch.Tensor) -> torch.Tensor:
@@ -409,7 +447,7 @@ class CogVideoXAdapter(Adapter):
                 video = pipe.video_processor.postprocess_video(video=video, output_type=output_type)
             return CogVideoXPipelineOutput(frames=video) if return_dict else (video,)
 
-        return Prepared(grid, solver, denoiser, x.float(), noise, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), noise, decode)
 
 
 class SD3Adapter(Adapter):
@@ -426,9 +464,7 @@ class SD3Adapter(Adapter):
 
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
-        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-            raise HastenError(f"StableDiffusion3Pipeline with {type(pipe.scheduler).__name__} is not supported; "
-                              "supported: FlowMatchEulerDiscreteScheduler")
+        _refuse_other_schedulers(pipe)
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
         pipe.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
@@ -461,7 +497,8 @@ class SD3Adapter(Adapter):
         if mu is not None:
             kwargs["mu"] = mu
         retrieve_timesteps(pipe.scheduler, num_inference_steps, device, **kwargs)
-        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        plan = plan_scheduler(pipe.scheduler)
+        grid = plan.grid
         denoiser = PipelineDenoiser(
             lambda xm, t, c: transformer(hidden_states=xm, timestep=t, encoder_hidden_states=c["text"],
                                          pooled_projections=c["pooled"], return_dict=False)[0],
@@ -479,7 +516,8 @@ class SD3Adapter(Adapter):
                 image = pipe.image_processor.postprocess(image, output_type=output_type)
             return StableDiffusion3PipelineOutput(images=image) if return_dict else (image,)
 
-        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  decode)
 
 
 class HunyuanVideoAdapter(Adapter):
@@ -526,12 +564,11 @@ class HunyuanVideoAdapter(Adapter):
         cond = encode(prompt, prompt_2, prompt_embeds, pooled_prompt_embeds, prompt_attention_mask)
         uncond = encode(negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
                         negative_prompt_attention_mask) if true_cfg else None
-        if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-            raise HastenError(f"HunyuanVideoPipeline with {type(pipe.scheduler).__name__} is not supported; "
-                              "supported: FlowMatchEulerDiscreteScheduler")
+        _refuse_other_schedulers(pipe)
         retrieve_timesteps(pipe.scheduler, num_inference_steps, device,
                            sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1])
-        grid = Grid.flow(pipe.scheduler.sigmas.cpu(), pipe.scheduler.timesteps.cpu())
+        plan = plan_scheduler(pipe.scheduler)
+        grid = plan.grid
         x = pipe.prepare_latents(batch_size * num_videos_per_prompt, transformer.config.in_channels, height, width,
                                  num_frames, torch.float32, device, generator, latents)
 
@@ -554,7 +591,8 @@ class HunyuanVideoAdapter(Adapter):
                 video = pipe.video_processor.postprocess_video(video, output_type=output_type)
             return HunyuanVideoPipelineOutput(frames=video) if return_dict else (video,)
 
-        return Prepared(grid, "euler", denoiser, x.float(), None, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  decode)
 
 
 class WanAdapter(Adapter):
@@ -585,7 +623,8 @@ class WanAdapter(Adapter):
                                    prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                                    max_sequence_length=max_sequence_length, device=device)
         transformer = pipe.transformer
-        grid, solver, _ = _grid_and_solver(pipe, num_inference_steps, device)
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        grid = plan.grid
         x = pipe.prepare_latents(batch_size * num_videos_per_prompt, transformer.config.in_channels, height, width,
                                  num_frames, torch.float32, device, generator, latents)
         denoiser = PipelineDenoiser(
@@ -607,7 +646,8 @@ class WanAdapter(Adapter):
                 video = pipe.video_processor.postprocess_video(video, output_type=output_type)
             return WanPipelineOutput(frames=video) if return_dict else (video,)
 
-        return Prepared(grid, solver, denoiser, x.float(), None, decode)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  decode)
 
 
 ADAPTERS: dict[str, type] = {

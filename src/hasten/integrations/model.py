@@ -19,7 +19,8 @@ import torch
 from hasten.devices import resolve_device, resolve_dtype, stored_dtype
 from hasten.errors import HastenError
 from hasten.integrations.adapters import Prepared, adapter_for
-from hasten.steps import Step, make_step
+from hasten.integrations.callbacks import StepCallback
+from hasten.steps import Step
 
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -134,15 +135,32 @@ def open_model(spec, device: torch.device | str | None = None, dtype: torch.dtyp
     return PipelineModel(pipe, call, batch=batch, seed=seed)
 
 
-def prepare_call(adapter, **call):
-    """``adapter.prepare(**call)``, with diffusers' own argument errors (ValueError) as one HastenError."""
+def prepare_call(adapter, **call) -> Prepared:
+    """``adapter.prepare(**call)`` in hasten's latent convention, checked before any network call.
+
+    diffusers' own argument errors (ValueError) become one HastenError;
+    ``callback_on_step_end`` becomes a :class:`StepCallback` on the result;
+    the latents and the decoder are converted from the pipeline's convention
+    (VE schedulers keep ``x / alpha``) with the plan's ``pipeline_scale``.
+    """
     name = type(adapter.pipe).__name__
+    fn = call.pop("callback_on_step_end", None)
+    tensor_inputs = call.pop("callback_on_step_end_tensor_inputs", None)
+    callback = None if fn is None else StepCallback(adapter.pipe, fn, tensor_inputs)
     try:
         prepared = adapter.prepare(**call)
     except HastenError:
         raise
     except ValueError as err:
         raise HastenError(f"{name}: {err}") from None
+    scale = prepared.pipeline_scale
+    if scale is not None and not bool((scale == 1).all()):
+        decode, start, end = prepared.decode, float(scale[0]), float(scale[-1])
+        prepared.latents = prepared.latents / start
+        prepared.decode = lambda x: decode(x * end)
+    if callback is not None:
+        callback.bind(prepared.grid, scale)
+        prepared.callback = callback
     _check_text_width(adapter.pipe, prepared.denoiser, call)
     if prepared.latents.numel() == 0:  # the pipeline rounds the size down to its latent grid: nothing left
         sizes = {k: call[k] for k in ("height", "width", "num_frames") if call.get(k) is not None}
@@ -213,7 +231,7 @@ class PipelineModel:
         prepared = self._by_grid[id(grid)]
         if solver not in (None, prepared.solver):
             raise HastenError(f"this pipeline's scheduler implies solver {prepared.solver!r}, not {solver!r}")
-        return make_step(grid, prepared.solver, prepared.noise)
+        return prepared.step()
 
     @property
     def network(self):

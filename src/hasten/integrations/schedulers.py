@@ -1,51 +1,195 @@
-"""Reading a pipeline's scheduler as a hasten grid and step.
+"""A pipeline's scheduler as a hasten grid, step and noise: reproduced, replaced with a notice, or refused.
 
 hasten steps statelessly between grid points; a pipeline's scheduler is only
-read (``timesteps``, ``alphas_cumprod``, ``final_alpha_cumprod``, ``sigmas``,
-after ``set_timesteps``). First-order schedulers map to hasten steps directly:
-DDIM -> ``ddim``, DDPM -> ``ddpm``, FlowMatchEulerDiscrete -> ``euler``. Any
-other scheduler (multistep DPM-Solver / UniPC, PNDM, Euler-discrete in VE
-sigma space, ...) is replaced by its first-order counterpart built from the
-same config (DDIM for VP models, flow-matching Euler for flow models) with a
-logged notice: sequential sampling then matches that counterpart, not the
-pipeline's own default.
+read after ``set_timesteps`` (``timesteps``, ``alphas_cumprod``,
+``final_alpha_cumprod``, ``sigmas``). The rule for every scheduler:
+
+* **reproduced** (sequential sampling equals the pipeline's own loop):
+  DDIM and CogVideoXDDIM (``ddim``, landing where their ``step`` lands, with
+  ``clip_sample``), DDPM (``ddpm``, fixed_small variance, ``clip_sample``),
+  Euler (``ddim`` in VP coordinates: deterministic Euler on ``x / alpha``
+  against ``sigma / alpha`` is DDIM), EulerAncestral (``ddpm`` in VP
+  coordinates: its ``sigma_up`` is the DDPM posterior std), and
+  FlowMatchEulerDiscrete (``euler``; ``euler-stochastic`` with
+  ``stochastic_sampling``). The stochastic ones get their noise drawn before
+  sampling, in the order and from the generator the pipeline would use.
+* **first-order counterpart, with a logged notice**: multistep and
+  higher-order schedulers (DPM-Solver, UniPC, DEIS, PNDM, LMS, Heun, KDPM2,
+  ...) run as the first-order scheduler built from the same config: DDIM for
+  VP models (``clip_sample`` only if the config asks for it),
+  FlowMatchEulerDiscrete for flow models, CogVideoXDDIM for CogVideoXDPM
+  (keeping ``snr_shift_scale``). Sequential sampling then equals the pipeline
+  run with that counterpart.
+* **refused** before sampling, naming what works: consistency samplers
+  (LCM, TCD), EDM-preconditioned schedulers (no beta schedule to build a
+  counterpart from), DDPM with a learned or large variance, dynamic
+  thresholding.
+
+Latents: VE schedulers (Euler family) keep ``x_pipeline = x_vp / alpha`` and
+start from noise scaled by ``init_noise_sigma``; :attr:`SchedulerPlan.pipeline_scale`
+holds that factor per grid point, so callers convert at the start, at the end
+and for callbacks.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from hasten.errors import HastenError
+from hasten.grid import Grid
 
 log = logging.getLogger("hasten")
 
-# CogVideoX's DDIM steps as a_t x + b_t x0 with DDIM's coefficients (and its own SNR-shifted alphas_cumprod)
-FIRST_ORDER = {"DDIMScheduler": "ddim", "CogVideoXDDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
-               "FlowMatchEulerDiscreteScheduler": "euler"}
+#: schedulers hasten reproduces, and the step that does it
+REPRODUCED = {"DDIMScheduler": "ddim", "CogVideoXDDIMScheduler": "ddim", "DDPMScheduler": "ddpm",
+              "EulerDiscreteScheduler": "ddim", "EulerAncestralDiscreteScheduler": "ddpm",
+              "FlowMatchEulerDiscreteScheduler": "euler"}
+#: schedulers refused outright, with the reason
+REFUSED = {
+    "LCMScheduler": "a consistency sampler (it re-noises every step by design)",
+    "TCDScheduler": "a consistency sampler (it re-noises every step by design)",
+    "FlowMatchLCMScheduler": "a consistency sampler (it re-noises every step by design)",
+    "EDMEulerScheduler": "EDM-preconditioned (no beta schedule to build a first-order counterpart from)",
+    "EDMDPMSolverMultistepScheduler": "EDM-preconditioned (no beta schedule to build a first-order counterpart from)",
+    "CosineDPMSolverMultistepScheduler": "EDM-preconditioned (no beta schedule to build a first-order counterpart "
+                                         "from)",
+}
+SUPPORTED = ("DDIM, DDPM, Euler, EulerAncestral, FlowMatchEulerDiscrete and CogVideoXDDIM (reproduced); "
+             "multistep VP and flow schedulers (run as their first-order counterpart)")
 
 
-def first_order_scheduler(scheduler):
-    """(scheduler, solver name): the pipeline's own if first order, else its first-order counterpart."""
+@dataclass
+class SchedulerPlan:
+    """How hasten samples a pipeline's scheduler.
+
+    Attributes:
+        scheduler: the scheduler the grid was read from (the pipeline's own, or its counterpart), configured.
+        solver: the hasten step (``ddim``, ``ddpm``, ``euler``, ``euler-stochastic``).
+        grid: the grid read from ``scheduler``.
+        clip: the x0 clamp of ``clip_sample`` (its ``clip_sample_range``), or None.
+        clip_eps: whether the clamped x0 also sets eps (DDPM, CogVideoXDDIM), or the network's eps stays (DDIM).
+        noise: how the pipeline draws step noise: ``"t>0"`` (DDPM: from the call's generator at steps
+            with t > 0), ``"every"`` (EulerAncestral: every step, from the generator), ``"global"``
+            (flow ``stochastic_sampling``: every step, from torch's global generator), or None.
+        pipeline_scale: float64 (N + 1,): ``x_pipeline = pipeline_scale[i] * x_hasten`` at point i.
+        counterpart_of: the pipeline's scheduler name when ``scheduler`` replaces it.
+    """
+
+    scheduler: Any
+    solver: str
+    grid: Grid
+    clip: float | None = None
+    clip_eps: bool = False
+    noise: str | None = None
+    pipeline_scale: torch.Tensor | None = None
+    counterpart_of: str | None = None
+
+    def draw_noise(self, shape, generator, device, dtype) -> torch.Tensor | None:
+        """Every step's noise (N, *shape) in the pipeline's own order, or None for a deterministic step."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if self.noise is None:
+            return None
+        draws = []
+        for t in self.grid.timesteps.tolist():
+            if self.noise == "t>0" and not t > 0:
+                draws.append(torch.zeros(shape, device=device, dtype=dtype))
+            elif self.noise == "global":  # FlowMatchEulerDiscreteScheduler.step: no generator, float32 sample
+                draws.append(randn_tensor(shape, generator=None, device=torch.device(device), dtype=torch.float32))
+            else:
+                draws.append(randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype))
+        return torch.stack(draws).float()
+
+    def describe(self) -> str:
+        """One line for notices and the scheduler matrix."""
+        own = type(self.scheduler).__name__
+        return own if self.counterpart_of is None else f"{own} (first-order counterpart of {self.counterpart_of})"
+
+
+def is_flow(scheduler) -> bool:
+    """Whether a scheduler samples a flow-matching model (velocity prediction on flow sigmas)."""
+    config = scheduler.config
+    return ("FlowMatch" in type(scheduler).__name__ or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
+    """(scheduler, solver, replaced name): the pipeline's own if hasten reproduces it, else its counterpart."""
     name = type(scheduler).__name__
-    if name in FIRST_ORDER:
-        if name == "DDPMScheduler" and scheduler.config.get("variance_type", "fixed_small") != "fixed_small":
-            raise HastenError(f"DDPMScheduler with variance_type={scheduler.config.variance_type!r} is not "
-                              "supported; supported: fixed_small")
-        if scheduler.config.get("clip_sample") or scheduler.config.get("thresholding"):
-            log.warning("hasten: %s clips or thresholds x0; hasten's steps are linear and do not, so "
-                        "results differ from the pipeline's own loop", name)
-        return scheduler, FIRST_ORDER[name]
-    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+    config = scheduler.config
+    if name in REFUSED:
+        raise HastenError(f"{name} is not supported: {REFUSED[name]}; supported: {SUPPORTED}")
+    if name in REPRODUCED:
+        _check_reproducible(name, config)
+        solver = REPRODUCED[name]
+        if name == "FlowMatchEulerDiscreteScheduler" and config.get("stochastic_sampling"):
+            solver = "euler-stochastic"
+        return scheduler, solver, None
+    from diffusers import CogVideoXDDIMScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-    if "FlowMatch" in name or scheduler.config.get("use_flow_sigmas") or scheduler.config.get("prediction_type") == "flow_prediction":
-        shift = scheduler.config.get("flow_shift")  # UniPC / DPM-Solver name the flow shift differently
+    if name == "CogVideoXDPMScheduler":
+        counterpart, solver = CogVideoXDDIMScheduler.from_config(config), "ddim"
+    elif is_flow(scheduler):
+        shift = config.get("flow_shift")  # UniPC / DPM-Solver name the flow shift differently
         extra = {} if shift is None else {"shift": shift}
-        counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **extra), "euler"
-    elif hasattr(scheduler, "alphas_cumprod"):
-        counterpart, solver = DDIMScheduler.from_config(scheduler.config), "ddim"
+        counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(config, **extra), "euler"
+    elif hasattr(scheduler, "alphas_cumprod") and ("beta_schedule" in config or config.get("trained_betas")):
+        # DDIM's own default clip_sample=True must not slip in from a config that never asked for it
+        counterpart = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)),
+                                                thresholding=False)
+        solver = "ddim"
     else:
-        raise HastenError(f"scheduler {name} is not supported; supported: DDIM, DDPM, FlowMatchEulerDiscrete "
-                          "and any scheduler with alphas_cumprod (run as DDIM)")
+        raise HastenError(f"scheduler {name} is not supported; supported: {SUPPORTED}")
     log.warning("hasten: %s is not a first-order stateless scheduler; sampling with its first-order "
-                "counterpart %s built from the same config", name, type(counterpart).__name__)
-    return counterpart, solver
+                "counterpart %s built from the same config%s", name, type(counterpart).__name__,
+                " (clip_sample=True, as the config asks)" if counterpart.config.get("clip_sample") else "")
+    return counterpart, solver, name
+
+
+def _check_reproducible(name: str, config) -> None:
+    """Refuse the options of a reproduced scheduler that hasten's steps do not implement."""
+    if config.get("thresholding"):
+        raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported; use "
+                          "thresholding=False (clip_sample is supported)")
+    if name == "DDPMScheduler" and config.get("variance_type", "fixed_small") != "fixed_small":
+        raise HastenError(f"DDPMScheduler with variance_type={config.variance_type!r} is not supported; "
+                          "supported: fixed_small")
+    if name == "FlowMatchEulerDiscreteScheduler" and config.get("invert_sigmas"):
+        raise HastenError("FlowMatchEulerDiscreteScheduler with invert_sigmas=True is not supported; use the "
+                          "default invert_sigmas=False")
+
+
+def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> SchedulerPlan:
+    """The plan for ``pipe_scheduler``: ``set_timesteps(steps)`` on it (and its counterpart), then read.
+
+    ``steps=None``: the pipeline's scheduler is already configured (a pipeline's
+    own ``retrieve_timesteps`` with custom sigmas), and must be reproduced.
+    """
+    scheduler, solver, replaced = first_order_scheduler(pipe_scheduler)
+    if steps is not None:
+        if steps < 1:
+            raise HastenError(f"num_inference_steps must be >= 1, got {steps}")
+        pipe_scheduler.set_timesteps(steps, device=device)  # as the pipeline would: fixes init_noise_sigma
+        if scheduler is not pipe_scheduler:
+            scheduler.set_timesteps(steps, device=device)
+    elif replaced is not None:
+        raise HastenError(f"{replaced} is not supported by this pipeline's adapter; supported: "
+                          "FlowMatchEulerDiscreteScheduler")
+    grid = Grid.from_scheduler(scheduler)
+    name = type(scheduler).__name__
+    clip = float(scheduler.config.get("clip_sample_range", 1.0)) if scheduler.config.get("clip_sample") else None
+    noise = {"DDPMScheduler": "t>0", "EulerAncestralDiscreteScheduler": "every"}.get(name)
+    if solver == "euler-stochastic":
+        noise = "global"
+    if replaced is None and name.startswith("Euler"):
+        scale = 1 / grid.alpha  # VE latents: x / alpha
+    else:
+        scale = torch.ones(grid.steps + 1, dtype=torch.float64)
+        # the pipeline's noise, unit noise for the counterpart (flow schedulers have no init_noise_sigma: 1)
+        scale[0] = float(getattr(pipe_scheduler, "init_noise_sigma", 1.0))
+    clip_eps = name in ("DDPMScheduler", "CogVideoXDDIMScheduler")
+    return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced)

@@ -14,6 +14,19 @@ from hasten.errors import HastenError
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
 WORDS = "a cat dog photo of red blue the".split()
+#: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
+TINY_CALLS = {
+    "ddim": dict(batch_size=1),
+    "ddpm": dict(batch_size=1),
+    "sd": dict(prompt="a cat"),
+    "sdxl": dict(prompt="a cat", height=16, width=16),
+    "sd3": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
+    "flux": dict(prompt="a cat", height=16, width=16, max_sequence_length=8),
+    "wan": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
+    "cogvideox": dict(prompt="a cat", height=16, width=16, num_frames=9, max_sequence_length=16),
+    "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
+                         prompt_template={"template": "{}", "crop_start": 0}),
+}
 
 
 def clip_tokenizer(max_length: int = 16):

@@ -45,8 +45,8 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
         return Sequential()
     if name == "chords":
         init = options.get("init")
-        if cores is None:
-            cores = len(init) if isinstance(init, (list, tuple)) else 4
+        if cores is None and isinstance(init, (list, tuple)):
+            cores = len(init)
         return Chords(cores=cores, init=init, speedup=options.get("speedup"))
     if name == "srds":
         return SRDS(cores_cap=cores, **options)

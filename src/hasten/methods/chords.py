@@ -20,6 +20,7 @@ Memory: O(K) latents (current, begin state and begin output per core).
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -31,11 +32,15 @@ from hasten.methods.parareal import rectify
 from hasten.steps import Step
 
 
+log = logging.getLogger("hasten")
+
+
 class Chords:
     """CHORDS with ``cores`` cores.
 
     Args:
-        cores: number of cores K >= 1.
+        cores: number of cores K >= 1; None takes 4, capped at N - 1 with a notice on short grids
+            (Flux-schnell's 4 steps). A K given explicitly is never changed: N <= K is refused.
         init: ``None``/``"paper"`` (paper sequence where defined, else the
             recursion after Theorem 2.5), ``"uniform"``, or explicit grid indices.
         speedup: continuous target speedup ``s > 1`` for the recursion.
@@ -43,38 +48,53 @@ class Chords:
 
     name = "chords"
 
-    def __init__(self, cores: int = 4, init: Sequence[int] | str | None = None, speedup: float | None = None):
+    def __init__(self, cores: int | None = None, init: Sequence[int] | str | None = None,
+                 speedup: float | None = None):
+        self.cores_given = cores is not None
+        cores = 4 if cores is None else cores
         if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
             raise HastenError(f"cores must be an integer >= 1, got {cores!r}")
         if speedup is not None and not speedup > 1:
             raise HastenError(f"speedup must be > 1, got {speedup!r}")
         self.n_cores = cores
+        self._noted: set[int] = set()  # step counts whose core cap was announced
         self.init = init
         self.speedup = speedup
 
+    def cores_for(self, steps: int) -> int:
+        """The cores that run on ``steps`` steps: the default K capped at N - 1 (CHORDS needs N > K)."""
+        if self.cores_given or isinstance(self.init, (list, tuple)) or steps > self.n_cores:
+            return self.n_cores
+        return max(1, steps - 1)
+
     def init_sequence(self, steps: int) -> list[int]:
         """The validated initialisation sequence for ``steps`` steps."""
-        return resolve_init(self.n_cores, steps, self.init, self.speedup)
+        return resolve_init(self.cores_for(steps), steps, self.init, self.speedup)
 
     def validate(self, steps: int) -> None:
-        check_cores_steps(self.n_cores, steps)
+        cores = self.cores_for(steps)
+        check_cores_steps(cores, steps)
+        if cores < self.n_cores and steps not in self._noted:
+            self._noted.add(steps)
+            log.warning("hasten: CHORDS needs more steps than cores; %d steps run on %d core%s instead of %d",
+                        steps, cores, "" if cores == 1 else "s", self.n_cores)
         self.init_sequence(steps)
 
     def cores(self, steps: int) -> int:
-        return self.n_cores
+        return self.cores_for(steps)
 
     def max_rounds(self, steps: int) -> int:
         return steps
 
     def max_width(self, steps: int) -> int:
-        return self.n_cores
+        return self.cores_for(steps)
 
     def describe(self, steps: int) -> dict:
         init = self.init_sequence(steps)
         return {
-            "cores": self.n_cores,
+            "cores": len(init),
             "init": init,
-            "landing_rounds": [landing_round(init, steps, k) for k in range(1, self.n_cores + 1)],
+            "landing_rounds": [landing_round(init, steps, k) for k in range(1, len(init) + 1)],
         }
 
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:

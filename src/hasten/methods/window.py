@@ -43,7 +43,7 @@ import torch
 from hasten.checks import check_int, check_positive
 from hasten.errors import HastenError
 from hasten.methods.base import Eval, Hit, MethodRun
-from hasten.steps import Step, linear_step, predicted_x0
+from hasten.steps import NOISY_SOLVERS, Step, linear_step, predicted_x0
 
 
 class NotConvergedWarning(UserWarning):
@@ -121,7 +121,7 @@ class SlidingWindow:
         """The tolerance in force with a step named ``solver``."""
         if self.tol is not None:
             return self.tol
-        return 0.5 if solver == "ddpm" else 0.03
+        return 0.5 if solver in NOISY_SOLVERS else 0.03
 
     def cores(self, steps: int) -> int:
         return 1

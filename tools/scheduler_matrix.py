@@ -1,0 +1,189 @@
+"""Every family x every scheduler diffusers ships for it: does hasten reproduce the pipeline, or refuse?
+
+For each tiny pipeline (diffusers' dummy-component pattern, random weights,
+offline) and each scheduler, sequential hasten sampling is compared with the
+pipeline's own loop on the same seed:
+
+* ``reproduces``: hasten runs the pipeline's scheduler; max |difference| of the final latents.
+* ``counterpart``: hasten runs the scheduler's first-order counterpart (with a logged notice); the
+  difference is measured against the pipeline run with that counterpart.
+* ``refused``: hasten refuses before sampling; the reason is its message.
+
+Usage: ``python tools/scheduler_matrix.py [--out docs/SCHEDULERS.md] [--json FILE]``.
+The tests (tests/test_schedulers.py) run the same cells and assert the expected outcome of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import hasten
+from hasten.errors import HastenError
+from hasten.integrations.schedulers import first_order_scheduler
+from hasten.integrations.tiny import TINY_CALLS, tiny_pipeline
+
+STEPS = 7  # divides neither 1000 nor 100: exercises DDIM's landing on t - T // N
+VP_FAMILIES = ("ddim", "ddpm", "sd", "sdxl", "cogvideox")
+FLOW_FAMILIES = ("flux", "sd3", "wan", "hunyuanvideo")
+#: flow-matching schedulers diffusers ships (the flow pipelines' compatibles list names only the first)
+FLOW_SCHEDULERS = (
+    ("FlowMatchEulerDiscreteScheduler", {}),
+    ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+    ("FlowMatchHeunDiscreteScheduler", {}),
+    ("FlowMatchLCMScheduler", {}),
+    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}),
+    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                     "flow_shift": 3.0}),
+)
+#: options of reproduced VP schedulers worth a cell of their own
+VP_VARIANTS = (
+    ("DDIMScheduler", {"timestep_spacing": "linspace"}),
+    ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    ("DDIMScheduler", {"clip_sample": True}),
+    ("DDIMScheduler", {"thresholding": True}),
+    ("DDPMScheduler", {"clip_sample": True}),
+    ("DDPMScheduler", {"variance_type": "fixed_large"}),
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+)
+OPTIONAL = {"DPMSolverSDEScheduler": "torchsde"}  # schedulers whose step needs a package hasten does not install
+
+
+def cases(kind: str) -> list[tuple[str, dict]]:
+    """(scheduler class name, config overrides) for a family: its compatibles, then variants."""
+    if kind in FLOW_FAMILIES:
+        return list(FLOW_SCHEDULERS)
+    pipe = _pipe(kind)
+    names = sorted({type(pipe.scheduler).__name__, *(c.__name__ for c in pipe.scheduler.compatibles)})
+    if kind == "cogvideox":  # CogVideoX's own second scheduler, not in the compatibles list
+        names.append("CogVideoXDPMScheduler")
+    return [(name, {}) for name in names] + list(VP_VARIANTS)
+
+
+def label(name: str, options: dict) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("use_flow_sigmas", "prediction_type",
+                                                                          "flow_shift"))
+    return name.removesuffix("Scheduler") + (f" ({extra})" if extra else "")
+
+
+_PIPES: dict = {}
+
+
+def _pipe(kind: str):
+    if kind not in _PIPES:
+        _PIPES[kind] = tiny_pipeline(kind)
+        _PIPES[kind].default_scheduler = _PIPES[kind].scheduler
+    return _PIPES[kind]
+
+
+def _final(output) -> torch.Tensor:
+    value = output.frames if hasattr(output, "frames") else output.images
+    return torch.as_tensor(value).float()
+
+
+def _call(kind: str) -> dict:
+    call = {"num_inference_steps": STEPS, **TINY_CALLS[kind]}
+    call["output_type"] = "np" if kind in ("ddim", "ddpm") else "latent"
+    return call
+
+
+def check(kind: str, name: str, options: dict) -> dict:
+    """One cell: the outcome, the max difference (or the refusal's message) and the scheduler sampled."""
+    import diffusers
+
+    pipe = _pipe(kind)
+    base = pipe.default_scheduler
+    cls = getattr(diffusers, name)
+    config = dict(base.config)
+    if kind in FLOW_FAMILIES and name != "FlowMatchEulerDiscreteScheduler":
+        config = {"num_train_timesteps": 1000}
+    scheduler = cls.from_config(config, **options)  # keyword overrides: a config's _use_default_values ignores dict ones
+    if kind == "ddim":  # DDIMPipeline.__init__ turns any scheduler into a DDIMScheduler
+        scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
+    pipe.scheduler = scheduler
+    seed = 3
+    try:
+        torch.manual_seed(seed)
+        ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(seed), **_call(kind))
+    except HastenError as err:
+        return {"family": kind, "scheduler": label(name, options), "outcome": "refused", "detail": str(err)}
+    finally:
+        pipe.scheduler = base
+    fresh = type(scheduler).from_config(scheduler.config)
+    sampled, _, replaced = first_order_scheduler(fresh)
+    pipe.scheduler = sampled if replaced else fresh
+    try:
+        torch.manual_seed(seed)
+        theirs = pipe(generator=torch.Generator().manual_seed(seed), **_call(kind))
+    except Exception as err:  # noqa: BLE001 - the pipeline's own loop cannot run this scheduler
+        return {"family": kind, "scheduler": label(name, options), "outcome": "pipeline fails",
+                "detail": f"{type(err).__name__}: {err}".splitlines()[0], "sampled": ours.hasten["scheduler"]}
+    finally:
+        pipe.scheduler = base
+    a, b = _final(ours), _final(theirs)
+    diff = float((a - b).abs().max())
+    return {"family": kind, "scheduler": label(name, options), "outcome": "counterpart" if replaced else "reproduces",
+            "max_diff": diff, "scale": float(b.abs().max()), "sampled": ours.hasten["scheduler"]}
+
+
+def matrix(kinds=VP_FAMILIES + FLOW_FAMILIES) -> list[dict]:
+    rows = []
+    for kind in kinds:
+        for name, options in cases(kind):
+            if name in OPTIONAL:
+                try:
+                    __import__(OPTIONAL[name])
+                except ImportError:
+                    rows.append({"family": kind, "scheduler": label(name, options), "outcome": "skipped",
+                                 "detail": f"needs {OPTIONAL[name]}, not installed"})
+                    continue
+            rows.append(check(kind, name, options))
+            print(f"{kind:13s} {rows[-1]['scheduler']:55s} {rows[-1]['outcome']}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| family | scheduler | outcome |", "|---|---|---|"]
+    for r in rows:
+        if r["outcome"] in ("reproduces", "counterpart"):
+            what = (f"reproduces (max diff {r['max_diff']:.1e} on a scale of {r['scale']:.2g})"
+                    if r["outcome"] == "reproduces" else
+                    f"counterpart {r['sampled'].split(' ')[0]}, notice logged; reproduces the pipeline run with it "
+                    f"(max diff {r['max_diff']:.1e})")
+        else:
+            what = f"{r['outcome']}: {r['detail']}".replace("|", "/")
+        lines.append(f"| {r['family']} | {r['scheduler']} | {what} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the markdown table here (between the matrix markers)")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    logging.getLogger("hasten").setLevel(logging.ERROR)
+    start = time.time()
+    rows = matrix()
+    table = markdown(rows)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.out:
+        text = args.out.read_text() if args.out.exists() else ""
+        begin, end = "<!-- scheduler-matrix:begin -->", "<!-- scheduler-matrix:end -->"
+        block = f"{begin}\n{table}\n{end}"
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):] if begin in text else text + block
+        args.out.write_text(text)
+    print(f"{len(rows)} cells in {time.time() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
