@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "models, samples.png and one PNG per hit as it lands.")
     common(s, 4)
     s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
-    s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4)")
+    s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4, capped at steps - 1 with a notice)")
     s.add_argument("--steps", type=int, default=50, help="sampling steps N")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
