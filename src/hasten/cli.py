@@ -11,6 +11,7 @@ import signal
 
 import torch
 
+from hasten.caches.abcache import FORMS
 from hasten.errors import HastenError
 from hasten.methods import METHODS
 from hasten.models import MODELS
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
     s.add_argument("--cache-history", choices=["computed", "all"],
                    help="extrapolate from computed outputs only, or from predictions too (default: computed)")
+    s.add_argument("--cache-form", choices=FORMS,
+                   help="what is extrapolated: paper (Eq. 3.6, e^-lambda eps in lambda; flow: velocity in sigma), "
+                        "eps (eps in lambda), x0 (clean-sample prediction in lambda; flow: in sigma), index (raw "
+                        "output in step index) (default: paper)")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
@@ -158,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--caches", type=_str_list, default=["none"],
                    help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
-                        "optional :interval=T:warmup=W:last=L:history=computed|all (e.g. abcache:2:interval=3). "
-                        "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline). With a "
+                        "optional :interval=T:warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
+                        "abcache:2:interval=3:form=x0). A method entry like sequential:steps=25 runs on fewer steps "
+                        "(the '50%% steps' baseline); :cache=none (or reuse) pins its cache. With a "
                         "pipeline folder, diffusers' own hooks run with sequential sampling: "
                         "diffusers:firstblock[:threshold=0.2], diffusers:taylorseer, diffusers:magcache[:...]")
     b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
@@ -196,7 +202,7 @@ def _check_common(args: argparse.Namespace) -> None:
 def _cache_config(args: argparse.Namespace):
     """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
     options = {"order": args.cache_order, "interval": args.cache_interval, "warmup": args.cache_warmup,
-               "last": args.cache_last, "history": args.cache_history}
+               "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
     given = [f"--cache-{k}" for k, v in options.items() if v is not None]
     if args.cache == "none":
         if given:
@@ -209,8 +215,7 @@ def _cache_config(args: argparse.Namespace):
         if args.cache_order not in (None, 1):
             raise HastenError(f"--cache reuse is order 1; --cache-order {args.cache_order} needs --cache abcache")
         options["order"] = 1
-    defaults = {"order": 2, "interval": 3, "last": 1, "history": "computed"}
-    return CacheConfig(**{k: (defaults.get(k) if v is None else v) for k, v in options.items()})
+    return CacheConfig(**{k: v for k, v in options.items() if v is not None})  # the rest: CacheConfig's defaults
 
 
 def _sample(args: argparse.Namespace) -> dict | None:
