@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-form", choices=FORMS,
                    help="what is extrapolated: paper (Eq. 3.6, e^-lambda eps in lambda; flow: velocity in sigma), "
                         "eps (eps in lambda), x0 (clean-sample prediction in lambda; flow: in sigma), index (raw "
-                        "output in step index) (default: paper)")
+                        "output in step index) (default: eps on VP grids, paper on flow grids, as measured in "
+                        "docs/BENCHMARKS.md)")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
