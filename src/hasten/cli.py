@@ -104,13 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
     s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
-                   "(default: --cores for paradigms and parasolver, 3 x rho for parasolver-turbo)")
+                   "(default: --cores for paradigms and parasolver; parasolver-turbo: the paper's p, 100 with ddpm "
+                   "and 50 otherwise, capped at the steps)")
     s.add_argument("--tol", type=float, help="tolerance: per point in units of the step's noise scale (paradigms: "
                    "DDPM posterior std, default 0.1; parasolver(-turbo): sigma, default 0.5 with ddpm, else 0.03); srds: relative "
                    "change of the final sample between iterations (default 1e-3)")
     s.add_argument("--rho", type=int, help="ParaSolver-Turbo: model calls per iteration (nonlinear equations; "
                    "default --cores, else 8)")
-    s.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M (default 1)")
+    s.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M "
+                   "(default: 1 for parasolver, the paper's 0 for parasolver-turbo)")
     s.add_argument("--subintervals", type=int, help="ParaSolver(-Turbo): number of sub-intervals (default: steps)")
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
