@@ -8,9 +8,10 @@ import torch
 import hasten
 from hasten import Chords, Eval, Grid, HastenError, Sequential, run
 from hasten.caches import ABCache, CacheConfig, make_cache, parse_cache_spec
-from hasten.caches.abcache import lagrange_weights
+from hasten.caches.abcache import DEFAULT_FORM, FORMS, lagrange_weights
 from hasten.methods import ParaDiGMS
 from hasten.metrics import rmse
+from hasten.steps import output_for_x0
 
 
 def uniform_lambda_grid(n=12, lo=-3.0, hi=3.0):
@@ -27,14 +28,14 @@ def test_uniform_lagrange_weights_are_the_binomial_weights_of_eq_3_6(k):
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_extrapolation_is_exact_on_polynomials_of_degree_k_minus_1(k):
-    """VP: e^{-lambda} eps polynomial in lambda -> predicted exactly; flow: velocity polynomial in sigma."""
+    """Form paper. VP: e^{-lambda} eps polynomial in lambda -> predicted exactly; flow: velocity polynomial in sigma."""
     coeffs = torch.randn(k, 5, dtype=torch.float64)
 
     def poly(t):
         return sum(c * t**p for p, c in enumerate(coeffs))
 
     grid = uniform_lambda_grid()
-    cache = ABCache(CacheConfig(order=k, interval=2))
+    cache = ABCache(CacheConfig(order=k, interval=2, form="paper"))
     cache.reset(grid)
     lam = (grid.alpha / grid.sigma).log()
     x = torch.randn(1, 5)
@@ -49,6 +50,55 @@ def test_extrapolation_is_exact_on_polynomials_of_degree_k_minus_1(k):
     for i in range(n - k, n):
         cache.record(Eval(x, i), poly(flow.sigma[i]).float()[None], computed=True)
     assert torch.allclose(cache.predict(Eval(x, n)), poly(flow.sigma[n]).float()[None], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+@pytest.mark.parametrize("form", ["eps", "x0", "index"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_each_form_is_exact_on_polynomials_in_its_variable(kind, form, k):
+    """eps / x0: that estimate polynomial in lambda (VP) or sigma (flow); index: the raw output polynomial in the
+    step index. The prediction is handed back in the model's parameterisation at the current latent."""
+    grid = uniform_lambda_grid() if kind == "vp" else Grid.flow(torch.linspace(1, 0, 13))
+    coeffs = torch.randn(k, 5, dtype=torch.float64)
+    x = torch.randn(1, 5, dtype=torch.float64)
+
+    def variable(i):
+        if form == "index":
+            return float(i)
+        return math.log(grid.alpha[i] / grid.sigma[i]) if kind == "vp" else float(grid.sigma[i])
+
+    def output(i):
+        value = sum(c * variable(i) ** p for p, c in enumerate(coeffs))[None]
+        if form == "index":
+            return value
+        x0 = value if form == "x0" else (x - float(grid.sigma[i]) * value) / float(grid.alpha[i])
+        return output_for_x0(grid, x, x0, i)
+
+    cache = ABCache(CacheConfig(order=k, interval=2, form=form))
+    cache.reset(grid)
+    n = 6
+    for i in range(n - k, n):
+        cache.record(Eval(x.float(), i), output(i).float(), computed=True)
+    assert torch.allclose(cache.predict(Eval(x.float(), n)), output(n).float(), atol=1e-4)
+
+
+def test_default_form_per_grid_kind_and_label(problem):
+    assert DEFAULT_FORM == {"vp": "eps", "flow": "paper"}  # chosen by docs/BENCHMARKS.md, issue 11
+    for kind in ("vp", "flow"):
+        p = problem(kind=kind, steps=12)
+        res = run(Sequential(), p.x, p.step, p.executor, cache=make_cache("abcache:2:interval=3"))
+        assert res.cache["config"] == f"abcache:2 T=3 W=2 form={DEFAULT_FORM[kind]}"
+    assert CacheConfig(order=1, interval=2, form="x0").label() == "reuse T=2 W=1 form=x0"
+
+
+def test_forms_of_order_one_agree_along_ddim():
+    """DDIM keeps both the x0 and the eps estimate of the last output, so order-1 eps, x0 and index are one
+    thing (plain reuse); paper's order 1 rescales eps by e^{lambda_n - lambda_{n-1}}."""
+    results = {form: hasten.sample("gmm", "sequential", steps=20, batch=2, cache=CacheConfig(order=1, form=form)).x
+               for form in FORMS}
+    assert torch.allclose(results["eps"], results["index"], atol=1e-5)
+    assert torch.allclose(results["x0"], results["index"], atol=1e-4)
+    assert not torch.allclose(results["paper"], results["index"], atol=1e-2)
 
 
 def test_schedule_computes_exactly_the_steps_it_says(problem):
@@ -117,6 +167,8 @@ def test_api_and_specs():
     assert parse_cache_spec("reuse") == CacheConfig(order=1)
     assert parse_cache_spec("abcache:3:interval=4:history=all") == CacheConfig(order=3, interval=4, history="all")
     assert parse_cache_spec("none") is None and make_cache(None) is None
+    assert parse_cache_spec("abcache:2:interval=3:form=x0") == CacheConfig(order=2, interval=3, form="x0")
+    assert parse_cache_spec("reuse:form=index") == CacheConfig(order=1, form="index")
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -125,6 +177,7 @@ def test_api_and_specs():
     (dict(interval=0), "interval must be an integer >= 1"),
     (dict(order=3, warmup=2), "warmup must be an integer >= the order \\(3\\)"),
     (dict(history="some"), "history must be 'computed' or 'all'"),
+    (dict(form="lambda"), "cache form must be one of paper, eps, x0, index, got 'lambda'"),
 ])
 def test_bad_cache_config(kwargs, message):
     with pytest.raises(HastenError, match=message):
@@ -137,5 +190,6 @@ def test_bad_cache_specs_and_unservable_grids():
     with pytest.raises(HastenError, match="bad cache option"):
         parse_cache_spec("abcache:2:speed=3")
     zero_snr = Grid.vp(torch.linspace(0.99, 0.0, 1000), torch.tensor([999, 500]), 1.0)
-    with pytest.raises(HastenError, match="abcache needs alpha > 0"):
+    with pytest.raises(HastenError, match="abcache form 'eps' needs alpha > 0 .* use form 'index'"):
         ABCache(CacheConfig()).reset(zero_snr)
+    ABCache(CacheConfig(form="index")).reset(zero_snr)  # the step index needs no lambda

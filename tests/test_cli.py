@@ -88,6 +88,23 @@ def test_bench_on_digits_writes_hit_grids(tmp_path):
     assert all(r["fd"] is not None for r in rows)
 
 
+def test_bench_cache_forms_and_pinned_cache_entries(tmp_path, capsys):
+    """--caches entries take form=; a method entry with cache=none runs once, not once per --caches entry."""
+    out = tmp_path / "r"
+    assert main(["bench", "--model", "gmm", "--methods", "sequential,sequential:steps=8:cache=none", "--steps", "16",
+                 "--caches", "abcache:2:interval=2:form=x0,reuse:form=index", "--batch", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["cache"], r["params"]) for r in rows] == [
+        ("none", None), ("abcache:2 T=2 W=2 form=x0", ""), ("reuse T=3 W=1 form=index", ""), ("none", " steps=8")]
+
+
+def test_sample_cache_form(tmp_path, capsys):
+    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache", "--cache-form", "index",
+                 "--json", "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"]["config"] == "abcache:2 T=3 W=2 form=index"
+
+
 def test_bench_refuses_bad_lists_before_work(tmp_path, capsys):
     assert main(["bench", "--model", "gmm", "--cores", "4,60", "--steps", "50", "--out", str(tmp_path / "x")]) == 2
     assert "steps must be greater than cores" in capsys.readouterr().err

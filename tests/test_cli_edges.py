@@ -95,6 +95,7 @@ def test_sigterm_mid_run_leaves_nothing_behind_and_hits_appear_as_they_land(tmp_
     (["--method", "parasolver-turbo", "--rho", "8", "--window", "4"], "rho=8 exceeds window=4"),
     (["--cache-order", "3"], "--cache-order needs --cache reuse or --cache abcache"),
     (["--cache", "reuse", "--cache-order", "3"], "--cache-order 3 needs --cache abcache"),
+    (["--cache-form", "x0"], "--cache-form needs --cache reuse or --cache abcache"),
     (["--steps", "1001"], "steps=1001: `num_inference_steps`: 1001 cannot be larger"),
     (["--batch", "1000000000"], "batch=1000000000: the initial latents alone need"),
     (["--height", "-8"], "--height must be a positive integer"),

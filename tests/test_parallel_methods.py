@@ -53,7 +53,7 @@ def test_turbo_with_rho_equal_to_window_is_parasolver(problem):
     p = problem(steps=50)
     ex1, ex2 = RecordingExecutor(p.executor), RecordingExecutor(p.executor)
     a = run(ParaSolver(window=8, tol=0.03), p.x, p.step, ex1)
-    b = run(ParaSolverTurbo(window=8, rho=8, tol=0.03), p.x, p.step, ex2)
+    b = run(ParaSolverTurbo(window=8, rho=8, tol=0.03, precondition=1), p.x, p.step, ex2)  # ParaSolver's M
     assert torch.equal(a.x, b.x) and ex1.sizes == ex2.sizes
 
 
@@ -212,5 +212,14 @@ def test_method_specs():
     with pytest.raises(HastenError, match="option rho of parasolver-turbo needs a int"):
         parse_method_spec("parasolver-turbo:rho=many")
     turbo = make_method("parasolver-turbo", cores=8)
-    assert (turbo.rho, turbo.window) == (8, 24)
+    assert (turbo.rho, turbo.window, turbo.precondition) == (8, None, 0)  # window: the paper's p per solver
     assert make_method("paradigms", cores=6).window == 6
+
+
+def test_turbo_window_defaults_to_the_papers_p_per_solver():
+    """ParaSolver-Turbo Appendix D: p = 100 for DDPM-1000, p = 50 for DDIM-50; capped at the sub-intervals."""
+    turbo = make_method("parasolver-turbo")
+    assert [turbo.window_for(s, n) for s, n in (("ddpm", 1000), ("ddim", 50), ("euler", 50))] == [100, 50, 50]
+    assert (turbo.window_for("ddpm", 40), turbo.window_for("ddim", 25)) == (40, 25)
+    assert make_method("parasolver-turbo", window=24).window_for("ddpm", 1000) == 24
+    assert turbo.max_width(1000) == 8 and turbo.max_width(5) == 5

@@ -60,6 +60,8 @@ CACHE_COLUMNS = [
 ]
 
 
+#: options a --methods entry takes besides the method's own: run on M steps, pin the entry's cache
+ENTRY_OPTIONS = {"steps": int, "cache": str}
 #: the option that sets a method's per-round budget; when a --methods entry sets it, --cores does not apply
 BUDGET_OPTION = {"paradigms": "window", "parasolver": "window", "parasolver-turbo": "rho"}
 #: shown where a run measured them: communication (distributed), peak GPU memory, graphs compiled during the run
@@ -107,14 +109,16 @@ class BenchConfig:
         """Every run besides the reference: (solver, N, method, options, cores, init, cache, run steps).
 
         A method spec may carry ``steps=M`` to run on M steps (the "fewer steps"
-        baseline), still measured against the N-step reference.
+        baseline), still measured against the N-step reference, and ``cache=C``
+        (a cache without options: ``none``, ``reuse``) to run with C alone instead
+        of every ``caches`` entry.
         """
         out = []
         for solver, n in self.settings():
             for spec in self.methods:
-                name, options = parse_method_spec(spec, extra={"steps": int})
+                name, options = parse_method_spec(spec, extra=ENTRY_OPTIONS)
                 run_steps = options.pop("steps", n)
-                for cache in self.caches:
+                for cache in [options.pop("cache")] if "cache" in options else self.caches:
                     if name == "sequential":
                         if cache != "none" or run_steps != n:
                             out.append((solver, n, name, options, None, None, cache, run_steps))
@@ -284,7 +288,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                     "ssim": ssim(images, ref_images) if images is not None else None,
                     "fd": features.frechet(images) if features else None}
 
-        if any(parse_method_spec(m, extra={"steps": int})[0] == "sequential" for m in cfg.methods):
+        if any(parse_method_spec(m, extra=ENTRY_OPTIONS)[0] == "sequential" for m in cfg.methods):
             rows.append({"method": "sequential", "cache": "none", "solver": solver_name, "steps": n, "cores": 1,
                          "params": None, "rounds": ref.rounds, "all_rounds": ref.all_rounds, "speedup": 1.0,
                          "nfe": ref.nfe, "gflops": gflops and gflops * ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0,
@@ -312,7 +316,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                                                                      on_hit=hits.append, cache=cache), compiled)
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
-            cache_label = cache_spec if hook is not None else ("none" if cache is None else cache.config.label())
+            cache_label = cache_spec if hook is not None else ("none" if cache is None else cache.label())
             label = f"{name} K={cores} {params} {solver_name}-{n}" + ("" if cache_label == "none" else f" + {cache_label}")
             hit_rows = []
             for h in hits:

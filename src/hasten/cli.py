@@ -11,6 +11,7 @@ import signal
 
 import torch
 
+from hasten.caches.abcache import FORMS
 from hasten.errors import HastenError
 from hasten.methods import METHODS
 from hasten.models import MODELS
@@ -105,13 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
     s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
-                   "(default: --cores for paradigms and parasolver, 3 x rho for parasolver-turbo)")
+                   "(default: --cores for paradigms and parasolver; parasolver-turbo: the paper's p, 100 with ddpm "
+                   "and 50 otherwise, capped at the steps)")
     s.add_argument("--tol", type=float, help="tolerance: per point in units of the step's noise scale (paradigms: "
                    "DDPM posterior std, default 0.1; parasolver(-turbo): sigma, default 0.5 with ddpm, else 0.03); srds: relative "
                    "change of the final sample between iterations (default 1e-3)")
     s.add_argument("--rho", type=int, help="ParaSolver-Turbo: model calls per iteration (nonlinear equations; "
                    "default --cores, else 8)")
-    s.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M (default 1)")
+    s.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M "
+                   "(default: 1 for parasolver, the paper's 0 for parasolver-turbo)")
     s.add_argument("--subintervals", type=int, help="ParaSolver(-Turbo): number of sub-intervals (default: steps)")
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
@@ -125,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
     s.add_argument("--cache-history", choices=["computed", "all"],
                    help="extrapolate from computed outputs only, or from predictions too (default: computed)")
+    s.add_argument("--cache-form", choices=FORMS,
+                   help="what is extrapolated: paper (Eq. 3.6, e^-lambda eps in lambda; flow: velocity in sigma), "
+                        "eps (eps in lambda), x0 (clean-sample prediction in lambda; flow: in sigma), index (raw "
+                        "output in step index) (default: eps on VP grids, paper on flow grids, as measured in "
+                        "docs/BENCHMARKS.md)")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
@@ -160,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--caches", type=_str_list, default=["none"],
                    help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
-                        "optional :interval=T:warmup=W:last=L:history=computed|all (e.g. abcache:2:interval=3). "
-                        "A method entry like sequential:steps=25 runs on fewer steps (the '50%% steps' baseline). With a "
+                        "optional :interval=T:warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
+                        "abcache:2:interval=3:form=x0). A method entry like sequential:steps=25 runs on fewer steps "
+                        "(the '50%% steps' baseline); :cache=none (or reuse) pins its cache. With a "
                         "pipeline folder, diffusers' own hooks run with sequential sampling: "
                         "diffusers:firstblock[:threshold=0.2], diffusers:taylorseer, diffusers:magcache[:...]")
     b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
@@ -198,7 +207,7 @@ def _check_common(args: argparse.Namespace) -> None:
 def _cache_config(args: argparse.Namespace):
     """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
     options = {"order": args.cache_order, "interval": args.cache_interval, "warmup": args.cache_warmup,
-               "last": args.cache_last, "history": args.cache_history}
+               "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
     given = [f"--cache-{k}" for k, v in options.items() if v is not None]
     if args.cache == "none":
         if given:
@@ -211,8 +220,7 @@ def _cache_config(args: argparse.Namespace):
         if args.cache_order not in (None, 1):
             raise HastenError(f"--cache reuse is order 1; --cache-order {args.cache_order} needs --cache abcache")
         options["order"] = 1
-    defaults = {"order": 2, "interval": 3, "last": 1, "history": "computed"}
-    return CacheConfig(**{k: (defaults.get(k) if v is None else v) for k, v in options.items()})
+    return CacheConfig(**{k: v for k, v in options.items() if v is not None})  # the rest: CacheConfig's defaults
 
 
 def _sample(args: argparse.Namespace) -> dict | None:

@@ -189,7 +189,7 @@ def iterate(
         bar.close()
     wall = clock.elapsed()
     return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
-                  all_rounds, requests, None if cache is None else {"config": cache.config.label(), **cache.stats()})
+                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()})
 
 
 def run(

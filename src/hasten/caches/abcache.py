@@ -8,13 +8,31 @@ weights of equally spaced nodes. hasten uses the Lagrange weights of the
 *actual* nodes, so the same formula serves non-uniform grids and a history
 with gaps (computed outputs only), and reduces to Eq. 3.6 on a uniform grid.
 
-* VP diffusion: the output is turned into its eps estimate, extrapolated in
-  lambda = log(alpha / sigma) with the exponential factor, and turned back into
-  the model's parameterisation at the current latent.
-* Flow matching: the velocity is extrapolated in the flow time sigma, without
-  the exponential factor (Remark 1).
+What is extrapolated, and in which variable, is the ``form``:
 
-Order 1 is plain reuse of the last output. The schedule counts *rounds* (for
+* ``paper``: Eq. 3.6 as written. VP: the eps estimate, with the exponential
+  factor (``e^{-lambda} eps`` extrapolated in lambda = log(alpha / sigma), then
+  multiplied by ``e^{lambda_n}``). Flow: the velocity in the flow time sigma,
+  without the exponential (Remark 1, "drop the exponential term").
+* ``eps``: Eq. 3.6 without the exponential factor (Remark 1's rule applied to
+  the eps estimate): eps extrapolated in lambda (VP) or in sigma (flow).
+* ``x0``: the clean-sample prediction extrapolated in lambda (VP) or sigma
+  (flow): the data-prediction counterpart of Eq. 3.1/3.6 (the integrand of
+  DPM-Solver++'s ``e^{lambda} x0`` form, whose exponential the exact linear part
+  absorbs). Order 1 keeps x0 fixed, so a predicted step is a DDIM jump.
+* ``index``: the raw model output extrapolated in the grid step index, the
+  binomial weights of Eq. 3.6 with ``e^{ih}`` dropped (``h`` treated as one
+  step, as caching code that ignores the schedule does).
+
+The eps/x0 forms convert the model's output (epsilon, v, sample or flow
+velocity) with ``predict_x0_eps`` and turn the extrapolated quantity back into
+the model's parameterisation at the current latent with ``output_for_x0``.
+Left out, the form is chosen per grid kind (``DEFAULT_FORM``, measured in
+docs/BENCHMARKS.md, "AB-Cache variants (issue 11)").
+
+Order 1 is plain reuse of the last output in the eps, x0 and index forms
+(along DDIM and Euler steps the three coincide); in the paper form it returns
+``e^{lambda_n - lambda_{n-1}} eps``. The schedule counts *rounds* (for
 sequential sampling a round is a step): rounds 1..warmup are computed, then
 every ``interval``-th round, and any request at one of the last ``last`` grid
 steps. Keying the schedule on rounds keeps the predicted requests of a
@@ -40,6 +58,13 @@ from hasten.grid import Grid
 from hasten.methods.base import Eval
 from hasten.steps import output_for_x0, predict_x0_eps
 
+#: what is extrapolated: see the module docstring
+FORMS = ("paper", "eps", "x0", "index")
+#: the form used when ``CacheConfig.form`` is None, per grid kind. Measured at order 2, interval 3
+#: (PSNR vs sequential, 64 samples): digits eps 46.9, index 44.5, x0 41.8, paper 9.2 dB;
+#: gmm-flow paper 64.8, x0 58.3, eps 33.0 dB (docs/BENCHMARKS.md, "AB-Cache variants (issue 11)").
+DEFAULT_FORM = {"vp": "eps", "flow": "paper"}
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -51,6 +76,8 @@ class CacheConfig:
         warmup: rounds always computed first; at least ``order``.
         last: the last ``last`` grid steps are always computed.
         history: ``"computed"`` or ``"all"``.
+        form: ``"paper"``, ``"eps"``, ``"x0"`` or ``"index"`` (module docstring);
+            None: ``DEFAULT_FORM`` of the grid's kind.
     """
 
     order: int = 2
@@ -58,6 +85,7 @@ class CacheConfig:
     warmup: int | None = None
     last: int = 1
     history: str = "computed"
+    form: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.order, int) or not 1 <= self.order <= 4:
@@ -70,14 +98,19 @@ class CacheConfig:
             raise HastenError(f"cache last must be an integer >= 0, got {self.last!r}")
         if self.history not in ("computed", "all"):
             raise HastenError(f"cache history must be 'computed' or 'all', got {self.history!r}")
+        if self.form is not None and self.form not in FORMS:
+            raise HastenError(f"cache form must be one of {', '.join(FORMS)}, got {self.form!r}")
 
     @property
     def warmup_rounds(self) -> int:
         return self.order if self.warmup is None else self.warmup
 
-    def label(self) -> str:
+    def label(self, form: str | None = None) -> str:
+        """Short description; ``form`` names the form in force when the config leaves it to the grid."""
         name = "reuse" if self.order == 1 else f"abcache:{self.order}"
-        return f"{name} T={self.interval} W={self.warmup_rounds}" + ("" if self.history == "computed" else " hist=all")
+        form = self.form or form
+        return (f"{name} T={self.interval} W={self.warmup_rounds}" + ("" if self.history == "computed" else " hist=all")
+                + ("" if form is None else f" form={form}"))
 
 
 def lagrange_weights(nodes: list[float], target: float) -> list[float]:
@@ -98,19 +131,32 @@ class ABCache:
     def __init__(self, config: CacheConfig):
         self.config = config
         self.grid: Grid | None = None
+        self.form: str | None = config.form
         self.history: dict = {}
         self.computed: list[int] = []
         self.predicted: list[int] = []
 
     def reset(self, grid: Grid) -> None:
         """Forget every trajectory; called by the engine at the start of each run."""
-        if grid.kind == "vp" and (grid.alpha[:-1] <= 0).any():
-            raise HastenError("abcache needs alpha > 0 at every evaluated VP grid point (lambda is undefined)")
-        self.grid = grid
+        form = self.config.form or DEFAULT_FORM[grid.kind]
+        if form != "index" and grid.kind == "vp" and (grid.alpha[:-1] <= 0).any():
+            raise HastenError(f"abcache form {form!r} needs alpha > 0 at every evaluated VP grid point (lambda "
+                              "is undefined); use form 'index'")
+        self.grid, self.form = grid, form
         self.history = {}
         self.computed, self.predicted = [], []
 
+    def label(self) -> str:
+        """The config's label with the form in force (after ``reset``)."""
+        return self.config.label(self.form)
+
+    def _raw(self) -> bool:
+        """Whether the form extrapolates the model output itself (no conversion)."""
+        return self.form == "index" or (self.form == "paper" and self.grid.kind == "flow")
+
     def _node(self, index: int) -> float:
+        if self.form == "index":
+            return float(index)
         a, s = float(self.grid.alpha[index]), float(self.grid.sigma[index])
         return math.log(a / s) if self.grid.kind == "vp" else s
 
@@ -133,20 +179,26 @@ class ABCache:
         idx = self._usable(ev)
         target = self._node(ev.index)
         weights = lagrange_weights([self._node(i) for i in idx], target)
-        if self.grid.kind == "vp":
-            eps = sum(w * math.exp(target - self._node(i)) * past[i] for w, i in zip(weights, idx))
-            a, s = float(self.grid.alpha[ev.index]), float(self.grid.sigma[ev.index])
-            return output_for_x0(self.grid, ev.x, (ev.x - s * eps) / a, ev.index)
-        return sum(w * past[i] for w, i in zip(weights, idx))
+        if self.form == "paper" and self.grid.kind == "vp":  # Eq. 3.6: e^{lambda_n - lambda_i} factors
+            weights = [w * math.exp(target - self._node(i)) for w, i in zip(weights, idx)]
+        value = sum(w * past[i] for w, i in zip(weights, idx))
+        if self._raw():
+            return value
+        x = ev.x.float()
+        if self.form == "x0":
+            return output_for_x0(self.grid, x, value, ev.index)
+        a, s = float(self.grid.alpha[ev.index]), float(self.grid.sigma[ev.index])
+        return output_for_x0(self.grid, x, (x - s * value) / a, ev.index)
 
     def record(self, ev: Eval, output: torch.Tensor, computed: bool) -> None:
-        """Store an output (eps estimate for VP, velocity for flow) in the trajectory's history."""
+        """Store what the form extrapolates (raw output, eps or x0 estimate) in the trajectory's history."""
         (self.computed if computed else self.predicted).append(ev.index)
         if not computed and self.config.history == "computed":
             return
         value = output.float()
-        if self.grid.kind == "vp":
-            value = predict_x0_eps(self.grid, ev.x.float(), value, ev.index)[1]
+        if not self._raw():
+            x0, eps = predict_x0_eps(self.grid, ev.x.float(), value, ev.index)
+            value = x0 if self.form == "x0" else eps
         self.history.setdefault(ev.track, {})[ev.index] = value
 
     def stats(self) -> dict:
@@ -156,7 +208,7 @@ class ABCache:
 
 
 def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
-    """A cache from a config, a spec string (``none``, ``reuse``, ``abcache:K[:interval=T:warmup=W:...]``) or None."""
+    """A cache from a config, a spec string (``none``, ``reuse``, ``abcache:K[:interval=T:form=x0:...]``) or None."""
     if spec is None or isinstance(spec, ABCache):
         return spec
     if isinstance(spec, CacheConfig):
@@ -166,7 +218,7 @@ def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
 
 
 def parse_cache_spec(spec: str) -> CacheConfig | None:
-    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (interval, warmup, last, history)."""
+    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (interval, warmup, last, history, form)."""
     name, *parts = str(spec).strip().split(":")
     if name == "none" and not parts:
         return None
@@ -177,10 +229,11 @@ def parse_cache_spec(spec: str) -> CacheConfig | None:
         key, eq, value = part.partition("=")
         if not eq and name == "abcache" and "order" not in options:
             key, value = "order", key
-        elif not eq or key not in ("interval", "warmup", "last", "history", "order"):
-            raise HastenError(f"bad cache option {part!r} in {spec!r}; use order, interval, warmup, last or history")
+        elif not eq or key not in ("interval", "warmup", "last", "history", "form", "order"):
+            raise HastenError(f"bad cache option {part!r} in {spec!r}; use order, interval, warmup, last, history "
+                              "or form")
         try:
-            options[key] = value if key == "history" else int(value)
+            options[key] = value if key in ("history", "form") else int(value)
         except ValueError:
             raise HastenError(f"cache option {key} needs an integer, got {value!r}") from None
     return CacheConfig(**options)

@@ -30,9 +30,9 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
 
     ``cores`` is the per-round evaluation budget where a method has one: CHORDS
     cores, the ParaDiGMS / ParaSolver window, the SRDS per-round cap and the
-    ParaSolver-Turbo rho (its window then defaults to 3 * rho, as the paper's
-    p = 24 for rho = 8). Options a method does not take are refused; ``None``
-    values are ignored.
+    ParaSolver-Turbo rho (its window keeps the paper's per-solver default, see
+    :func:`ParaSolverTurbo`). Options a method does not take are refused;
+    ``None`` values are ignored.
     """
     if name not in METHODS:
         raise HastenError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
@@ -56,8 +56,6 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
         return ParaSolver(**{"window": cores, **options} if cores is not None else options)
     if cores is not None:
         options.setdefault("rho", cores)
-    if "rho" in options:
-        options.setdefault("window", 3 * options["rho"])
     return ParaSolverTurbo(**options)
 
 

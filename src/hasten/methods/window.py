@@ -46,6 +46,13 @@ from hasten.methods.base import Eval, Hit, MethodRun
 from hasten.steps import NOISY_SOLVERS, Step, linear_step, predicted_x0
 
 
+#: ParaSolver-Turbo's window p per solver, from the paper's Appendix D settings: p = 100 for
+#: DDPM-1000 (Fig. 2), p = 50 for DDIM-50 and DPM-Solver-50 (Fig. 3-4), the ODE value for the
+#: others (the paper has no flow-matching runs). Capped at the number of sub-intervals.
+PAPER_WINDOW = {"ddpm": 100}
+PAPER_WINDOW_ODE = 50
+
+
 class NotConvergedWarning(UserWarning):
     """A parallel method hit its iteration cap before its tolerance."""
 
@@ -81,7 +88,8 @@ class SlidingWindow:
     """The shared solver; use :class:`ParaDiGMS`, :class:`ParaSolver` or :class:`ParaSolverTurbo`.
 
     Args:
-        window: window size p (points solved together).
+        window: window size p (points solved together); None: the ParaSolver-Turbo
+            paper's p for the solver (``PAPER_WINDOW``), capped at S.
         tol: tolerance delta (> 0) in units of the per-point scale; ``None``
             takes the ParaSolver-Turbo paper's choice for the solver (Section 6:
             0.5 for DDPM, 0.03 for DDIM and the other ODE steps).
@@ -95,7 +103,7 @@ class SlidingWindow:
         subintervals: S coarse points (None: one per step).
     """
 
-    window: int = 8
+    window: int | None = 8
     tol: float | None = 0.1
     max_iters: int | None = None
     rho: int | None = None
@@ -108,12 +116,12 @@ class SlidingWindow:
 
     def validate(self, steps: int) -> None:
         check_int("rho", self.rho, 1, allow_none=True)
-        check_int("window", self.window, 1)
+        check_int("window", self.window, 1, allow_none=True)
         check_int("max_iters", self.max_iters, 1, allow_none=True)
         check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
         check_int("precondition", self.precondition, 0, self.subintervals or steps)
         check_positive("tol", self.tol, allow_none=True)
-        if self.rho is not None and self.rho > self.window:
+        if self.rho is not None and self.window is not None and self.rho > self.window:
             raise HastenError(f"rho={self.rho} exceeds window={self.window}: rho of the window's points call the "
                               f"model; choose rho <= window (e.g. window={3 * self.rho})")
 
@@ -123,6 +131,12 @@ class SlidingWindow:
             return self.tol
         return 0.5 if solver in NOISY_SOLVERS else 0.03
 
+    def window_for(self, solver: str, subintervals: int) -> int:
+        """The window in force with a step named ``solver`` over ``subintervals`` points."""
+        if self.window is not None:
+            return self.window
+        return min(subintervals, PAPER_WINDOW.get(solver, PAPER_WINDOW_ODE))
+
     def cores(self, steps: int) -> int:
         return 1
 
@@ -130,11 +144,12 @@ class SlidingWindow:
         return steps
 
     def max_width(self, steps: int) -> int:
-        return min(self.window, self.rho or self.window)
+        return min(v for v in (self.window, self.rho, self.subintervals or steps) if v is not None)
 
     def describe(self, steps: int) -> dict:
-        return {"window": self.window, "tol": "auto" if self.tol is None else self.tol, "rho": self.rho, "precondition": self.precondition,
-                "subintervals": self.subintervals or steps, "max_iters": self.max_iters}
+        return {"window": "auto" if self.window is None else self.window, "tol": "auto" if self.tol is None else self.tol,
+                "rho": self.rho, "precondition": self.precondition, "subintervals": self.subintervals or steps,
+                "max_iters": self.max_iters}
 
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
         grid = step.grid
@@ -143,6 +158,7 @@ class SlidingWindow:
         b = subinterval_bounds(n_steps, s_total)
         dim = x[0].numel()
         tol = self.tol_for(step.name)
+        window = self.window_for(step.name, s_total)
         if self.scale == "posterior":
             scales = [0.0] + [grid.posterior_std(b[c - 1], b[c]) for c in range(1, s_total + 1)]
         else:
@@ -165,10 +181,10 @@ class SlidingWindow:
                 else:
                     pts[c] = pts[c - 1]
 
-        fill(n + 1, min(n + self.window, s_total))
+        fill(n + 1, min(n + window, s_total))
         iters = 0
         while n < s_total:
-            end = min(n + self.window, s_total)
+            end = min(n + window, s_total)
             rho = end - n if self.rho is None else min(self.rho, end - n)
             fines, outs = yield from fine_solves(step, [(pts[c], b[c], b[c + 1]) for c in range(n, n + rho)])
             new = list(pts)
@@ -194,7 +210,7 @@ class SlidingWindow:
             first_bad = next((k for k, r in enumerate(ratios) if r > 1), len(ratios))
             pts = new
             n_next = n + min(1 + first_bad, end - n)
-            fill(end + 1, min(n_next + self.window, s_total))
+            fill(end + 1, min(n_next + window, s_total))
             n = n_next
             iters += 1
             if self.max_iters is not None and iters >= self.max_iters and n < s_total:
@@ -236,12 +252,27 @@ def ParaSolver(window: int = 16, tol: float | None = None, max_iters: int | None
                          precondition=precondition, scale="sigma", subintervals=subintervals, name="parasolver")
 
 
-def ParaSolverTurbo(window: int = 24, rho: int = 8, tol: float | None = None, max_iters: int | None = None,
-                    precondition: int = 1, subintervals: int | None = None) -> SlidingWindow:
+def ParaSolverTurbo(window: int | None = None, rho: int = 8, tol: float | None = None,
+                    max_iters: int | None = None, precondition: int = 0,
+                    subintervals: int | None = None) -> SlidingWindow:
     """ParaSolver-Turbo: the rho-nonlinear system (Definition 2, Eq. 11), solved with immediate updates.
 
     Model calls only for the first ``rho`` unconverged points of the window;
     the rest follow the linear solver with the last predicted x0 (Eq. 16-22).
+
+    Defaults are the paper's settings (Section 6 and Appendix D, Fig. 2-4), per solver:
+
+    ======  ===================  ====  =====  ===
+    solver  window p             rho   delta  M
+    ======  ===================  ====  =====  ===
+    ddpm    100 (capped at S)    8     0.5    0
+    ddim    50 (capped at S)     8     0.03   0
+    euler   50 (capped at S)     8     0.03   0
+    ======  ===================  ====  =====  ===
+
+    (euler: no flow-matching runs in the paper; the ODE settings.) The paper's
+    iteration caps K (23 for DDPM, 11 for DDIM) are not defaults: a cap that
+    stops early returns an unconverged result.
     """
     return SlidingWindow(window=window, tol=tol, max_iters=max_iters, rho=rho, newton="linear", init="linear",
                          precondition=precondition, scale="sigma", subintervals=subintervals,
