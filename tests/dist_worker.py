@@ -77,7 +77,7 @@ def run_faulty(rank: int, world: int, port: int, out_dir: str, mode: str, timeou
 
 def run_pipeline(rank: int, world: int, port: int, out_dir: str) -> None:
     """hasten.accelerate with the distributed executor on a tiny Stable Diffusion pipeline."""
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     _init(rank, world, port, 60)
     try:

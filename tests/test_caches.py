@@ -11,7 +11,7 @@ from hasten.caches import ABCache, CacheConfig, make_cache, parse_cache_spec
 from hasten.caches.abcache import DEFAULT_FORM, FORMS, lagrange_weights
 from hasten.methods import ParaDiGMS
 from hasten.metrics import rmse
-from hasten.steps import output_for_x0
+from hasten.parameterisation import output_for_x0
 
 
 def uniform_lambda_grid(n=12, lo=-3.0, hi=3.0):

@@ -117,7 +117,7 @@ def test_init_empty_names_the_option():
 
 @pytest.fixture(scope="module")
 def tiny_flux(tmp_path_factory):
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     return save_tiny_pipeline("flux", tmp_path_factory.mktemp("pipes") / "flux")
 
@@ -210,7 +210,7 @@ def test_a_node_that_never_joins_fails_within_the_rendezvous_timeout(tmp_path):
 
 
 def test_prompt_embeds_of_the_wrong_width_are_refused_before_any_forward():
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
     calls = []

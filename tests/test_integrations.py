@@ -14,7 +14,7 @@ from diffusers import (  # noqa: E402
 )
 import hasten  # noqa: E402
 from hasten import HastenError  # noqa: E402
-from hasten.integrations.tiny import TINY_CALLS, tiny_pipeline, tiny_unet2d  # noqa: E402
+from hasten.testing.pipelines import TINY_CALLS, tiny_pipeline, tiny_unet2d  # noqa: E402
 
 
 def tiny_unet():
@@ -150,7 +150,7 @@ def test_every_method_runs_on_flux_and_decodes():
 
 @pytest.fixture(scope="module")
 def saved_sd(tmp_path_factory):
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     return save_tiny_pipeline("sd", tmp_path_factory.mktemp("pipes") / "tiny-sd")
 
@@ -284,7 +284,7 @@ def test_diffusers_cache_hooks_run_through_the_bench(tmp_path, capsys):
     import json
 
     from hasten.cli import main
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     flux = save_tiny_pipeline("flux", tmp_path / "flux")
     common = ["--model", str(flux), "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "8",

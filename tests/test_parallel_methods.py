@@ -9,9 +9,10 @@ import hasten
 from hasten import Grid, HastenError, Sequential, run
 from hasten.api import draw_noise
 from hasten.methods import SRDS, ParaDiGMS, ParaSolver, ParaSolverTurbo, make_method, parse_method_spec
-from hasten.methods.window import NotConvergedWarning
+from hasten.methods.subintervals import NotConvergedWarning
 from hasten.metrics import rmse
-from hasten.steps import DDPMStep, linear_step, make_step, output_for_x0, predicted_x0
+from hasten.parameterisation import output_for_x0
+from hasten.steps import DDPMStep, linear_step, make_step, predicted_x0
 
 
 def seq(p):

@@ -30,7 +30,8 @@ from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.executors import make_executor
 from hasten.executors.distributed import init_distributed
-from hasten.methods import Eval, Sequential, make_method, parse_method_spec
+from hasten.methods import Sequential, make_method, parse_method_spec
+from hasten.rounds import Eval
 from hasten.caches import make_cache
 from hasten.integrations.hooks import diffusers_cache, hook_config
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _quiet(getattr(args, "no_progress", False))
         if args.command == "make-tiny":
-            from hasten.integrations.tiny import save_tiny_pipeline
+            from hasten.testing.pipelines import save_tiny_pipeline
 
             check_out(args.out)
             print(save_tiny_pipeline(args.kind, args.out))

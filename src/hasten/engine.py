@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 
 from hasten.devices import Stopwatch
 from hasten.errors import HastenError, NonFiniteOutputError
+from hasten.caches.base import Cache
 from hasten.executors.base import Executor
-from hasten.methods.base import Eval, Hit, Method
+from hasten.methods.base import Method
+from hasten.rounds import Eval, Hit
 from hasten.steps import Step
 from hasten.stopping import Stop, relative_residual
 
@@ -105,7 +107,8 @@ class FiniteCheck:
             pos -= len(evals)
 
 
-def _answer(evals: list[Eval], executor: Executor, cache, round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
+def _answer(evals: list[Eval], executor: Executor, cache: Cache | None,
+            round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
     """Outputs for a round, from the cache where it may answer and the executor otherwise."""
     if cache is None:
         return executor.evaluate(evals), evals
@@ -127,7 +130,7 @@ def iterate(
     executor: Executor,
     stop: Stop | str | None = None,
     progress: bool = False,
-    cache=None,
+    cache: Cache | None = None,
 ) -> Generator[Hit, None, Result]:
     """Run ``method`` and yield its hits as they land; return the :class:`Result`.
 
@@ -200,7 +203,7 @@ def run(
     stop: Stop | str | None = None,
     on_hit: Callable[[Hit], None] | None = None,
     progress: bool = False,
-    cache=None,
+    cache: Cache | None = None,
 ) -> Result:
     """Run ``method`` to its stop; ``on_hit`` receives each hit as it lands."""
     gen = iterate(method, x, step, executor, stop, progress, cache)

@@ -77,8 +77,8 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
-from hasten.methods.base import Eval
-from hasten.steps import output_for_x0, predict_x0_eps
+from hasten.rounds import Eval
+from hasten.parameterisation import output_for_eps, output_for_x0, predict_x0_eps
 
 #: what is extrapolated: see the module docstring
 FORMS = ("paper", "eps", "x0", "index")
@@ -175,7 +175,7 @@ def lagrange_weights(nodes: list[float], target: float) -> list[float]:
     return weights
 
 
-class ABCache:
+class ABCache:  # implements hasten.caches.base.Cache
     """The cache itself; the engine calls ``reset``, ``wants_model``, ``predict`` and ``record``."""
 
     def __init__(self, config: CacheConfig):
@@ -230,11 +230,8 @@ class ABCache:
         """The form's quantity turned back into the model's parameterisation at ``ev.x``."""
         if self._raw():
             return value
-        x = ev.x.float()
-        if self.form == "x0":
-            return output_for_x0(self.grid, x, value, ev.index)
-        a, s = float(self.grid.model_alpha[ev.index]), float(self.grid.model_sigma[ev.index])
-        return output_for_x0(self.grid, x, (x - s * value) / a, ev.index)
+        convert = output_for_x0 if self.form == "x0" else output_for_eps
+        return convert(self.grid, ev.x.float(), value, ev.index)
 
     def _landing_error(self, ev: Eval, difference: torch.Tensor) -> float:
         """How far a difference in the form's quantity moves the next grid point, in tolerance units.

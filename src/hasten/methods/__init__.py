@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, Method
+from hasten.methods.base import Method
+from hasten.rounds import Eval, Hit
 from hasten.methods.chords import Chords
 from hasten.methods.sequential import Sequential
 from hasten.methods.srds import SRDS

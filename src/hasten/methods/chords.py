@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
 from hasten.methods.parareal import rectify
 from hasten.steps import Step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.steps import Step
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.parareal import rectify
 from hasten.checks import check_int, check_positive
-from hasten.methods.window import NotConvergedWarning, subinterval_bounds
+from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
 from hasten.steps import Step
 from hasten.stopping import relative_residual
 
