@@ -103,7 +103,7 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
         raise HastenError(f"steps must be an integer >= 1, got {steps!r}")
     stop = Stop.parse(stop)
     method.validate(steps)
-    stop.check_cores(method.cores(steps))
+    stop.check_cores(method.hit_tracks(steps))
     if executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
         model.adapter.broadcast_conditioning = True
     x = model_latents(model, batch, seed)

@@ -30,10 +30,11 @@ from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.executors import make_executor
 from hasten.executors.distributed import init_distributed
-from hasten.methods import Sequential, make_method, parse_method_spec
+from hasten.methods import BUDGET_OPTION, Sequential, make_method, parse_method_spec
+from hasten.options import parse_spec, read_value
 from hasten.rounds import Eval
 from hasten.caches import make_cache
-from hasten.integrations.hooks import diffusers_cache, hook_config
+from hasten.integrations.hooks import diffusers_cache, hook_config, parse_hook_spec
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
 from hasten.models import EmbeddedModel, is_embedded, load_model
 from hasten.report import (
@@ -64,19 +65,18 @@ CACHE_COLUMNS = [
 
 #: options a --methods entry takes besides the method's own: run on M steps, pin the entry's cache
 ENTRY_OPTIONS = {"steps": int, "cache": str}
-#: the option that sets a method's per-round budget; when a --methods entry sets it, --cores does not apply
-BUDGET_OPTION = {"paradigms": "window", "parasolver": "window", "parasolver-turbo": "rho"}
 #: shown where a run measured them: communication (distributed), peak GPU memory, graphs compiled during the run
 RESOURCE_COLUMNS = [("comm_ms", "comm ms/round"), ("peak_gib", "peak GiB"), ("recompiles", "graphs compiled")]
 
 
 def parse_steps(entry: str, default_solver: str | None) -> tuple[str | None, int]:
     """``"50"`` or ``"ddpm:1000"`` -> (solver, N)."""
-    solver, _, n = entry.rpartition(":")
-    try:
-        return (solver or default_solver), int(n)
-    except ValueError:
-        raise HastenError(f"steps entries must be N or SOLVER:N, got {entry!r}") from None
+    if ":" not in str(entry):
+        return default_solver, read_value("--steps", "N", str(entry), int)
+    solver, options = parse_spec(entry, {name: {"steps": int} for name in SOLVERS}, "solver", positional="steps")
+    if "steps" not in options:
+        raise HastenError(f"steps entries must be N or SOLVER:N, got {entry!r}")
+    return solver, options["steps"]
 
 
 @dataclass
@@ -125,7 +125,7 @@ class BenchConfig:
                         if cache != "none" or run_steps != n:
                             out.append((solver, n, name, options, None, None, cache, run_steps))
                         continue
-                    budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8
+                    budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8: --cores does not apply
                     for k in ([None] if budget_set else self.cores):
                         for init in (self.inits if name == "chords" and "init" not in options else [None]):
                             opts = {**options, **({"init": init} if init else {})}
@@ -156,30 +156,17 @@ class BenchConfig:
                 pipeline = not is_embedded(self.model) if isinstance(self.model, str) else hasattr(self.model, "adapter")
                 if not pipeline:
                     raise HastenError("diffusers cache hooks need a diffusers pipeline as --model")
-                hook_name, hook_opts = _hook_spec(cache)
+                hook_name, hook_opts = parse_hook_spec(cache)
                 hook_config(hook_name, hook_opts)
                 continue
             make_cache(cache)
-            method = make_method(name, cores=k, **options)
+            method = make_method(name, **options, **({} if k is None else {"cores": k}))
             method.validate(run_steps)
             if self.compile is not None and method.max_width(run_steps) is None and self.max_batch is None:
                 raise HastenError(f"--compile needs a fixed forward size: {name} without a cores cap has no "
                                   "fixed round width; give --max-batch")
             if name == "chords":
-                stop.check_cores(method.cores(run_steps))
-
-
-def _hook_spec(spec: str) -> tuple[str, dict]:
-    """``diffusers:NAME[:key=value...]`` -> (NAME, options with numbers parsed)."""
-    _, name, *parts = spec.split(":")
-    options = {}
-    for part in parts:
-        key, _, value = part.partition("=")
-        try:
-            options[key] = float(value) if "." in value or "e" in value else int(value)
-        except ValueError:
-            options[key] = value
-    return name, options
+                stop.check_cores(method.hit_tracks(run_steps))
 
 
 def _params(name: str, method, n: int) -> str:
@@ -297,7 +284,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                          **ref_stats, **quality(ref.x, ref_images)})
         bar.update(1)
         for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
-            method = make_method(name, cores=cores, **options)
+            method = make_method(name, **options, **({} if cores is None else {"cores": cores}))
             run_step, run_grid = step, grid
             if run_steps != n:  # fewer steps: its own grid, same initial noise
                 run_grid = model.grid(run_steps)
@@ -305,7 +292,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             run_executor = _executor(cfg, model, run_grid, cfg.executor, method, run_steps)
             hook = None
             if cache_spec.startswith("diffusers:"):
-                hook_name, hook_opts = _hook_spec(cache_spec)
+                hook_name, hook_opts = parse_hook_spec(cache_spec)
                 hook = diffusers_cache(model.network, run_executor.denoiser, hook_config(hook_name, hook_opts))
                 cache = None
             else:

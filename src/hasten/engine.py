@@ -141,7 +141,7 @@ def iterate(
     n = step.grid.steps
     stop = Stop.parse(stop)
     method.validate(n)
-    stop.check_cores(method.cores(n))
+    stop.check_cores(method.hit_tracks(n))
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
     x = x.float()

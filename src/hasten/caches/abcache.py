@@ -77,6 +77,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
+from hasten.options import option_types, parse_spec
 from hasten.rounds import Eval
 from hasten.parameterisation import output_for_eps, output_for_x0, predict_x0_eps
 
@@ -320,11 +321,6 @@ class ABCache:  # implements hasten.caches.base.Cache
                 "nfe_saved": len(self.predicted)}
 
 
-#: the options a cache spec string takes, with their types
-OPTION_TYPES = {"order": int, "interval": int, "tol": float, "warmup": int, "last": int, "history": str, "form": str,
-                "estimate": str, "scale": str}
-
-
 def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
     """A cache from a config, a spec string (``none``, ``reuse``, ``abcache:K[:interval=T:form=x0:...]``) or None."""
     if spec is None or isinstance(spec, ABCache):
@@ -336,22 +332,10 @@ def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
 
 
 def parse_cache_spec(spec: str) -> CacheConfig | None:
-    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (``OPTION_TYPES``: interval or tol, ...)."""
-    name, *parts = str(spec).strip().split(":")
-    if name == "none" and not parts:
+    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (``CacheConfig``'s fields: interval or tol, ...)."""
+    fields = option_types(CacheConfig)
+    names = {"none": {}, "reuse": {k: v for k, v in fields.items() if k != "order"}, "abcache": fields}
+    name, options = parse_spec(spec, names, "cache", positional="order")
+    if name == "none":
         return None
-    if name not in ("reuse", "abcache"):
-        raise HastenError(f"unknown cache {spec!r}; valid: none, reuse, abcache:K (K = order 1..4)")
-    options: dict = {"order": 1} if name == "reuse" else {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq and name == "abcache" and "order" not in options:
-            key, value = "order", key
-        elif not eq or key not in OPTION_TYPES:
-            raise HastenError(f"bad cache option {part!r} in {spec!r}; use {', '.join(OPTION_TYPES)}")
-        try:
-            options[key] = OPTION_TYPES[key](value)
-        except ValueError:
-            raise HastenError(f"cache option {key} needs {'a number' if key == 'tol' else 'an integer'}, "
-                              f"got {value!r}") from None
-    return CacheConfig(**options)
+    return CacheConfig(**({"order": 1} if name == "reuse" else {}), **options)

@@ -24,8 +24,8 @@ class Method(Protocol):
     def validate(self, steps: int) -> None:
         """Raise :class:`hasten.errors.HastenError` if the method cannot run on ``steps`` steps."""
 
-    def cores(self, steps: int) -> int:
-        """How many trajectories may produce hits (labels 1..cores)."""
+    def hit_tracks(self, steps: int) -> int:
+        """How many trajectories may produce hits (their labels, ``Hit.core``, run 1..hit_tracks)."""
 
     def max_rounds(self, steps: int) -> int:
         """Upper bound on rounds, for progress bars."""

@@ -80,7 +80,7 @@ class Chords:
                         steps, cores, "" if cores == 1 else "s", self.n_cores)
         self.init_sequence(steps)
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return self.cores_for(steps)
 
     def max_rounds(self, steps: int) -> int:

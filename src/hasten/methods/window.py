@@ -137,7 +137,7 @@ class SlidingWindow:
         """The sequential sub-intervals M in force with a step named ``solver``."""
         return self.precondition if self.precondition is not None else DEFAULT_PRECONDITION.get(solver, 0)
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return 1
 
     def max_rounds(self, steps: int) -> int:
