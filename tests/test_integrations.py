@@ -183,6 +183,23 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
     assert "is not a saved diffusers pipeline" in capsys.readouterr().err
 
 
+def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
+    import argparse
+
+    from hasten.cli import _model
+    from hasten.integrations.model import PipelineModel
+
+    args = argparse.Namespace(model=str(saved_sd), prompt="a cat", negative_prompt=None, guidance_scale=None,
+                              height=None, width=None, frames=None, dtype=None, seed=0, local_files_only=False)
+    by_cli = _model(args, 2, torch.device("cpu"))
+    by_api = hasten.load_model(str(saved_sd), call={"prompt": "a cat"}, batch=2)
+    assert isinstance(by_api, PipelineModel) and type(by_cli) is type(by_api)
+    assert (by_api.name, by_api.call, by_api.batch) == (by_cli.name, by_cli.call, by_cli.batch)
+    assert torch.equal(by_api.initial_latents(2, 0), by_cli.initial_latents(2, 0))
+    with pytest.raises(HastenError, match="apply to diffusers pipelines"):
+        hasten.load_model("gmm", call={"prompt": "a cat"})
+
+
 def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
     from hasten.api import prepare
     from hasten.integrations.model import PipelineModel

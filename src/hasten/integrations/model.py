@@ -115,8 +115,10 @@ def open_model(spec, device: torch.device | str | None = None, dtype: torch.dtyp
                batch: int = 1, seed: int = 0, call: dict[str, Any] | None = None, local_files_only: bool = False):
     """Any ``--model``: an embedded model, or a pipeline (folder, model id, ``random:NAME``) with ``call``.
 
-    ``call`` holds the pipeline's call arguments (prompt, guidance_scale,
-    height, ...); it is refused for embedded models, which take none.
+    The one way a spec becomes a model: ``hasten sample/bench --model`` and
+    ``hasten.sample`` come here, ``hasten.load_model`` for pipelines. ``call`` holds
+    the pipeline's call arguments (prompt, guidance_scale, height, ...); it is
+    refused for embedded models, which take none.
     """
     from hasten.models import load_model
 
