@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -19,8 +18,6 @@ from hasten.errors import HastenError
 from hasten.grid import Grid
 from hasten.integrations.schedulers import SchedulerPlan
 from hasten.steps import Step, make_step
-
-log = logging.getLogger("hasten")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -31,6 +32,17 @@ def _wan_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
 def _video_decoding(output: str, **kwargs) -> Decoding:
     """A video pipeline's decoding: frames through the video processor, latents returned as sampled."""
     return Decoding(output, field="frames", postprocess="video", cast_latents=False, **kwargs)
+
+
+def _cogvideox_scale(guidance_scale: float, use_dynamic_cfg: bool, steps: int):
+    """The guidance scale, or with ``use_dynamic_cfg`` the pipeline's function of the timestep value."""
+    if not use_dynamic_cfg:
+        return guidance_scale
+
+    def scale(t: torch.Tensor) -> torch.Tensor:
+        return 1 + guidance_scale * (1 - torch.cos(math.pi * ((steps - t.double()) / steps) ** 5.0)) / 2
+
+    return scale
 
 
 class CogVideoXAdapter(Adapter):
@@ -84,18 +96,6 @@ class CogVideoXAdapter(Adapter):
             _cogvideox_scale(guidance_scale, use_dynamic_cfg, num_inference_steps), dtype=transformer.dtype,
             device=device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
-
-
-def _cogvideox_scale(guidance_scale: float, use_dynamic_cfg: bool, steps: int):
-    """The guidance scale, or with ``use_dynamic_cfg`` the pipeline's function of the timestep value."""
-    if not use_dynamic_cfg:
-        return guidance_scale
-    import math
-
-    def scale(t: torch.Tensor) -> torch.Tensor:
-        return 1 + guidance_scale * (1 - torch.cos(math.pi * ((steps - t.double()) / steps) ** 5.0)) / 2
-
-    return scale
 
 
 class HunyuanVideoAdapter(Adapter):
