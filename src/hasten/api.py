@@ -106,11 +106,11 @@ def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=Non
     stop.check_cores(method.hit_tracks(steps))
     if executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
         model.adapter.broadcast_conditioning = True
-    x = model_latents(model, batch, seed)
     try:
         grid = model.grid(steps)
     except ValueError as err:  # e.g. a scheduler refusing more steps than it was trained with
         raise HastenError(f"steps={steps}: {err}") from None
+    x = model_latents(model, batch, seed)  # after the grid: a pipeline's latents come from that same call
     denoiser = model.denoiser(grid)
     x = x.to(denoiser_device(denoiser))
     step = model_step(model, grid, solver, x, seed)
