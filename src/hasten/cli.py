@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample`` and ``hasten bench``."""
+"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune`` and ``hasten make-tiny``."""
 
 from __future__ import annotations
 
@@ -149,6 +149,36 @@ def build_parser() -> argparse.ArgumentParser:
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
     t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
     t.add_argument("--out", required=True, help="folder to save into")
+
+    u = sub.add_parser("tune", help="find the fastest configuration that meets a quality target on D devices",
+                       formatter_class=_Help,
+                       description="Measure this device's forward latency against rows per forward, sample a "
+                                   "sequential reference, run candidate configurations (methods x cores x "
+                                   "tolerances x caches, pruned once a chain misses the target), predict each "
+                                   "one's wall time on --devices devices from its rounds, rows per round and the "
+                                   "latency curve, and print them ranked. Writes tune.json, tune.md, pareto.png and "
+                                   "best.json, the winner, for `hasten sample --config` and "
+                                   "hasten.accelerate(pipe, config=...).")
+    common(u, 4)
+    u.add_argument("--target", required=True, help="quality target against sequential sampling of the same seed: "
+                   "psnr:DB (at least DB dB, e.g. psnr:35) or rmse:X (latent RMSE at most X, e.g. rmse:0.02)")
+    u.add_argument("--devices", type=int, default=1, help="devices D the prediction is for (the distributed executor "
+                   "splits each round's rows over D ranks)")
+    u.add_argument("--steps", type=int, default=50, help="sampling steps N of the reference")
+    u.add_argument("--cores", type=_int_list, default=[2, 3, 4, 6, 8], help="CHORDS core counts to try")
+    u.add_argument("--widths", type=_int_list, default=[4, 8],
+                   help="ParaDiGMS windows and ParaSolver-Turbo rho values to try")
+    u.add_argument("--methods", type=_str_list,
+                   help="candidate families (default: all): sequential (fewer steps), abcache (sequential + "
+                        "AB-Cache), chords, chords+abcache, paradigms, parasolver-turbo")
+    u.add_argument("--threads", type=int, help="torch threads of the latency curve (default: what each distributed "
+                   "worker gets: OMP_NUM_THREADS or 1, divided by --devices; this process's count for one device)")
+    u.add_argument("--comm-ms", type=float, help="communication per round in ms for D > 1 (default: the all-gather "
+                   "measured over D gloo processes on this CPU)")
+    u.add_argument("--repeats", type=int, default=5, help="timings per latency point (the median is used)")
+    u.add_argument("--out", default="tune", help="output folder (files of an earlier run there are replaced)")
+    u.add_argument("--json", action="store_true", help="print tune.json to stdout instead of the table")
+    u.set_defaults(executor="batched", backend=None)
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
                        formatter_class=_Help,
@@ -388,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_sample(summary)
             return 0
+        if args.command == "tune":
+            return _tune(args)
         return _bench(args)
     except HastenError as err:
         print(f"hasten: error: {err}", file=sys.stderr)
@@ -447,6 +479,45 @@ def _bench(args: argparse.Namespace) -> int:
         from hasten.report import json_safe
 
         print(json.dumps(json_safe(report)))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Run ``hasten tune``: checks first (target, numbers, plotting), then the candidates."""
+    from hasten.report import json_safe, markdown_table, require_plots
+    from hasten.tune import COLUMNS, Target, candidates, tune, write_report
+
+    target = Target.parse(args.target)  # before any work
+    _check_common(args)
+    if args.stop is not None or args.compile is not None:
+        raise HastenError("hasten tune chooses each candidate's stop rule and does not compile; drop "
+                          + ("--stop" if args.stop is not None else "--compile"))
+    for flag, value in (("--devices", args.devices), ("--steps", args.steps), ("--repeats", args.repeats),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise HastenError(f"{flag} must be an integer >= 1, got {value}")
+    if args.comm_ms is not None and args.comm_ms < 0:
+        raise HastenError(f"--comm-ms must be >= 0, got {args.comm_ms}")
+    candidates(args.steps, args.solver, args.cores, args.widths, methods=args.methods)  # validates --methods
+    require_plots()
+    batch = args.batch or 4
+    device = _place(args)
+    model = _model(args, batch, device)
+    with OutputFolder(args.out) as out:
+        report = tune(model, target, args.devices, args.steps, batch, args.seed, args.solver, args.cores,
+                      args.widths, args.methods, args.threads, args.comm_ms, args.repeats, args.max_batch,
+                      progress=not args.no_progress, log=(lambda _: None) if args.json else print)
+        command = "hasten " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "hasten tune"
+        write_report(report, out, command)
+    if args.json:
+        print(json.dumps(json_safe(report.to_dict())))
+        return 0
+    print(markdown_table(report.rows, COLUMNS))
+    s = report.settings
+    print(f"\n{s['run']} of {s['candidates']} candidates run ({s['pruned']} pruned); predicted for {s['devices']} "
+          f"device(s), latency at {s['threads']} thread(s)")
+    print(f"winner: {report.best['tune']['label']} -> {args.out}/best.json "
+          f"(hasten sample --config {args.out}/best.json)")
     return 0
 
 
