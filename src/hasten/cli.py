@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the same seed. Writes result.json, latents.safetensors and, for image "
                                    "models, samples.png and one PNG per hit as it lands.")
     common(s, 4)
-    s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
+    s.add_argument("--config", help="a config file written by hasten tune (best.json): method, steps, solver, "
+                   "cores, method options, cache and stop from the file; flags given here override it (a --method "
+                   "other than the file's drops the file's cores and options)")
+    s.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords)")
     s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4, capped at steps - 1 with a notice)")
-    s.add_argument("--steps", type=int, default=50, help="sampling steps N")
+    s.add_argument("--steps", type=int, help="sampling steps N (default: 50)")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
     s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
@@ -119,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
-    s.add_argument("--cache", default="none", choices=["none", "reuse", "abcache"],
+    s.add_argument("--cache", choices=["none", "reuse", "abcache"],
                    help="answer some evaluations from cached outputs: reuse (last output) or abcache "
-                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method")
+                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method (default: none)")
     s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
     s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
     s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
@@ -234,12 +237,48 @@ def _check_common(args: argparse.Namespace) -> None:
     check_out(args.out)
 
 
+#: sample flags a config file's method options fill (the option's name is the flag's attribute)
+_CONFIG_OPTIONS = ("init", "speedup", "window", "tol", "rho", "precondition", "subintervals", "blocks", "max_iters")
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill what ``--config FILE`` sets and the command line does not; then the defaults."""
+    if args.config is not None:
+        from hasten.tune import load_config
+
+        config = load_config(args.config)
+        same_method = args.method is None or args.method == config["method"]
+        args.method = args.method or config["method"]
+        for key in ("steps", "solver", "stop"):
+            if getattr(args, key) is None:
+                setattr(args, key, config[key])
+        if same_method:
+            if args.cores is None:
+                args.cores = config["cores"]
+            for key, value in config["options"].items():
+                if key in _CONFIG_OPTIONS and getattr(args, key) is None:
+                    setattr(args, key, value)
+        cache_flags = [args.cache_order, args.cache_interval, args.cache_warmup, args.cache_last,
+                       args.cache_history, args.cache_form]
+        if args.cache is None and all(v is None for v in cache_flags):
+            args.cache_spec = config["cache"]
+    args.method = args.method or "chords"
+    args.steps = args.steps if args.steps is not None else 50
+
+
 def _cache_config(args: argparse.Namespace):
-    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
+    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``).
+
+    Without any cache flag, a ``--config`` file's cache spec applies.
+    """
     options = {"order": args.cache_order, "interval": args.cache_interval, "warmup": args.cache_warmup,
                "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
     given = [f"--cache-{k}" for k, v in options.items() if v is not None]
-    if args.cache == "none":
+    if args.cache is None and not given and getattr(args, "cache_spec", None):
+        from hasten.caches import parse_cache_spec
+
+        return parse_cache_spec(args.cache_spec)
+    if args.cache is None or args.cache == "none":
         if given:
             raise HastenError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cache reuse or "
                               "--cache abcache")
@@ -265,6 +304,7 @@ def _sample(args: argparse.Namespace) -> dict | None:
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
 
+    _apply_config(args)
     _check_common(args)
     stop = args.stop if args.stop is not None else ("first" if args.method == "chords" else "none")
     cache = _cache_config(args)
