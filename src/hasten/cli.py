@@ -543,10 +543,13 @@ def _tune(args: argparse.Namespace) -> int:
     batch = args.batch or 4
     device = _place(args)
     model = _model(args, batch, device)
+    from hasten.models import is_embedded
+
     with OutputFolder(args.out) as out:
         report = tune(model, target, args.devices, args.steps, batch, args.seed, args.solver, args.cores,
                       args.widths, args.methods, args.threads, args.comm_ms, args.repeats, args.max_batch,
-                      progress=not args.no_progress, log=(lambda _: None) if args.json else print)
+                      progress=not args.no_progress, log=(lambda _: None) if args.json else print,
+                      spec=args.model if is_embedded(args.model) else None)
         command = "hasten " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "hasten tune"
         write_report(report, out, command)
     if args.json:

@@ -276,6 +276,83 @@ def calibrate(latency: Curve, runs: Sequence[tuple[Sequence[int], float]]) -> fl
     return latency.scale
 
 
+def _round_worker(rank: int, world: int, port: int, spec: str, steps: int, sizes: list[int], repeats: int,
+                  threads: int, out: str) -> None:
+    """One rank of :func:`measure_rounds` (module level: spawned processes import it)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from hasten.executors.distributed import DistributedExecutor
+    from hasten.models import load_model
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        model = load_model(spec)
+        executor = DistributedExecutor(model.denoiser(model.grid(steps)))
+        curve = _time_rounds(executor, model, world, sizes, repeats, steps // 2)
+        if rank == 0:
+            Path(out).write_text(json.dumps(curve))
+    finally:
+        dist.destroy_process_group()
+
+
+def _time_rounds(executor, model, world: int, sizes: list[int], repeats: int, index: int) -> list[float]:
+    """Median seconds of a distributed round of ``world x b`` rows (b rows per rank), for each b in ``sizes``."""
+    import torch.distributed as dist
+
+    from hasten.api import initial_noise
+    from hasten.devices import synchronize
+    from hasten.methods.base import Eval
+
+    x = initial_noise(model, 1, 0).to(executor.device)
+    inputs = {b: x.expand(world * b, *x.shape[1:]).contiguous() for b in sizes}
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    for b in sizes:
+        executor.evaluate([Eval(inputs[b], index)])  # warm-up
+    for _ in range(repeats):
+        for b in sizes:
+            dist.barrier()
+            synchronize(executor.device)
+            t0 = time.perf_counter()
+            executor.evaluate([Eval(inputs[b], index)])
+            synchronize(executor.device)
+            times[b].append(time.perf_counter() - t0)
+    return [statistics.median(times[b]) for b in sizes]
+
+
+def measure_rounds(spec: str, devices: int, steps: int, sizes: Sequence[int], repeats: int = 5,
+                   threads: int = 1, device: torch.device | str = "cpu") -> Curve:
+    """Seconds of a whole distributed round (each rank's forward of b rows + the all-gather) against b.
+
+    Spawns ``devices`` gloo processes on 127.0.0.1 that load the embedded model
+    ``spec`` and time :class:`~hasten.executors.distributed.DistributedExecutor`
+    rounds, as ``hasten sample --executor distributed`` runs them: the ranks
+    share this machine's cores and whatever else runs on it, and the gather
+    waits for the slowest rank, so contention and skew are in the measurement.
+    Inside a launch of ``devices`` ranks it is measured there with this
+    process's model instead (see :func:`tune`).
+    """
+    if torch.device(device).type != "cpu":
+        raise HastenError("distributed rounds on several GPUs are measured inside a launch with that many ranks")
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rounds.json")
+        mp.start_processes(_round_worker, args=(devices, port, spec, steps, list(sizes), repeats, threads, out),
+                           nprocs=devices, start_method="spawn", join=True)
+        seconds = json.loads(Path(out).read_text())
+    return Curve(list(sizes), seconds, threads)
+
+
 def predict_wall(round_rows: Sequence[int], latency: Curve, devices: int = 1, bookkeeping_s: float = 0.0,
                  comm: Curve | None = None) -> float:
     """Predicted wall seconds of a run on ``devices`` devices (model in the module docstring).
@@ -481,27 +558,36 @@ def tune(model, target: "Target | str", devices: int = 1, steps: int = 50, batch
          solver: str | None = None, chords_cores: Sequence[int] = (2, 3, 4, 6, 8), widths: Sequence[int] = (4, 8),
          methods: Sequence[str] | None = None, threads: int | None = None, comm_ms: float | None = None,
          repeats: int = 5, max_batch: int | None = None, progress: bool = True,
-         log: Callable[[str], None] = lambda _: None) -> TuneReport:
+         log: Callable[[str], None] = lambda _: None, spec: str | None = None) -> TuneReport:
     """Run the candidates on ``model`` (an embedded or opened model) and rank them for ``devices`` devices.
 
     ``threads``: torch threads of the candidate runs and the latency curve
     (default :func:`worker_threads`, what each distributed worker gets);
     ``comm_ms``: a fixed communication time per round instead of measuring the
-    all-gather (D > 1).
+    all-gather (D > 1). ``spec``: the embedded model's name when ``model`` is
+    an object (``model`` may be the name itself); with it, D > 1 on the CPU is
+    measured as whole distributed rounds in D spawned processes
+    (:func:`measure_rounds`), else as this process's forward plus a measured
+    all-gather (:func:`measure_comm`).
     """
     target = Target.parse(target) if isinstance(target, str) else target
     if not isinstance(devices, int) or devices < 1:
         raise HastenError(f"--devices must be an integer >= 1, got {devices!r}")
     threads = threads if threads is not None else worker_threads(devices)
+    if isinstance(model, str):
+        from hasten.models import is_embedded, load_model
+
+        spec = model if is_embedded(model) else spec
+        model = load_model(model)
     with torch_threads(threads):
         return _tune(model, target, devices, steps, batch, seed, solver, chords_cores, widths, methods, threads,
-                     comm_ms, repeats, max_batch, progress, log)
+                     comm_ms, repeats, max_batch, progress, log, spec)
 
 
 def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int, solver: str | None,
           chords_cores: Sequence[int], widths: Sequence[int], methods: Sequence[str] | None, threads: int,
           comm_ms: float | None, repeats: int, max_batch: int | None, progress: bool,
-          log: Callable[[str], None]) -> TuneReport:
+          log: Callable[[str], None], spec: str | None) -> TuneReport:
     from tqdm.auto import tqdm
 
     from hasten.api import prepare
@@ -558,12 +644,23 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
     calibrate(latency, [(res.round_rows, model_s) for _, res, model_s, _ in runs])
     log(f"in-situ calibration: forwards inside runs take {latency.scale:.2f} x the tight-loop curve")
     comm = None
+    kind = "forward (one process)"
     if devices > 1:
+        import torch.distributed as dist
+
+        grouped = dist.is_available() and dist.is_initialized()
         if comm_ms is not None:
             comm = Curve([1], [comm_ms / 1000])
+            kind += f" + {comm_ms:g} ms per round (--comm-ms)"
+        elif spec is not None and not grouped and ref.x.device.type == "cpu":
+            log(f"distributed rounds: {devices} gloo processes, {threads} thread(s) each")
+            rounds = measure_rounds(spec, devices, steps, batch_sizes(most), repeats, threads)
+            rounds.scale = latency.scale
+            latency, kind = rounds, f"distributed round ({devices} processes: forward + all-gather)"
         else:
             log(f"communication: all-gather over {devices} ranks")
             comm = measure_comm(devices, tuple(ref.x.shape[1:]), batch_sizes(most), device=ref.x.device)
+            kind += " + all-gather (measured)"
 
     rows = []
     for c, result, model_s, warned in runs:
@@ -592,7 +689,8 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
         "batch": batch, "seed": seed}}
     settings = {"model": best["tune"]["model"], "devices": devices, "target": str(target), "steps": steps,
                 "batch": batch, "seed": seed, "solver": ref_setup.step.name, "threads": threads,
-                "device": str(ref.x.device), "date": time.strftime("%Y-%m-%d"),
+                "device": str(ref.x.device), "date": time.strftime("%Y-%m-%d"), "latency_kind": kind,
+                "calibration": latency.scale,
                 "reference_measured_s": ref.wall_s, "candidates": len(cands), "run": len(runs) - 1,
                 "pruned": len(skipped)}
     return TuneReport(rows, best, latency, comm, settings, skipped)
