@@ -14,9 +14,9 @@ Steps, all through the one engine (:func:`hasten.api.prepare` and
    against rows per forward, 1, 2, 4, ... up to the most rows one device needs,
    median of a few repeats after a warm-up, under the thread count the
    distributed workers will use (:func:`worker_threads`; the candidates run
-   under it too), then scaled by one factor so that it explains the model time
-   the candidate runs measured (:func:`calibrate`: forwards inside a run are
-   slower than in a tight loop).
+   under it too), then shifted by one constant per forward so that it
+   explains the model time the candidate runs measured (:func:`calibrate`:
+   forwards inside a run are slower than in a tight loop).
 4. **Prediction** (:func:`predict_wall`), for each run candidate on D devices::
 
        wall(D) = sum over rounds r with model work of  latency(ceil(rows_r / D))
@@ -96,19 +96,19 @@ class Curve:
     """Seconds against rows, measured at a few sizes, interpolated linearly.
 
     Beyond the largest size the last segment is extended, below the smallest
-    the smallest size's time holds; 0 rows cost 0. ``scale`` multiplies every
-    time (the in-situ calibration of :func:`calibrate`).
+    the smallest size's time holds; 0 rows cost 0. ``offset`` is added to every
+    forward (the in-situ calibration of :func:`calibrate`).
     """
 
     sizes: list[int]
     seconds: list[float]
     threads: int | None = None
-    scale: float = 1.0
+    offset: float = 0.0
 
     def __call__(self, rows: float) -> float:
         if rows <= 0:
             return 0.0
-        xs, ys = self.sizes, [self.scale * v for v in self.seconds]
+        xs, ys = self.sizes, [v + self.offset for v in self.seconds]
         if len(xs) == 1 or rows <= xs[0]:  # one point: a constant
             return ys[0]
         for i in range(1, len(xs)):
@@ -118,7 +118,7 @@ class Curve:
         raise AssertionError("unreachable")
 
     def to_dict(self) -> dict:
-        return {"rows": self.sizes, "seconds": self.seconds, "threads": self.threads, "scale": self.scale}
+        return {"rows": self.sizes, "seconds": self.seconds, "threads": self.threads, "offset": self.offset}
 
 
 def batch_sizes(max_rows: int) -> list[int]:
@@ -262,18 +262,23 @@ def measure_comm(devices: int, shape: tuple, sizes: Sequence[int], repeats: int 
 
 
 def calibrate(latency: Curve, runs: Sequence[tuple[Sequence[int], float]]) -> float:
-    """Set ``latency.scale`` so the curve explains the model time the runs measured; returns it.
+    """Set ``latency.offset`` so the curve explains the model time the runs measured; returns it.
 
     ``runs``: (rows per round, seconds inside the model) of runs on one device.
     A forward inside a run is slower than the same forward repeated in a tight
-    loop (the bookkeeping between rounds evicts caches; on digits, 1 thread,
-    about 15-20%), so the curve gives the shape (time against rows) and the
-    runs the level: one factor, the ratio of their totals.
+    loop (the bookkeeping between rounds evicts caches: a refill, about the
+    same for every forward; on digits, 1 thread, a few ms), so the curve gives
+    the shape (time against rows) and the runs one constant per forward: the
+    mean gap between the model time they measured and the curve. It never
+    lowers a forward below half the curve's smallest time.
     """
+    latency.offset = 0.0
+    forwards = sum(1 for rows, _ in runs for r in rows if r)
     curve = sum(latency(r) for rows, _ in runs for r in rows if r)
     measured = sum(seconds for _, seconds in runs)
-    latency.scale = measured / curve if curve > 0 and measured > 0 else 1.0
-    return latency.scale
+    if forwards and measured > 0:
+        latency.offset = max((measured - curve) / forwards, -0.5 * min(latency.seconds))
+    return latency.offset
 
 
 def _round_worker(rank: int, world: int, port: int, spec: str, steps: int, sizes: list[int], repeats: int,
@@ -640,9 +645,9 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
     most = max(math.ceil(r / devices) for _, res, _, _ in runs for r in res.round_rows if r)
     log(f"latency curve: 1..{most} rows per forward, {threads} thread(s)")
     latency = measure_latency(ref_setup.executor, ref_setup.x, steps // 2, batch_sizes(most), repeats, threads)
-    latency.scale = 1.0
     calibrate(latency, [(res.round_rows, model_s) for _, res, model_s, _ in runs])
-    log(f"in-situ calibration: forwards inside runs take {latency.scale:.2f} x the tight-loop curve")
+    log(f"in-situ calibration: a forward inside a run takes {1000 * latency.offset:+.2f} ms beside the tight-loop "
+        "curve")
     comm = None
     kind = "forward (one process)"
     if devices > 1:
@@ -655,7 +660,7 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
         elif spec is not None and not grouped and ref.x.device.type == "cpu":
             log(f"distributed rounds: {devices} gloo processes, {threads} thread(s) each")
             rounds = measure_rounds(spec, devices, steps, batch_sizes(most), repeats, threads)
-            rounds.scale = latency.scale
+            rounds.offset = latency.offset
             latency, kind = rounds, f"distributed round ({devices} processes: forward + all-gather)"
         else:
             log(f"communication: all-gather over {devices} ranks")
@@ -690,7 +695,7 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
     settings = {"model": best["tune"]["model"], "devices": devices, "target": str(target), "steps": steps,
                 "batch": batch, "seed": seed, "solver": ref_setup.step.name, "threads": threads,
                 "device": str(ref.x.device), "date": time.strftime("%Y-%m-%d"), "latency_kind": kind,
-                "calibration": latency.scale,
+                "calibration_offset_s": latency.offset,
                 "reference_measured_s": ref.wall_s, "candidates": len(cands), "run": len(runs) - 1,
                 "pruned": len(skipped)}
     return TuneReport(rows, best, latency, comm, settings, skipped)
