@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample`` and ``hasten bench``."""
+"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune`` and ``hasten make-tiny``."""
 
 from __future__ import annotations
 
@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the same seed. Writes result.json, latents.safetensors and, for image "
                                    "models, samples.png and one PNG per hit as it lands.")
     common(s, 4)
-    s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
+    s.add_argument("--config", help="a config file written by hasten tune (best.json): method, steps, solver, "
+                   "cores, method options, cache and stop from the file; flags given here override it (a --method "
+                   "other than the file's drops the file's cores and options)")
+    s.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords)")
     s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4, capped at steps - 1 with a notice)")
-    s.add_argument("--steps", type=int, default=50, help="sampling steps N")
+    s.add_argument("--steps", type=int, help="sampling steps N (default: 50)")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
     s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
@@ -119,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
-    s.add_argument("--cache", default="none", choices=["none", "reuse", "abcache"],
+    s.add_argument("--cache", choices=["none", "reuse", "abcache"],
                    help="answer some evaluations from cached outputs: reuse (last output) or abcache "
-                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method")
+                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method (default: none)")
     s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
     s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
     s.add_argument("--cache-tol", type=float,
@@ -153,6 +156,36 @@ def build_parser() -> argparse.ArgumentParser:
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
     t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
     t.add_argument("--out", required=True, help="folder to save into")
+
+    u = sub.add_parser("tune", help="find the fastest configuration that meets a quality target on D devices",
+                       formatter_class=_Help,
+                       description="Measure this device's forward latency against rows per forward, sample a "
+                                   "sequential reference, run candidate configurations (methods x cores x "
+                                   "tolerances x caches, pruned once a chain misses the target), predict each "
+                                   "one's wall time on --devices devices from its rounds, rows per round and the "
+                                   "latency curve, and print them ranked. Writes tune.json, tune.md, pareto.png and "
+                                   "best.json, the winner, for `hasten sample --config` and "
+                                   "hasten.accelerate(pipe, config=...).")
+    common(u, 4)
+    u.add_argument("--target", required=True, help="quality target against sequential sampling of the same seed: "
+                   "psnr:DB (at least DB dB, e.g. psnr:35) or rmse:X (latent RMSE at most X, e.g. rmse:0.02)")
+    u.add_argument("--devices", type=int, default=1, help="devices D the prediction is for (the distributed executor "
+                   "splits each round's rows over D ranks)")
+    u.add_argument("--steps", type=int, default=50, help="sampling steps N of the reference")
+    u.add_argument("--cores", type=_int_list, default=[2, 3, 4, 6, 8], help="CHORDS core counts to try")
+    u.add_argument("--widths", type=_int_list, default=[4, 8],
+                   help="ParaDiGMS windows and ParaSolver-Turbo rho values to try")
+    u.add_argument("--methods", type=_str_list,
+                   help="candidate families (default: all): sequential (fewer steps), abcache (sequential + "
+                        "AB-Cache), chords, chords+abcache, paradigms, parasolver-turbo")
+    u.add_argument("--threads", type=int, help="torch threads of the latency curve (default: what each distributed "
+                   "worker gets: OMP_NUM_THREADS or 1, divided by --devices; this process's count for one device)")
+    u.add_argument("--comm-ms", type=float, help="communication per round in ms for D > 1 (default: the all-gather "
+                   "measured over D gloo processes on this CPU)")
+    u.add_argument("--repeats", type=int, default=5, help="timings per latency point (the median is used)")
+    u.add_argument("--out", default="tune", help="output folder (files of an earlier run there are replaced)")
+    u.add_argument("--json", action="store_true", help="print tune.json to stdout instead of the table")
+    u.set_defaults(executor="batched", backend=None)
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
                        formatter_class=_Help,
@@ -208,13 +241,49 @@ def _check_common(args: argparse.Namespace) -> None:
     check_out(args.out)
 
 
+#: sample flags a config file's method options fill (the option's name is the flag's attribute)
+_CONFIG_OPTIONS = ("init", "speedup", "window", "tol", "rho", "precondition", "subintervals", "blocks", "max_iters")
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill what ``--config FILE`` sets and the command line does not; then the defaults."""
+    if args.config is not None:
+        from hasten.tune import load_config
+
+        config = load_config(args.config)
+        same_method = args.method is None or args.method == config["method"]
+        args.method = args.method or config["method"]
+        for key in ("steps", "solver", "stop"):
+            if getattr(args, key) is None:
+                setattr(args, key, config[key])
+        if same_method:
+            if args.cores is None:
+                args.cores = config["cores"]
+            for key, value in config["options"].items():
+                if key in _CONFIG_OPTIONS and getattr(args, key) is None:
+                    setattr(args, key, value)
+        cache_flags = [args.cache_order, args.cache_interval, args.cache_warmup, args.cache_last,
+                       args.cache_history, args.cache_form]
+        if args.cache is None and all(v is None for v in cache_flags):
+            args.cache_spec = config["cache"]
+    args.method = args.method or "chords"
+    args.steps = args.steps if args.steps is not None else 50
+
+
 def _cache_config(args: argparse.Namespace):
-    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
+    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``).
+
+    Without any cache flag, a ``--config`` file's cache spec applies.
+    """
     options = {"order": args.cache_order, "interval": args.cache_interval, "tol": args.cache_tol,
                "warmup": args.cache_warmup,
                "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
     given = [f"--cache-{k}" for k, v in options.items() if v is not None]
-    if args.cache == "none":
+    if args.cache is None and not given and getattr(args, "cache_spec", None):
+        from hasten.caches import parse_cache_spec
+
+        return parse_cache_spec(args.cache_spec)
+    if args.cache is None or args.cache == "none":
         if given:
             raise HastenError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cache reuse or "
                               "--cache abcache")
@@ -240,6 +309,7 @@ def _sample(args: argparse.Namespace) -> dict | None:
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
 
+    _apply_config(args)
     _check_common(args)
     stop = args.stop if args.stop is not None else ("first" if args.method == "chords" else "none")
     cache = _cache_config(args)
@@ -393,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_sample(summary)
             return 0
+        if args.command == "tune":
+            return _tune(args)
         return _bench(args)
     except HastenError as err:
         print(f"hasten: error: {err}", file=sys.stderr)
@@ -452,6 +524,48 @@ def _bench(args: argparse.Namespace) -> int:
         from hasten.report import json_safe
 
         print(json.dumps(json_safe(report)))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Run ``hasten tune``: checks first (target, numbers, plotting), then the candidates."""
+    from hasten.report import json_safe, markdown_table, require_plots
+    from hasten.tune import COLUMNS, Target, candidates, tune, write_report
+
+    target = Target.parse(args.target)  # before any work
+    _check_common(args)
+    if args.stop is not None or args.compile is not None:
+        raise HastenError("hasten tune chooses each candidate's stop rule and does not compile; drop "
+                          + ("--stop" if args.stop is not None else "--compile"))
+    for flag, value in (("--devices", args.devices), ("--steps", args.steps), ("--repeats", args.repeats),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise HastenError(f"{flag} must be an integer >= 1, got {value}")
+    if args.comm_ms is not None and args.comm_ms < 0:
+        raise HastenError(f"--comm-ms must be >= 0, got {args.comm_ms}")
+    candidates(args.steps, args.solver, args.cores, args.widths, methods=args.methods)  # validates --methods
+    require_plots()
+    batch = args.batch or 4
+    device = _place(args)
+    model = _model(args, batch, device)
+    from hasten.models import is_embedded
+
+    with OutputFolder(args.out) as out:
+        report = tune(model, target, args.devices, args.steps, batch, args.seed, args.solver, args.cores,
+                      args.widths, args.methods, args.threads, args.comm_ms, args.repeats, args.max_batch,
+                      progress=not args.no_progress, log=(lambda _: None) if args.json else print,
+                      spec=args.model if is_embedded(args.model) else None)
+        command = "hasten " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "hasten tune"
+        write_report(report, out, command)
+    if args.json:
+        print(json.dumps(json_safe(report.to_dict())))
+        return 0
+    print(markdown_table(report.rows, COLUMNS))
+    s = report.settings
+    print(f"\n{s['run']} of {s['candidates']} candidates run ({s['pruned']} pruned); predicted for {s['devices']} "
+          f"device(s), latency at {s['threads']} thread(s)")
+    print(f"winner: {report.best['tune']['label']} -> {args.out}/best.json "
+          f"(hasten sample --config {args.out}/best.json)")
     return 0
 
 

@@ -4,7 +4,9 @@ Accounting lives here, once, for every method, executor and cache: a *round*
 is one batch of independent evaluations a method asks for; it counts as a
 round of model latency when at least one of them reaches the model (a cache
 may answer them all). *NFE* is the number of model evaluations per sample,
-*requests* the number asked for. Wall time covers everything from the first
+*requests* the number asked for; *round_rows* lists, per round, the latent
+rows that reached the model (0 where a cache answered the whole round), which
+is what a latency model needs (:mod:`hasten.tune`). Wall time covers everything from the first
 round to the return, bookkeeping included; on a GPU it is read from CUDA
 events after the queued work has finished (:class:`hasten.devices.Stopwatch`).
 """
@@ -55,6 +57,7 @@ class Result:
     all_rounds: int = 0
     requests: int = 0
     cache: dict | None = None
+    round_rows: list[int] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
@@ -151,6 +154,7 @@ def iterate(
 
     rounds = all_rounds = nfe = requests = 0
     infos: list[HitInfo] = []
+    round_rows: list[int] = []
     last: Hit | None = None
     stopped_by = "end"
     bar = tqdm(total=method.max_rounds(n), desc=method.name, unit="round", disable=not progress, leave=False)
@@ -184,6 +188,7 @@ def iterate(
             rounds += bool(computed)
             nfe += len(computed)
             requests += len(item)
+            round_rows.append(sum(ev.x.shape[0] for ev in computed))
             bar.update(1)
             finite.add(reply, item, all_rounds)
         finite.flush()
@@ -192,7 +197,8 @@ def iterate(
         bar.close()
     wall = clock.elapsed()
     return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
-                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()})
+                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()},
+                  round_rows)
 
 
 def run(

@@ -31,8 +31,9 @@ class AcceleratedPipeline:
 
     def __init__(self, pipe, method: str | Method = "sequential", cache=None, executor: str = "batched",
                  stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
-                 max_batch: int | None = None, compile: str | None = None, **options):
+                 max_batch: int | None = None, compile: str | None = None, steps: int | None = None, **options):
         self.pipe = pipe
+        self.steps = steps  # num_inference_steps when a call does not give it (from a config file)
         self.adapter = adapter_for(pipe)
         self.cache = make_cache(cache)
         self.method_spec = (method, cores, options)
@@ -60,6 +61,8 @@ class AcceleratedPipeline:
         if args:
             kwargs = {"prompt": args[0], **kwargs} if "prompt" not in kwargs else kwargs
         start = time.perf_counter()
+        if self.steps is not None:
+            kwargs.setdefault("num_inference_steps", self.steps)
         prepared = prepare_call(self.adapter, **kwargs)
         method = self._method()
         step = prepared.step()
@@ -110,9 +113,10 @@ def _join_ranks(pipe) -> None:
                           f"pipe.to('{rank_device}')")
 
 
-def accelerate(pipe, method: str | Method = "sequential", cache=None, executor: str = "batched",
+def accelerate(pipe, method: str | Method | None = None, cache=None, executor: str = "batched",
                stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
-               max_batch: int | None = None, compile: str | None = None, **options) -> AcceleratedPipeline:
+               max_batch: int | None = None, compile: str | None = None, config=None,
+               **options) -> AcceleratedPipeline:
     """Wrap a diffusers pipeline so that it samples with a hasten method (and cache).
 
     Example::
@@ -128,8 +132,27 @@ def accelerate(pipe, method: str | Method = "sequential", cache=None, executor: 
     forward padded to one size. ``enable_model_cpu_offload()`` works with every
     method (the network stays on the GPU while sampling); it does not mix with
     ``compile``. Supported pipelines: see ``hasten.integrations.adapters.ADAPTERS``.
+
+    ``config``: a config file written by ``hasten tune`` (``best.json``) or its
+    dict: method, cores, method options, cache, stop, and steps as the default
+    ``num_inference_steps``; arguments given here override it (a ``method``
+    other than the file's drops its cores and options). The pipeline's
+    scheduler, not the file's ``solver``, decides the step.
     """
-    return AcceleratedPipeline(pipe, method, cache, executor, stop, on_hit, cores, max_batch, compile, **options)
+    steps = None
+    if config is not None:
+        from hasten.tune import load_config
+
+        cfg = load_config(config)
+        if method is None or method == cfg["method"]:
+            cores = cores if cores is not None else cfg["cores"]
+            options = {**cfg["options"], **options}
+        method = method if method is not None else cfg["method"]
+        cache = cache if cache is not None else cfg["cache"]
+        stop = stop if stop is not None else cfg["stop"]
+        steps = cfg["steps"]
+    return AcceleratedPipeline(pipe, method if method is not None else "sequential", cache, executor, stop, on_hit,
+                               cores, max_batch, compile, steps, **options)
 
 
 __all__ = ["ADAPTERS", "AcceleratedPipeline", "accelerate"]
