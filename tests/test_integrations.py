@@ -201,7 +201,7 @@ def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
 
 
 def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
-    from hasten.api import prepare
+    from hasten.assembly import prepare
     from hasten.integrations.model import PipelineModel
 
     model = PipelineModel(tiny_sd(), {"prompt": "a cat"}, batch=2)
@@ -221,7 +221,7 @@ def test_euler_linspace_latents_keep_the_pipelines_start():
     """The latents come from the call of the run's step count, not from a one-step call (which starts at t = 0)."""
     from diffusers import EulerDiscreteScheduler
 
-    from hasten.api import prepare
+    from hasten.assembly import prepare
     from hasten.integrations.model import PipelineModel
 
     pipe = tiny_sd()

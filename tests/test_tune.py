@@ -99,8 +99,8 @@ def test_cli_tune_writes_the_winner_and_sample_config_reproduces_it(tmp_path, ca
     save_config({"method": "paradigms", "steps": 20, "cores": 4, "options": {"tol": 0.3},
                  "cache": "abcache:2:interval=2", "stop": None}, tmp_path / "c.json")
     by_file = sample("--config", str(tmp_path / "c.json"))
-    by_flags = sample("--method", "paradigms", "--steps", "20", "--cores", "4", "--tol", "0.3", "--cache", "abcache",
-                      "--cache-order", "2", "--cache-interval", "2")
+    by_flags = sample("--method", "paradigms", "--steps", "20", "--cores", "4", "--tol", "0.3", "--cache",
+                      "abcache:2:interval=2")
     assert (by_file["rounds"], by_file["nfe"], by_file["rmse"]) == (by_flags["rounds"], by_flags["nfe"], by_flags["rmse"])
     # flags override the file; another method drops the file's options
     assert sample("--config", str(tmp_path / "c.json"), "--steps", "10")["steps"] == 10
@@ -126,7 +126,7 @@ def test_bad_config_names_the_key(tmp_path, capsys):
 
 def test_accelerate_takes_a_config():
     pytest.importorskip("transformers")
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("ddim")
     config = {"method": "chords", "steps": 6, "cores": 3, "options": {"init": "uniform"}, "cache": None,

@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "initial_noise": "hasten.api", "sample": "hasten.api", "stream": "hasten.api",
-    "accelerate": "hasten.integrations", "AcceleratedPipeline": "hasten.integrations",
+    "initial_noise": "hasten.assembly", "sample": "hasten.api", "stream": "hasten.api",
+    "accelerate": "hasten.accelerated", "AcceleratedPipeline": "hasten.accelerated",
     "HitInfo": "hasten.engine", "HitStream": "hasten.engine", "Result": "hasten.engine",
     "iterate": "hasten.engine", "run": "hasten.engine",
     "HastenError": "hasten.errors", "NonFiniteOutputError": "hasten.errors",

@@ -11,9 +11,8 @@ import signal
 
 import torch
 
-from hasten.caches.abcache import FORMS
 from hasten.errors import HastenError
-from hasten.methods import METHODS
+from hasten.methods import BUDGET_OPTION, METHODS
 from hasten.models import MODELS
 from hasten.output import OutputFolder, check_out
 from hasten.steps import SOLVERS
@@ -103,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a config file written by hasten tune (best.json): method, steps, solver, "
                    "cores, method options, cache and stop from the file; flags given here override it (a --method "
                    "other than the file's drops the file's cores and options)")
-    s.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords)")
-    s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4, capped at steps - 1 with a notice)")
+    s.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords), optionally with options in the "
+                   "words of bench's --methods, e.g. paradigms:window=8:tol=0.05 (the flags below set the same "
+                   "options)")
+    s.add_argument("--cores", type=int, help="the per-round budget, which each method names its own way: " + ", ".join(
+        f"{name}: {option}" for name, option in BUDGET_OPTION.items()) + " (chords default: length of --init, else "
+        "4, capped at steps - 1 with a notice)")
     s.add_argument("--steps", type=int, help="sampling steps N (default: 50)")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
@@ -122,24 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
-    s.add_argument("--cache", choices=["none", "reuse", "abcache"],
-                   help="answer some evaluations from cached outputs: reuse (last output) or abcache "
-                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method (default: none)")
-    s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
-    s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
-    s.add_argument("--cache-tol", type=float,
-                   help="adaptive instead of every T-th round: call the model when the summed estimated error of "
-                        "the predictions since the last call would exceed TOL (clean-sample RMS, e.g. 0.05 with "
-                        "--cache-order 3; docs/BENCHMARKS.md, 'Adaptive AB-Cache')")
-    s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
-    s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
-    s.add_argument("--cache-history", choices=["computed", "all"],
-                   help="extrapolate from computed outputs only, or from predictions too (default: computed)")
-    s.add_argument("--cache-form", choices=FORMS,
-                   help="what is extrapolated: paper (Eq. 3.6, e^-lambda eps in lambda; flow: velocity in sigma), "
-                        "eps (eps in lambda), x0 (clean-sample prediction in lambda; flow: in sigma), index (raw "
-                        "output in step index) (default: eps on VP grids, paper on flow grids, as measured in "
-                        "docs/BENCHMARKS.md)")
+    s.add_argument("--cache", metavar="SPEC",
+                   help="answer some evaluations from cached outputs, in the words of bench's --caches: none, "
+                        "reuse, or abcache[:K] (Adams-Bashforth extrapolation, AB-Cache Eq. 3.6; K = order 1..4, "
+                        "default 2), each with :key=value options: interval=T (compute every T-th round after "
+                        "warm-up, default 3) or tol=TOL (adaptive: call the model when the summed estimated error "
+                        "since the last call would exceed TOL, clean-sample RMS, e.g. 0.02; docs/BENCHMARKS.md "
+                        "'Adaptive AB-Cache'), warmup=W, last=L, history=computed|all, form=paper|eps|x0|index "
+                        "(default eps on VP grids, paper on flow grids); e.g. abcache:2:interval=3. Works with every "
+                        "method (default: none)")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
@@ -241,8 +235,24 @@ def _check_common(args: argparse.Namespace) -> None:
     check_out(args.out)
 
 
-#: sample flags a config file's method options fill (the option's name is the flag's attribute)
-_CONFIG_OPTIONS = ("init", "speedup", "window", "tol", "rho", "precondition", "subintervals", "blocks", "max_iters")
+#: method options that only --cores sets on the command line (their own names appear in --method specs)
+BUDGET_ONLY = ("cores", "max_per_round")
+
+
+def _method(args: argparse.Namespace) -> tuple[str, dict]:
+    """``--method`` (a name or a spec with options) and the method-option flags, as (name, options)."""
+    from hasten.methods import OPTIONS, parse_method_spec
+
+    name, options = parse_method_spec(args.method)
+    for key in sorted({k for opts in OPTIONS.values() for k in opts} - set(BUDGET_ONLY)):
+        flag = getattr(args, key, None)
+        if flag is None:
+            continue
+        if key in options and options[key] != flag:
+            raise HastenError(f"--method {args.method} sets {key}={options[key]} and --{key.replace('_', '-')} "
+                              f"{flag}; give it once")
+        options[key] = flag
+    return name, options
 
 
 def _apply_config(args: argparse.Namespace) -> None:
@@ -251,50 +261,19 @@ def _apply_config(args: argparse.Namespace) -> None:
         from hasten.tune import load_config
 
         config = load_config(args.config)
-        same_method = args.method is None or args.method == config["method"]
+        same_method = args.method is None or args.method.split(":")[0] == config["method"]
         args.method = args.method or config["method"]
-        for key in ("steps", "solver", "stop"):
+        for key in ("steps", "solver", "stop", "cache"):
             if getattr(args, key) is None:
                 setattr(args, key, config[key])
         if same_method:
             if args.cores is None:
                 args.cores = config["cores"]
             for key, value in config["options"].items():
-                if key in _CONFIG_OPTIONS and getattr(args, key) is None:
+                if getattr(args, key, None) is None:
                     setattr(args, key, value)
-        cache_flags = [args.cache_order, args.cache_interval, args.cache_warmup, args.cache_last,
-                       args.cache_history, args.cache_form]
-        if args.cache is None and all(v is None for v in cache_flags):
-            args.cache_spec = config["cache"]
     args.method = args.method or "chords"
     args.steps = args.steps if args.steps is not None else 50
-
-
-def _cache_config(args: argparse.Namespace):
-    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``).
-
-    Without any cache flag, a ``--config`` file's cache spec applies.
-    """
-    options = {"order": args.cache_order, "interval": args.cache_interval, "tol": args.cache_tol,
-               "warmup": args.cache_warmup,
-               "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
-    given = [f"--cache-{k}" for k, v in options.items() if v is not None]
-    if args.cache is None and not given and getattr(args, "cache_spec", None):
-        from hasten.caches import parse_cache_spec
-
-        return parse_cache_spec(args.cache_spec)
-    if args.cache is None or args.cache == "none":
-        if given:
-            raise HastenError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cache reuse or "
-                              "--cache abcache")
-        return None
-    from hasten.caches import CacheConfig
-
-    if args.cache == "reuse":
-        if args.cache_order not in (None, 1):
-            raise HastenError(f"--cache reuse is order 1; --cache-order {args.cache_order} needs --cache abcache")
-        options["order"] = 1
-    return CacheConfig(**{k: v for k, v in options.items() if v is not None})  # the rest: CacheConfig's defaults
 
 
 def _sample(args: argparse.Namespace) -> dict | None:
@@ -303,7 +282,8 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
     from safetensors.torch import save_file
 
-    from hasten.api import prepare
+    from hasten.assembly import default_stop, prepare
+    from hasten.caches import parse_cache_spec
     from hasten.engine import run
     from hasten.methods import Sequential
     from hasten.metrics import psnr, rmse
@@ -311,8 +291,9 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
     _apply_config(args)
     _check_common(args)
-    stop = args.stop if args.stop is not None else ("first" if args.method == "chords" else "none")
-    cache = _cache_config(args)
+    method, options = _method(args)
+    stop = args.stop if args.stop is not None else default_stop(method)
+    cache = parse_cache_spec(args.cache or "none")
     batch = args.batch or 4
     device = _place(args)
     rank = 0
@@ -321,11 +302,9 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
         rank = dist.get_rank()
     out = OutputFolder(args.out) if rank == 0 else None  # only rank 0 writes
-    s = prepare(_model(args, batch, device), args.method, args.steps, args.seed, batch, stop,
+    s = prepare(_model(args, batch, device), method, args.steps, args.seed, batch, stop,
                 args.solver, args.cores, cache, args.executor, max_batch=args.max_batch, compile=args.compile,
-                init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
-                precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
-                max_iters=args.max_iters)
+                **options)
     with out or nullcontext():
         ref = run(Sequential(), s.x, s.step, s.executor)
         ref_images = s.model.decode(ref.x)
@@ -348,15 +327,12 @@ def _sample(args: argparse.Namespace) -> dict | None:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
         summary = {
-            "method": result.method, "model": s.model.name, "steps": result.steps,
+            **result.summary(), "model": s.model.name,
             "cores": result.params.get("cores") if result.method == "chords" else None,
-            "width": s.method.max_width(result.steps), "init": result.params.get("init"), "params": result.params,
-            "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
-            "rounds": result.rounds, "all_rounds": result.all_rounds, "nfe": result.nfe, "requests": result.requests,
-            "speedup": result.speedup, "cache": result.cache,
-            "rmse": rmse(result.x, ref.x),
+            "width": s.method.max_width(result.steps), "init": result.params.get("init"),
+            "seed": args.seed, "batch": s.x.shape[0], "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
-            "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
+            "sequential_wall_s": ref.wall_s, "hits": hits,
             "warnings": [str(w.message) for w in caught], "executor": args.executor,
             "world_size": getattr(s.executor, "world", 1), "device": str(s.x.device),
             "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
@@ -371,18 +347,17 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
 def _place(args: argparse.Namespace) -> torch.device:
     """This process's device (and, under torchrun, its process group): checked before any model is loaded."""
-    from hasten.devices import parse_dtype, resolve_device
+    from hasten.assembly import join
+    from hasten.devices import parse_dtype
 
     parse_dtype(args.dtype)
     if args.executor == "distributed":
-        from hasten.executors.distributed import init_distributed
-
-        device = init_distributed(args.backend, args.timeout, args.device)
+        device = join(args.executor, args.device, backend=args.backend, timeout_s=args.timeout)
         torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
         return device
     if args.backend is not None:
         raise HastenError("--backend applies to --executor distributed only")
-    return resolve_device(args.device)
+    return join(args.executor, args.device)
 
 
 def _model(args: argparse.Namespace, batch: int, device: torch.device):

@@ -64,6 +64,16 @@ class Result:
         """Sequential rounds (one per step) over this run's rounds of model latency."""
         return self.steps / self.rounds if self.rounds else float("nan")
 
+    def summary(self) -> dict:
+        """The run's settings and cost, JSON-ready: the one shape the CLI, bench, tune and accelerate report.
+
+        Without the latents; ``hits`` as plain dicts (core, round, nfe, wall_s, residual, all_rounds).
+        """
+        return {"method": self.method, "steps": self.steps, "params": self.params, "stop": self.stopped_by,
+                "rounds": self.rounds, "all_rounds": self.all_rounds, "nfe": self.nfe, "requests": self.requests,
+                "speedup": self.speedup, "wall_s": self.wall_s, "cache": self.cache,
+                "hits": [vars(h) for h in self.hits]}
+
 
 class FiniteCheck:
     """Catches NaN / Inf in model outputs and names the grid step and round where it first appeared.

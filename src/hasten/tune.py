@@ -1,6 +1,6 @@
 """``hasten tune``: pick the fastest configuration that meets a quality target on D devices.
 
-Steps, all through the one engine (:func:`hasten.api.prepare` and
+Steps, all through the one engine (:func:`hasten.assembly.prepare` and
 :func:`hasten.engine.run`; tune never calls the model or counts cost itself):
 
 1. **Reference.** Sequential sampling of a pilot batch on the full grid; quality
@@ -308,7 +308,7 @@ def _time_rounds(executor, model, world: int, sizes: list[int], repeats: int, in
     """Median seconds of a distributed round of ``world x b`` rows (b rows per rank), for each b in ``sizes``."""
     import torch.distributed as dist
 
-    from hasten.api import initial_noise
+    from hasten.assembly import initial_noise
     from hasten.devices import synchronize
     from hasten.methods.base import Eval
 
@@ -473,7 +473,8 @@ def load_config(source: "str | os.PathLike | dict") -> dict:
     (format version) and ``tune`` (what the tuner measured) are informative.
     """
     from hasten.caches import parse_cache_spec
-    from hasten.methods import METHODS, make_method
+    from hasten.assembly import build_method
+    from hasten.methods import METHODS
     from hasten.steps import SOLVERS
     from hasten.stopping import Stop
 
@@ -506,7 +507,7 @@ def load_config(source: "str | os.PathLike | dict") -> dict:
         raise HastenError(f"{where}: key 'options' must be an object, got {options!r}")
     data["options"] = options
     try:
-        make_method(data["method"], cores=data.get("cores"), **options)
+        build_method(data["method"], data.get("cores"), options)
     except (HastenError, TypeError) as err:
         raise HastenError(f"{where}: key 'options' (or 'cores'): {err}") from None
     if data.get("cache") is not None:
@@ -595,7 +596,7 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
           log: Callable[[str], None], spec: str | None) -> TuneReport:
     from tqdm.auto import tqdm
 
-    from hasten.api import prepare
+    from hasten.assembly import prepare
     from hasten.engine import run
     from hasten.metrics import psnr, rmse
 
@@ -673,8 +674,9 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
         bookkeeping = max(0.0, result.wall_s - model_s)
         rows.append({
             "label": c.label, "method": c.method, "steps": c.steps, "cores": c.cores, "options": c.options,
-            "cache": c.cache, "stop": c.stop, "rounds": result.rounds, "all_rounds": result.all_rounds,
-            "nfe": result.nfe, "requests": result.requests, "round_rows": result.round_rows,
+            "cache": c.cache, "stop": c.stop,
+            **{k: v for k, v in result.summary().items() if k in ("rounds", "all_rounds", "nfe", "requests")},
+            "round_rows": result.round_rows,
             "max_rows": max(result.round_rows), "bookkeeping_s": bookkeeping, "model_s": model_s,
             "predicted_s": predict_wall(result.round_rows, latency, devices, bookkeeping, comm),
             "measured_s": result.wall_s, "psnr": p, "rmse": r, "meets": target.met(p, r), "warnings": warned,
