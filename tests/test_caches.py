@@ -193,3 +193,71 @@ def test_bad_cache_specs_and_unservable_grids():
     with pytest.raises(HastenError, match="abcache form 'eps' needs alpha > 0 .* use form 'index'"):
         ABCache(CacheConfig()).reset(zero_snr)
     ABCache(CacheConfig(form="index")).reset(zero_snr)  # the step index needs no lambda
+
+
+# ---- adaptive mode (tol instead of interval; issue 11 part 2) ----
+
+def test_adaptive_specs_and_bad_values():
+    assert parse_cache_spec("abcache:3:tol=0.05") == CacheConfig(order=3, tol=0.05)
+    assert parse_cache_spec("abcache:2:tol=0.1:estimate=embedded:scale=posterior") == CacheConfig(
+        order=2, tol=0.1, estimate="embedded", scale="posterior")
+    assert CacheConfig(order=3, tol=0.05).label("eps") == "abcache:3 tol=0.05 W=3 form=eps"
+    assert CacheConfig(order=2, tol=0.1, estimate="embedded").label() == "abcache:2 tol=0.1 est=embedded W=2"
+    for kwargs, message in [(dict(tol=0.0), "tol must be a number > 0"), (dict(tol=-1), "tol must be a number > 0"),
+                            (dict(tol=0.1, interval=3), "either interval .* or tol .*, not both"),
+                            (dict(tol=0.1, estimate="guess"), "estimate must be one of posterior, embedded"),
+                            (dict(tol=0.1, scale="sigma"), "scale must be one of x0, posterior")]:
+        with pytest.raises(HastenError, match=message):
+            CacheConfig(**kwargs)
+    with pytest.raises(HastenError, match="cache option tol needs a number, got 'small'"):
+        parse_cache_spec("abcache:2:tol=small")
+
+
+@pytest.mark.parametrize("estimate", ["posterior", "embedded"])
+def test_adaptive_limits_tiny_tol_computes_everything_huge_tol_only_warmup(problem, estimate):
+    p = problem(steps=30)
+    plain = run(Sequential(), p.x, p.step, p.executor)
+    tight = run(Sequential(), p.x, p.step, p.executor, cache=make_cache(f"abcache:2:tol=1e-12:estimate={estimate}"))
+    assert torch.equal(tight.x, plain.x) and tight.nfe == 30
+    cache = make_cache(f"abcache:2:tol=1e9:estimate={estimate}")
+    loose = run(Sequential(), p.x, p.step, p.executor, cache=cache)
+    # warm-up (order) + the one call that measures / the extra point that estimates the error + the last step
+    assert cache.stats()["computed_steps"] == [0, 1, 2, 29] and loose.nfe == 4
+
+
+def test_adaptive_error_estimate_sums_between_calls_and_restarts(problem):
+    """A tolerance between two calls' worth of error: the gaps are bounded, and each call restarts the sum."""
+    p = problem(steps=50)
+    ref = run(Sequential(), p.x, p.step, p.executor).x
+    nfe, err = [], []
+    for tol in (0.3, 0.03, 0.003):
+        res = run(Sequential(), p.x, p.step, p.executor, cache=make_cache(f"abcache:3:tol={tol}"))
+        nfe.append(res.nfe)
+        err.append(rmse(res.x, ref))
+    assert nfe[0] < nfe[1] < nfe[2] < 50  # a tighter tolerance calls the model more often
+    assert err[2] < err[0]
+
+
+def test_adaptive_meets_the_issue_target_on_digits():
+    """Issue 11: sequential DDIM-50 on digits, >= 3x fewer model calls at PSNR >= 30 dB (docs: 10 calls, 44.8 dB)."""
+    from hasten.metrics import psnr
+    from hasten.models import load_model
+
+    model = load_model("digits")
+    ref = hasten.sample(model, "sequential", steps=50, seed=0, batch=4)
+    res = hasten.sample(model, "sequential", steps=50, seed=0, batch=4, cache="abcache:3:tol=0.05")
+    assert res.nfe <= 50 / 3
+    assert psnr(model.decode(res.x), model.decode(ref.x), 1.0) >= 30
+
+
+@pytest.mark.parametrize("method", [Chords(6), ParaDiGMS(window=8, tol=0.1)], ids=lambda m: m.name)
+def test_adaptive_composes_with_parallel_methods(problem, method):
+    p = problem(steps=50)
+    ref = run(Sequential(), p.x, p.step, p.executor).x
+    plain = run(method, p.x, p.step, p.executor, "none")
+    cache = make_cache("abcache:3:tol=0.01")
+    res = run(method, p.x, p.step, p.executor, "none", cache=cache)
+    assert res.nfe < plain.nfe and res.rounds <= res.all_rounds  # predictions may cost a parallel method iterations
+    assert rmse(res.x, ref) < 0.1
+    if isinstance(method, Chords):
+        assert set(cache.errors) <= set(range(1, 7)) and len(cache.errors) > 1  # one error record per core

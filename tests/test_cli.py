@@ -92,17 +92,29 @@ def test_bench_cache_forms_and_pinned_cache_entries(tmp_path, capsys):
     """--caches entries take form=; a method entry with cache=none runs once, not once per --caches entry."""
     out = tmp_path / "r"
     assert main(["bench", "--model", "gmm", "--methods", "sequential,sequential:steps=8:cache=none", "--steps", "16",
-                 "--caches", "abcache:2:interval=2:form=x0,reuse:form=index", "--batch", "2", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--caches", "abcache:2:interval=2:form=x0,reuse:form=index,abcache:3:tol=0.05", "--batch", "2",
+                 "--no-progress", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["cache"], r["params"]) for r in rows] == [
-        ("none", None), ("abcache:2 T=2 W=2 form=x0", ""), ("reuse T=3 W=1 form=index", ""), ("none", " steps=8")]
+        ("none", None), ("abcache:2 T=2 W=2 form=x0", ""), ("reuse T=3 W=1 form=index", ""),
+        ("abcache:3 tol=0.05 W=3 form=eps", ""), ("none", " steps=8")]
+    assert (out / "pareto.png").stat().st_size > 0  # model calls against quality, one line per cache family
+    from hasten.report import cache_family
+
+    assert [cache_family(r) for r in rows] == ["fewer steps", "abcache:2 fixed W=2 form=x0", "reuse fixed W=1 form=index",
+                                               "abcache:3 adaptive W=3 form=eps", "fewer steps"]
 
 
 def test_sample_cache_form(tmp_path, capsys):
     assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache", "--cache-form", "index",
                  "--json", "--no-progress", "--out", str(tmp_path / "o")]) == 0
     assert json.loads(capsys.readouterr().out)["cache"]["config"] == "abcache:2 T=3 W=2 form=index"
+    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache", "--cache-tol", "0.05",
+                 "--json", "--no-progress", "--out", str(tmp_path / "o2")]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"]["config"] == "abcache:2 tol=0.05 W=2 form=eps"
+    assert main(["sample", "--model", "gmm", "--cache", "abcache", "--cache-tol", "0.05", "--cache-interval", "2",
+                 "--no-progress"]) == 2
+    assert "either interval (fixed schedule) or tol (adaptive), not both" in capsys.readouterr().err
 
 
 def test_bench_refuses_bad_lists_before_work(tmp_path, capsys):

@@ -212,14 +212,17 @@ def test_method_specs():
     with pytest.raises(HastenError, match="option rho of parasolver-turbo needs a int"):
         parse_method_spec("parasolver-turbo:rho=many")
     turbo = make_method("parasolver-turbo", cores=8)
-    assert (turbo.rho, turbo.window, turbo.precondition) == (8, None, 0)  # window: the paper's p per solver
+    assert (turbo.rho, turbo.window, turbo.precondition) == (8, None, None)  # window and M: per solver
+    assert (turbo.window_for("ddim", 50), turbo.precondition_for("ddim")) == (50, 0)  # the paper's DDIM-50
+    assert (turbo.window_for("ddpm", 1000), turbo.precondition_for("ddpm")) == (24, 1)  # paper's p = 100 degrades
     assert make_method("paradigms", cores=6).window == 6
 
 
 def test_turbo_window_defaults_to_the_papers_p_per_solver():
-    """ParaSolver-Turbo Appendix D: p = 100 for DDPM-1000, p = 50 for DDIM-50; capped at the sub-intervals."""
+    """ParaSolver-Turbo Appendix D: p = 50 for DDIM-50, capped at the sub-intervals; DDPM keeps p = 24
+    (the paper's p = 100 degrades DDPM samples, docs/BENCHMARKS.md)."""
     turbo = make_method("parasolver-turbo")
-    assert [turbo.window_for(s, n) for s, n in (("ddpm", 1000), ("ddim", 50), ("euler", 50))] == [100, 50, 50]
-    assert (turbo.window_for("ddpm", 40), turbo.window_for("ddim", 25)) == (40, 25)
+    assert [turbo.window_for(s, n) for s, n in (("ddpm", 1000), ("ddim", 50), ("euler", 50))] == [24, 50, 50]
+    assert (turbo.window_for("ddpm", 20), turbo.window_for("ddim", 25)) == (20, 25)
     assert make_method("parasolver-turbo", window=24).window_for("ddpm", 1000) == 24
     assert turbo.max_width(1000) == 8 and turbo.max_width(5) == 5

@@ -39,6 +39,7 @@ from hasten.report import (
     fmt,
     markdown_table,
     plot_convergence,
+    plot_quality_vs_calls,
     plot_scaling,
     save_hit_grid,
     write_json,
@@ -378,6 +379,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
         return report
     if curves:
         plot_convergence(curves, out / "convergence.png", f"CHORDS convergence ({title})")
+    if with_cache:
+        plot_quality_vs_calls(rows, out / "pareto.png", f"model calls against quality ({title})")
     if scaling:
         plot_scaling(scaling, out / "scaling.png", f"scaling with cores, CHORDS at stop={stop} ({title})")
     write_json(report, out / "results.json")

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method (default: none)")
     s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
     s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
+    s.add_argument("--cache-tol", type=float,
+                   help="adaptive instead of every T-th round: call the model when the summed estimated error of "
+                        "the predictions since the last call would exceed TOL (clean-sample RMS, e.g. 0.05 with "
+                        "--cache-order 3; docs/BENCHMARKS.md, 'Adaptive AB-Cache')")
     s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
     s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
     s.add_argument("--cache-history", choices=["computed", "all"],
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--caches", type=_str_list, default=["none"],
                    help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
-                        "optional :interval=T:warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
+                        "optional :interval=T (or :tol=TOL, adaptive):warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
                         "abcache:2:interval=3:form=x0). A method entry like sequential:steps=25 runs on fewer steps "
                         "(the '50%% steps' baseline); :cache=none (or reuse) pins its cache. With a "
                         "pipeline folder, diffusers' own hooks run with sequential sampling: "
@@ -258,7 +262,7 @@ def _apply_config(args: argparse.Namespace) -> None:
             for key, value in config["options"].items():
                 if key in _CONFIG_OPTIONS and getattr(args, key) is None:
                     setattr(args, key, value)
-        cache_flags = [args.cache_order, args.cache_interval, args.cache_warmup, args.cache_last,
+        cache_flags = [args.cache_order, args.cache_interval, args.cache_tol, args.cache_warmup, args.cache_last,
                        args.cache_history, args.cache_form]
         if args.cache is None and all(v is None for v in cache_flags):
             args.cache_spec = config["cache"]
@@ -271,7 +275,8 @@ def _cache_config(args: argparse.Namespace):
 
     Without any cache flag, a ``--config`` file's cache spec applies.
     """
-    options = {"order": args.cache_order, "interval": args.cache_interval, "warmup": args.cache_warmup,
+    options = {"order": args.cache_order, "interval": args.cache_interval, "tol": args.cache_tol,
+               "warmup": args.cache_warmup,
                "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
     given = [f"--cache-{k}" for k, v in options.items() if v is not None]
     if args.cache is None and not given and getattr(args, "cache_spec", None):

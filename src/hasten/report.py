@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -137,7 +138,55 @@ def plot_scaling(series: dict[str, list[tuple[int, float, float]]], path: Path, 
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def _save(plt, fig, path: Path, title: str) -> None:
+    """Title a multi-panel figure, write it and free it."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cache_family(row: dict) -> str:
+    """The series a bench row belongs to on the calls-vs-quality plot: its cache without the knob swept.
+
+    ``abcache:2 T=3 W=2 form=eps`` -> ``abcache:2 fixed W=2 form=eps``; ``... tol=0.05 ...`` -> ``... adaptive ...``;
+    a cache-less run (the reference or ``steps=M``) -> ``fewer steps``; other methods are prefixed by name.
+    """
+    label = str(row.get("cache") or "none")
+    if label == "none":
+        family = "fewer steps"
+    elif label.startswith("diffusers:"):
+        family = label.split(":")[0] + ":" + label.split(":")[1]
+    else:
+        family = re.sub(r" T=\d+", " fixed", re.sub(r" tol=\S+", " adaptive", label))
+    return family if row.get("method") == "sequential" else f"{row.get('method')} {family}"
+
+
+def plot_quality_vs_calls(rows: Sequence[dict], path: Path, title: str) -> None:
+    """PSNR and latent RMSE against model calls per sample, one line per cache family (issue 11's Pareto plot)."""
+    plt = _matplotlib()
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for row in rows:
+        series.setdefault(cache_family(row), []).append((row["nfe"], row["psnr"], row["rmse"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, points in sorted(series.items()):
+        points = sorted(points)
+        adaptive = "adaptive" in label
+        style = dict(marker="*" if adaptive else "o", linewidth=2.2 if adaptive else 1.2, label=label)
+        finite = [(n, p) for n, p, _ in points if p is not None and math.isfinite(p)]
+        if finite:
+            ax1.plot(*zip(*finite), **style)
+        positive = [(n, r) for n, _, r in points if r is not None and r > 0]
+        if positive:
+            ax2.plot(*zip(*positive), **style)
+    ax1.set_ylabel("PSNR vs sequential (dB)")
+    ax2.set_ylabel("latent RMSE vs sequential")
+    ax2.set_yscale("log")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("model calls per sample (NFE)")
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    _save(plt, fig, path, title)

@@ -40,6 +40,28 @@ parallel method (CHORDS cores, a ParaDiGMS window) in the same rounds, so
 those rounds cost no model latency. A request whose trajectory has fewer than
 ``order`` outputs in its history is computed whatever the schedule says.
 
+Adaptive mode (``tol`` instead of ``interval``; issue 11): after warm-up, a
+request is predicted while the estimated error of the predictions since the
+trajectory's last computed output, summed, stays within ``tol``; otherwise the
+model is called and the sum restarts. The error of one prediction is the
+shift it causes in the next grid point, ``alpha_{n+1} dx0 + sigma_{n+1} deps``
+for the first-order step (DDIM, flow Euler), as RMS over the sample (largest
+over the batch), in units of ``scale``: ``x0`` divides by ``alpha_{n+1}`` (the
+clean-sample error implied at the landing point, the same meaning on any
+schedule); ``posterior`` divides by the DDPM posterior std of the step, the
+per-step noise scale ParaDiGMS' tolerance uses. The error is estimated without
+a model call (``estimate``): ``posterior`` takes the error the last computed
+output turned out to have against the prediction the cache would have made
+for it, carried to the request by the Lagrange remainder's node factor
+``prod (lambda_n - lambda_i)`` (the unknown k-th derivative is read off the
+model's own output); ``embedded`` takes the difference between the order-k
+and order-(k+1) predictions (an embedded pair, as Runge-Kutta-Fehlberg), which
+needs k + 1 outputs in the history. Measured on digits and gmm-flow in
+docs/BENCHMARKS.md ("Adaptive AB-Cache"): x0 scale and the posterior estimate
+are the defaults. Rounds are kept as a fixed schedule keeps them (a round
+costs latency when any of its requests reaches the model), so under a
+parallel method the adaptive mode saves model calls more than rounds.
+
 History (``history``): ``"computed"`` keeps only model outputs; ``"all"`` also
 keeps predictions (so extrapolation builds on extrapolation). Each trajectory
 (``Eval.track``: a CHORDS core, or one trajectory for the others) keeps its
@@ -60,6 +82,10 @@ from hasten.steps import output_for_x0, predict_x0_eps
 
 #: what is extrapolated: see the module docstring
 FORMS = ("paper", "eps", "x0", "index")
+#: how the adaptive mode estimates a prediction's error (module docstring)
+ESTIMATES = ("posterior", "embedded")
+#: what the adaptive tolerance is measured in
+SCALES = ("x0", "posterior")
 #: the form used when ``CacheConfig.form`` is None, per grid kind. Measured at order 2, interval 3
 #: (PSNR vs sequential, 64 samples): digits eps 46.9, index 44.5, x0 41.8, paper 9.2 dB;
 #: gmm-flow paper 64.8, x0 58.3, eps 33.0 dB (docs/BENCHMARKS.md, "AB-Cache variants (issue 11)").
@@ -72,7 +98,11 @@ class CacheConfig:
 
     Args:
         order: k in 1..4 (1 = plain reuse of the last output).
-        interval: T >= 1, compute every T-th round after warm-up (1 = never predict).
+        interval: T >= 1, compute every T-th round after warm-up (1 = never predict); None: 3, or
+            adaptive when ``tol`` is given.
+        tol: adaptive mode: the summed estimated error allowed between model calls (module docstring).
+        estimate: ``"posterior"`` or ``"embedded"``, how the adaptive mode estimates an error.
+        scale: ``"x0"`` or ``"posterior"``, the unit of ``tol``.
         warmup: rounds always computed first; at least ``order``.
         last: the last ``last`` grid steps are always computed.
         history: ``"computed"`` or ``"all"``.
@@ -81,17 +111,29 @@ class CacheConfig:
     """
 
     order: int = 2
-    interval: int = 3
+    interval: int | None = None
     warmup: int | None = None
     last: int = 1
     history: str = "computed"
     form: str | None = None
+    tol: float | None = None
+    estimate: str = "posterior"
+    scale: str = "x0"
 
     def __post_init__(self) -> None:
         if not isinstance(self.order, int) or not 1 <= self.order <= 4:
             raise HastenError(f"cache order must be an integer in 1..4, got {self.order!r}")
-        if not isinstance(self.interval, int) or self.interval < 1:
+        if self.interval is not None and (not isinstance(self.interval, int) or self.interval < 1):
             raise HastenError(f"cache interval must be an integer >= 1, got {self.interval!r}")
+        if self.tol is not None:
+            if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
+                raise HastenError(f"cache tol must be a number > 0, got {self.tol!r}")
+            if self.interval is not None:
+                raise HastenError("a cache takes either interval (fixed schedule) or tol (adaptive), not both")
+        if self.estimate not in ESTIMATES:
+            raise HastenError(f"cache estimate must be one of {', '.join(ESTIMATES)}, got {self.estimate!r}")
+        if self.scale not in SCALES:
+            raise HastenError(f"cache scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.warmup is not None and (not isinstance(self.warmup, int) or self.warmup < self.order):
             raise HastenError(f"cache warmup must be an integer >= the order ({self.order}), got {self.warmup!r}")
         if not isinstance(self.last, int) or self.last < 0:
@@ -102,6 +144,11 @@ class CacheConfig:
             raise HastenError(f"cache form must be one of {', '.join(FORMS)}, got {self.form!r}")
 
     @property
+    def every(self) -> int:
+        """The fixed interval T in force (3 when neither interval nor tol is given)."""
+        return 3 if self.interval is None else self.interval
+
+    @property
     def warmup_rounds(self) -> int:
         return self.order if self.warmup is None else self.warmup
 
@@ -109,7 +156,10 @@ class CacheConfig:
         """Short description; ``form`` names the form in force when the config leaves it to the grid."""
         name = "reuse" if self.order == 1 else f"abcache:{self.order}"
         form = self.form or form
-        return (f"{name} T={self.interval} W={self.warmup_rounds}" + ("" if self.history == "computed" else " hist=all")
+        when = f"T={self.every}" if self.tol is None else f"tol={self.tol:g}" + "".join(
+            f" {key}={value}" for key, value, default in (("est", self.estimate, "posterior"),
+                                                           ("scale", self.scale, "x0")) if value != default)
+        return (f"{name} {when} W={self.warmup_rounds}" + ("" if self.history == "computed" else " hist=all")
                 + ("" if form is None else f" form={form}"))
 
 
@@ -133,6 +183,9 @@ class ABCache:
         self.grid: Grid | None = None
         self.form: str | None = config.form
         self.history: dict = {}
+        self.errors: dict = {}
+        self.accumulated: dict = {}
+        self.pending: dict = {}
         self.computed: list[int] = []
         self.predicted: list[int] = []
 
@@ -143,7 +196,7 @@ class ABCache:
             raise HastenError(f"abcache form {form!r} needs alpha > 0 at every evaluated VP grid point (lambda "
                               "is undefined); use form 'index'")
         self.grid, self.form = grid, form
-        self.history = {}
+        self.history, self.errors, self.accumulated, self.pending = {}, {}, {}, {}
         self.computed, self.predicted = [], []
 
     def label(self) -> str:
@@ -160,51 +213,119 @@ class ABCache:
         a, s = float(self.grid.alpha[index]), float(self.grid.sigma[index])
         return math.log(a / s) if self.grid.kind == "vp" else s
 
-    def _usable(self, ev: Eval) -> list[int]:
+    def _usable(self, ev: Eval, count: int | None = None) -> list[int]:
         past = self.history.get(ev.track, {})
-        return sorted((i for i in past if i < ev.index), reverse=True)[: self.config.order]
+        return sorted((i for i in past if i < ev.index), reverse=True)[: count or self.config.order]
 
-    def wants_model(self, ev: Eval, round_number: int) -> bool:
-        """Whether this request must be computed in this round (1-based)."""
-        c = self.config
-        if round_number <= c.warmup_rounds or (round_number - c.warmup_rounds) % c.interval == 0:
-            return True
-        if ev.index >= self.grid.steps - c.last:
-            return True
-        return len(self._usable(ev)) < c.order
-
-    def predict(self, ev: Eval) -> torch.Tensor:
-        """Extrapolate the output at ``ev`` from its trajectory's history."""
+    def _extrapolate(self, ev: Eval, idx: list[int]) -> torch.Tensor:
+        """The form's quantity at ``ev.index`` from the history points ``idx`` (Lagrange / Eq. 3.6)."""
         past = self.history[ev.track]
-        idx = self._usable(ev)
         target = self._node(ev.index)
         weights = lagrange_weights([self._node(i) for i in idx], target)
         if self.form == "paper" and self.grid.kind == "vp":  # Eq. 3.6: e^{lambda_n - lambda_i} factors
             weights = [w * math.exp(target - self._node(i)) for w, i in zip(weights, idx)]
-        value = sum(w * past[i] for w, i in zip(weights, idx))
+        return sum(w * past[i] for w, i in zip(weights, idx))
+
+    def _as_output(self, ev: Eval, value: torch.Tensor) -> torch.Tensor:
+        """The form's quantity turned back into the model's parameterisation at ``ev.x``."""
         if self._raw():
             return value
         x = ev.x.float()
         if self.form == "x0":
             return output_for_x0(self.grid, x, value, ev.index)
-        a, s = float(self.grid.alpha[ev.index]), float(self.grid.sigma[ev.index])
+        a, s = float(self.grid.model_alpha[ev.index]), float(self.grid.model_sigma[ev.index])
         return output_for_x0(self.grid, x, (x - s * value) / a, ev.index)
+
+    def _landing_error(self, ev: Eval, difference: torch.Tensor) -> float:
+        """How far a difference in the form's quantity moves the next grid point, in tolerance units.
+
+        The first-order step ``x_{n+1} = alpha_{n+1} x0 + sigma_{n+1} eps`` (DDIM, flow Euler) is affine
+        in the output at fixed ``x_n``, so the difference's own (x0, eps) parts give the landing shift;
+        the largest RMS over the batch is divided by the step's scale (``CacheConfig.scale``).
+        """
+        g, n = self.grid, ev.index
+        if self._raw():
+            dx0, deps = predict_x0_eps(g, torch.zeros_like(difference), difference, n)
+        elif self.form == "x0":
+            dx0, deps = difference, -float(g.model_alpha[n]) / float(g.model_sigma[n]) * difference
+        else:
+            dx0, deps = -float(g.model_sigma[n]) / float(g.model_alpha[n]) * difference, difference
+        shift = float(g.alpha[n + 1]) * dx0 + float(g.sigma[n + 1]) * deps
+        rms = float(shift.flatten(1).pow(2).mean(1).sqrt().max())
+        if self.config.scale == "x0":
+            return rms / max(float(g.alpha[n + 1]), 1e-12)
+        scale = g.posterior_std(n, n + 1)
+        return rms / scale if scale > 0 else math.inf
+
+    def _span(self, index: int, idx: list[int]) -> float:
+        """``|prod (node - node_i)|``: the Lagrange remainder's node factor of an extrapolation to ``index``."""
+        return abs(math.prod(self._node(index) - self._node(i) for i in idx))
+
+    def _estimate(self, ev: Eval) -> float:
+        """The estimated landing error of predicting ``ev`` (inf when it cannot be estimated yet).
+
+        ``embedded``: the order-k prediction against the order-(k+1) one from one more history point
+        (the embedded-pair estimate of Runge-Kutta-Fehlberg), i.e. the Lagrange remainder with the
+        k-th divided difference read from the history. ``posterior``: the error the last computed
+        output showed against its own prediction, carried over by the remainder's node factor.
+        """
+        order = self.config.order
+        if self.config.estimate == "embedded":
+            idx = self._usable(ev, order + 1)
+            if len(idx) <= order:
+                return math.inf
+            return self._landing_error(ev, self._extrapolate(ev, idx) - self._extrapolate(ev, idx[:order]))
+        last = self.errors.get(ev.track)
+        idx = self._usable(ev)
+        if last is None or len(idx) < order:
+            return math.inf
+        error, span = last
+        return error * self._span(ev.index, idx) / span if span > 0 else math.inf
+
+    def wants_model(self, ev: Eval, round_number: int) -> bool:
+        """Whether this request must be computed in this round (1-based)."""
+        c = self.config
+        if round_number <= c.warmup_rounds or ev.index >= self.grid.steps - c.last:
+            return True
+        if len(self._usable(ev)) < c.order:
+            return True
+        if c.tol is None:
+            return (round_number - c.warmup_rounds) % c.every == 0
+        estimate = self.accumulated.get(ev.track, 0.0) + self._estimate(ev)
+        self.pending[(ev.track, ev.index)] = estimate
+        return estimate > c.tol
+
+    def predict(self, ev: Eval) -> torch.Tensor:
+        """Extrapolate the output at ``ev`` from its trajectory's history."""
+        return self._as_output(ev, self._extrapolate(ev, self._usable(ev)))
 
     def record(self, ev: Eval, output: torch.Tensor, computed: bool) -> None:
         """Store what the form extrapolates (raw output, eps or x0 estimate) in the trajectory's history."""
         (self.computed if computed else self.predicted).append(ev.index)
+        estimate = self.pending.pop((ev.track, ev.index), 0.0)
+        self.accumulated[ev.track] = 0.0 if computed else estimate
         if not computed and self.config.history == "computed":
             return
         value = output.float()
         if not self._raw():
             x0, eps = predict_x0_eps(self.grid, ev.x.float(), value, ev.index)
             value = x0 if self.form == "x0" else eps
+        if computed and self.config.tol is not None and self.config.estimate == "posterior":
+            idx = self._usable(ev)
+            if len(idx) == self.config.order and ev.index < self.grid.steps:
+                error = self._landing_error(ev, self._extrapolate(ev, idx) - value)
+                self.errors[ev.track] = (error, self._span(ev.index, idx))
         self.history.setdefault(ev.track, {})[ev.index] = value
 
     def stats(self) -> dict:
         """Which grid steps were computed and which predicted in the last run."""
         return {"computed_steps": list(self.computed), "predicted_steps": list(self.predicted),
                 "nfe_saved": len(self.predicted)}
+
+
+#: the options a cache spec string takes, with their types
+OPTION_TYPES = {"order": int, "interval": int, "tol": float, "warmup": int, "last": int, "history": str, "form": str,
+                "estimate": str, "scale": str}
 
 
 def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
@@ -218,7 +339,7 @@ def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
 
 
 def parse_cache_spec(spec: str) -> CacheConfig | None:
-    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (interval, warmup, last, history, form)."""
+    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (``OPTION_TYPES``: interval or tol, ...)."""
     name, *parts = str(spec).strip().split(":")
     if name == "none" and not parts:
         return None
@@ -229,11 +350,11 @@ def parse_cache_spec(spec: str) -> CacheConfig | None:
         key, eq, value = part.partition("=")
         if not eq and name == "abcache" and "order" not in options:
             key, value = "order", key
-        elif not eq or key not in ("interval", "warmup", "last", "history", "form", "order"):
-            raise HastenError(f"bad cache option {part!r} in {spec!r}; use order, interval, warmup, last, history "
-                              "or form")
+        elif not eq or key not in OPTION_TYPES:
+            raise HastenError(f"bad cache option {part!r} in {spec!r}; use {', '.join(OPTION_TYPES)}")
         try:
-            options[key] = value if key in ("history", "form") else int(value)
+            options[key] = OPTION_TYPES[key](value)
         except ValueError:
-            raise HastenError(f"cache option {key} needs an integer, got {value!r}") from None
+            raise HastenError(f"cache option {key} needs {'a number' if key == 'tol' else 'an integer'}, "
+                              f"got {value!r}") from None
     return CacheConfig(**options)
