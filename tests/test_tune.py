@@ -146,17 +146,21 @@ def test_accelerate_takes_a_config():
 # ----------------------------------------------------------------------------- the predictor against measured wall time
 
 
-def _check_within(pairs: list[tuple[str, float, float]]) -> None:
-    """Assert every (label, predicted, measured) is within TOLERANCE; on a machine busier than its cores, skip.
+def _check_within(measure, attempts: int = 2) -> None:
+    """``measure()`` returns [(label, predicted, measured)]; assert each is within TOLERANCE.
 
-    The prediction is for D devices that run nothing else; another job on the
-    machine's cores slows the measured run and breaks that premise.
+    A burst of other load during one attempt skews its timings, so a miss is
+    measured again (a fresh tune and fresh runs) before it counts. If the
+    machine is busier than its cores, skip instead: the prediction is for D
+    devices that run nothing else, and another job on the cores breaks that premise.
     """
-    for label, p, m in pairs:  # shown with pytest -s
-        print(f"{label}: predicted {p:.3f}s, measured {m:.3f}s ({100 * (p / m - 1):+.1f}%)")
-    bad = [(label, p, m) for label, p, m in pairs if abs(p / m - 1) > TOLERANCE]
-    if not bad:
-        return
+    for attempt in range(attempts):
+        pairs = measure()
+        for label, p, m in pairs:  # shown with pytest -s
+            print(f"{label}: predicted {p:.3f}s, measured {m:.3f}s ({100 * (p / m - 1):+.1f}%)")
+        bad = [(label, p, m) for label, p, m in pairs if abs(p / m - 1) > TOLERANCE]
+        if not bad:
+            return
     text = ", ".join(f"{label}: predicted {p:.3f}s, measured {m:.3f}s ({100 * (p / m - 1):+.0f}%)" for label, p, m in bad)
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1) + 0.5:
@@ -168,16 +172,20 @@ def test_predicted_wall_matches_measured_batched_one_device():
     from hasten.models import load_model
 
     model = load_model("digits")
-    report = tune(model, "psnr:20", devices=1, steps=30, batch=8, methods=["chords"], chords_cores=[4],
-                  progress=False, threads=1)
-    pairs = []
-    for row in report.rows:
-        c = row["config"]
-        walls = [hasten.sample(model, c["method"], steps=c["steps"], batch=8, seed=0, stop=c["stop"], cores=c["cores"],
-                               cache=c["cache"], **c["options"]).wall_s for _ in range(4)]
-        pairs.append((row["label"], row["predicted_s"], statistics.median(walls[1:])))  # the first one warms up
-    assert {label for label, _, _ in pairs} == {"sequential N=30", "chords K=4 N=30"}
-    _check_within(pairs)
+
+    def measure():
+        report = tune(model, "psnr:20", devices=1, steps=30, batch=8, methods=["chords"], chords_cores=[4],
+                      progress=False, threads=1)
+        pairs = []
+        for row in report.rows:
+            c = row["config"]
+            walls = [hasten.sample(model, c["method"], steps=c["steps"], batch=8, seed=0, stop=c["stop"],
+                                   cores=c["cores"], cache=c["cache"], **c["options"]).wall_s for _ in range(4)]
+            pairs.append((row["label"], row["predicted_s"], statistics.median(walls[1:])))  # the first one warms up
+        assert {label for label, _, _ in pairs} == {"sequential N=30", "chords K=4 N=30"}
+        return pairs
+
+    _check_within(measure)
 
 
 def test_predicted_wall_matches_measured_distributed_two_devices(tmp_path):
@@ -186,13 +194,17 @@ def test_predicted_wall_matches_measured_distributed_two_devices(tmp_path):
 
     import dist_worker
 
-    report = tune("digits", "psnr:20", devices=2, steps=30, batch=8, methods=["chords"], chords_cores=[4],
-                  progress=False)
-    assert report.settings["latency_kind"].startswith("distributed round (2 processes")
-    row = next(r for r in report.rows if r["method"] == "chords")
-    save_config(row["config"], tmp_path / "best.json")
-    mp.start_processes(dist_worker.run_config_timed, args=(2, free_port(), str(tmp_path), str(tmp_path / "best.json"),
-                                                           8, 3), nprocs=2, start_method="spawn", join=True)
-    timed = json.loads((tmp_path / "timed.json").read_text())
-    assert all((rounds, nfe) == (row["rounds"], row["nfe"]) for rounds, nfe, _ in timed)
-    _check_within([(row["label"], row["predicted_s"], statistics.median(w for _, _, w in timed))])
+    def measure():
+        report = tune("digits", "psnr:20", devices=2, steps=30, batch=8, methods=["chords"], chords_cores=[4],
+                      progress=False)
+        assert report.settings["latency_kind"].startswith("distributed round (2 processes")
+        row = next(r for r in report.rows if r["method"] == "chords")
+        save_config(row["config"], tmp_path / "best.json")
+        mp.start_processes(dist_worker.run_config_timed, args=(2, free_port(), str(tmp_path),
+                                                               str(tmp_path / "best.json"), 8, 3),
+                           nprocs=2, start_method="spawn", join=True)
+        timed = json.loads((tmp_path / "timed.json").read_text())
+        assert all((rounds, nfe) == (row["rounds"], row["nfe"]) for rounds, nfe, _ in timed)
+        return [(row["label"], row["predicted_s"], statistics.median(w for _, _, w in timed))]
+
+    _check_within(measure)

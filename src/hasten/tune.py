@@ -442,7 +442,7 @@ def candidates(steps: int, solver: str | None = None, chords_cores: Sequence[int
     if "abcache" in chosen:
         out += [Candidate("sequential", steps, "abcache", cache=c) for c in cache_specs]
         if _cache_supports("tol=0.1"):  # the adaptive cache, where this build has it
-            out += [Candidate("sequential", steps, "abcache-tol", cache=f"abcache:2:tol={t}") for t in (0.05, 0.1, 0.2)]
+            out += [Candidate("sequential", steps, "abcache-tol", cache=f"abcache:2:tol={t}") for t in (0.02, 0.05, 0.1)]
     valid_cores = [k for k in chords_cores if 2 <= k < steps]
     if "chords" in chosen:
         out += [Candidate("chords", steps, f"chords-{k}", cores=k, stop="first") for k in valid_cores]
