@@ -50,6 +50,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+#: the cache spec grammar, as sample's --cache and bench's --caches take it
+CACHE_GRAMMAR = ("A cache is none, reuse or abcache[:K] (Adams-Bashforth extrapolation, AB-Cache Eq. 3.6; K = order "
+                 "1..4, default 2), each with :key=value options: interval=T (compute every T-th round after warm-up, "
+                 "default 3) or tol=TOL (adaptive: call the model when the summed estimated error since the last "
+                 "call would exceed TOL, clean-sample RMS, e.g. 0.02; docs/BENCHMARKS.md 'Adaptive AB-Cache'), "
+                 "warmup=W, last=L, history=computed|all, form=paper|eps|x0|index (default eps on VP grids, paper on "
+                 "flow grids); e.g. abcache:2:interval=3.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hasten", description="Training-free acceleration of diffusion sampling.",
@@ -125,15 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
-    s.add_argument("--cache", metavar="SPEC",
-                   help="answer some evaluations from cached outputs, in the words of bench's --caches: none, "
-                        "reuse, or abcache[:K] (Adams-Bashforth extrapolation, AB-Cache Eq. 3.6; K = order 1..4, "
-                        "default 2), each with :key=value options: interval=T (compute every T-th round after "
-                        "warm-up, default 3) or tol=TOL (adaptive: call the model when the summed estimated error "
-                        "since the last call would exceed TOL, clean-sample RMS, e.g. 0.02; docs/BENCHMARKS.md "
-                        "'Adaptive AB-Cache'), warmup=W, last=L, history=computed|all, form=paper|eps|x0|index "
-                        "(default eps on VP grids, paper on flow grids); e.g. abcache:2:interval=3. Works with every "
-                        "method (default: none)")
+    s.add_argument("--cache", metavar="SPEC", help="answer some evaluations from cached outputs; works with every "
+                   f"method (default: none). {CACHE_GRAMMAR}")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
@@ -198,11 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated step counts N, each optionally with its solver, e.g. ddpm:1000,50,25")
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--caches", type=_str_list, default=["none"],
-                   help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
-                        "optional :interval=T (or :tol=TOL, adaptive):warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
-                        "abcache:2:interval=3:form=x0). A method entry like sequential:steps=25 runs on fewer steps "
-                        "(the '50%% steps' baseline); :cache=none (or reuse) pins its cache. With a "
-                        "pipeline folder, diffusers' own hooks run with sequential sampling: "
+                   help=f"comma-separated caches run with every method. {CACHE_GRAMMAR} A method entry like "
+                        "sequential:steps=25 runs on fewer steps (the '50%%' steps baseline); :cache=none (or reuse) "
+                        "pins its cache. With a pipeline folder, diffusers' own hooks run with sequential sampling: "
                         "diffusers:firstblock[:threshold=0.2], diffusers:taylorseer, diffusers:magcache[:...]")
     b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="distributed: run inside torchrun; the sequential reference runs on each process alone "
