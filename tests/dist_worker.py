@@ -1,6 +1,7 @@
 """Entry points for processes the distributed tests spawn (importable by child processes)."""
 
 import datetime
+import json
 import os
 import time
 
@@ -77,7 +78,7 @@ def run_faulty(rank: int, world: int, port: int, out_dir: str, mode: str, timeou
 
 def run_pipeline(rank: int, world: int, port: int, out_dir: str) -> None:
     """hasten.accelerate with the distributed executor on a tiny Stable Diffusion pipeline."""
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     _init(rank, world, port, 60)
     try:
@@ -91,5 +92,24 @@ def run_pipeline(rank: int, world: int, port: int, out_dir: str) -> None:
             fh.write(str(len(calls)))
         if rank == 0:
             torch.save(out.images, os.path.join(out_dir, "pipeline.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_config_timed(rank: int, world: int, port: int, out_dir: str, config_path: str, batch: int,
+                     repeats: int) -> None:
+    """A tune config (best.json) with the distributed executor, one warm-up then ``repeats`` timed runs."""
+    from hasten.tune import load_config
+
+    _init(rank, world, port, 60)
+    try:
+        c = load_config(config_path)
+        model = hasten.load_model("digits")
+        runs = [hasten.sample(model, c["method"], steps=c["steps"], batch=batch, seed=0, stop=c["stop"],
+                              cores=c["cores"], cache=c["cache"], executor="distributed", **c["options"])
+                for _ in range(repeats + 1)]
+        if rank == 0:
+            with open(os.path.join(out_dir, "timed.json"), "w") as fh:
+                json.dump([[r.rounds, r.nfe, r.wall_s] for r in runs[1:]], fh)
     finally:
         dist.destroy_process_group()

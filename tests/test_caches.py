@@ -11,7 +11,7 @@ from hasten.caches import ABCache, CacheConfig, make_cache, parse_cache_spec
 from hasten.caches.abcache import DEFAULT_FORM, FORMS, lagrange_weights
 from hasten.methods import ParaDiGMS
 from hasten.metrics import rmse
-from hasten.steps import output_for_x0
+from hasten.parameterisation import output_for_x0
 
 
 def uniform_lambda_grid(n=12, lo=-3.0, hi=3.0):
@@ -187,7 +187,7 @@ def test_bad_cache_config(kwargs, message):
 def test_bad_cache_specs_and_unservable_grids():
     with pytest.raises(HastenError, match="unknown cache 'teacache'"):
         parse_cache_spec("teacache")
-    with pytest.raises(HastenError, match="bad cache option"):
+    with pytest.raises(HastenError, match="bad option .speed=3. for abcache"):
         parse_cache_spec("abcache:2:speed=3")
     zero_snr = Grid.vp(torch.linspace(0.99, 0.0, 1000), torch.tensor([999, 500]), 1.0)
     with pytest.raises(HastenError, match="abcache form 'eps' needs alpha > 0 .* use form 'index'"):
@@ -209,7 +209,7 @@ def test_adaptive_specs_and_bad_values():
                             (dict(tol=0.1, scale="sigma"), "scale must be one of x0, posterior")]:
         with pytest.raises(HastenError, match=message):
             CacheConfig(**kwargs)
-    with pytest.raises(HastenError, match="cache option tol needs a number, got 'small'"):
+    with pytest.raises(HastenError, match="option tol of abcache needs a number, got 'small'"):
         parse_cache_spec("abcache:2:tol=small")
 
 

@@ -106,14 +106,13 @@ def test_bench_cache_forms_and_pinned_cache_entries(tmp_path, capsys):
 
 
 def test_sample_cache_form(tmp_path, capsys):
-    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache", "--cache-form", "index",
+    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache:form=index",
                  "--json", "--no-progress", "--out", str(tmp_path / "o")]) == 0
     assert json.loads(capsys.readouterr().out)["cache"]["config"] == "abcache:2 T=3 W=2 form=index"
-    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache", "--cache-tol", "0.05",
+    assert main(["sample", "--model", "gmm", "--method", "sequential", "--cache", "abcache:tol=0.05",
                  "--json", "--no-progress", "--out", str(tmp_path / "o2")]) == 0
     assert json.loads(capsys.readouterr().out)["cache"]["config"] == "abcache:2 tol=0.05 W=2 form=eps"
-    assert main(["sample", "--model", "gmm", "--cache", "abcache", "--cache-tol", "0.05", "--cache-interval", "2",
-                 "--no-progress"]) == 2
+    assert main(["sample", "--model", "gmm", "--cache", "abcache:tol=0.05:interval=2", "--no-progress"]) == 2
     assert "either interval (fixed schedule) or tol (adaptive), not both" in capsys.readouterr().err
 
 
@@ -130,3 +129,20 @@ def test_help_explains_every_option():
         assert option in proc.stdout
     assert "residual:TOL" in proc.stdout
     assert "Table 3" in run_cli("bench", "--help").stdout
+
+
+def test_sample_speaks_the_bench_grammar(tmp_path, capsys):
+    """--method takes bench's method specs; every method option has its sample flag too (they cannot drift)."""
+    from hasten.cli import BUDGET_ONLY, build_parser
+    from hasten.methods import OPTIONS
+
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["sample"]._actions}
+    assert {k for opts in OPTIONS.values() for k in opts} - set(BUDGET_ONLY) <= flags
+    by_spec = ["sample", "--model", "gmm", "--method", "paradigms:window=6:tol=0.2", "--steps", "20", "--json",
+               "--no-progress", "--out", str(tmp_path / "a")]
+    assert main(by_spec) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert main(["sample", "--model", "gmm", "--method", "paradigms", "--cores", "6", "--tol", "0.2", "--steps", "20",
+                 "--json", "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    flags_run = json.loads(capsys.readouterr().out)
+    assert (spec["rounds"], spec["nfe"], spec["params"]) == (flags_run["rounds"], flags_run["nfe"], flags_run["params"])

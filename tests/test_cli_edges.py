@@ -93,9 +93,9 @@ def test_sigterm_mid_run_leaves_nothing_behind_and_hits_appear_as_they_land(tmp_
     (["--stop", ""], "--stop must be one of first"),
     (["--out", ""], "--out must name a folder"),
     (["--method", "parasolver-turbo", "--rho", "8", "--window", "4"], "rho=8 exceeds window=4"),
-    (["--cache-order", "3"], "--cache-order needs --cache reuse or --cache abcache"),
-    (["--cache", "reuse", "--cache-order", "3"], "--cache-order 3 needs --cache abcache"),
-    (["--cache-form", "x0"], "--cache-form needs --cache reuse or --cache abcache"),
+    (["--cache", "reuse:order=3"], "bad option 'order=3' for reuse in 'reuse:order=3'; use key=value with key in:"),
+    (["--cache", "abcache:form=lambda"], "cache form must be one of paper, eps, x0, index, got 'lambda'"),
+    (["--method", "paradigms:tol=0.1", "--tol", "0.2"], "sets tol=0.1 and --tol 0.2; give it once"),
     (["--steps", "1001"], "steps=1001: `num_inference_steps`: 1001 cannot be larger"),
     (["--batch", "1000000000"], "batch=1000000000: the initial latents alone need"),
     (["--height", "-8"], "--height must be a positive integer"),
@@ -117,7 +117,7 @@ def test_init_empty_names_the_option():
 
 @pytest.fixture(scope="module")
 def tiny_flux(tmp_path_factory):
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     return save_tiny_pipeline("flux", tmp_path_factory.mktemp("pipes") / "flux")
 
@@ -210,7 +210,7 @@ def test_a_node_that_never_joins_fails_within_the_rendezvous_timeout(tmp_path):
 
 
 def test_prompt_embeds_of_the_wrong_width_are_refused_before_any_forward():
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
     calls = []

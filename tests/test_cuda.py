@@ -79,7 +79,7 @@ def test_nccl_executor_on_one_rank_keeps_buffers_on_the_gpu(tmp_path):
 
 
 def test_accelerated_pipeline_on_the_gpu_reproduces_the_pipeline():
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd").to("cuda")
     call = dict(prompt="a cat", num_inference_steps=10, guidance_scale=4.0, output_type="latent")
@@ -89,7 +89,7 @@ def test_accelerated_pipeline_on_the_gpu_reproduces_the_pipeline():
 
 
 def test_model_cpu_offload_works_with_every_method():
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     call = dict(prompt="a cat", num_inference_steps=10, guidance_scale=4.0, output_type="latent")
     plain = tiny_pipeline("sd").to("cuda")

@@ -91,7 +91,7 @@ def test_dtype_names_and_defaults(monkeypatch):
 
 
 def test_stored_dtype_is_read_from_the_weights_header(tmp_path):
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("ddim")
     pipe.unet.to(torch.bfloat16)
@@ -180,7 +180,7 @@ def test_gather_buffers_follow_the_denoiser_device(tmp_path):
 
 def _hub_cache(tmp_path: Path) -> Path:
     """A Hugging Face cache folder holding a saved tiny pipeline under the id ``hasten-tests/tiny-ddim``."""
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     cache = tmp_path / "hub"
     repo = cache / "models--hasten-tests--tiny-ddim"
@@ -258,7 +258,7 @@ def test_max_batch_chunks_give_the_unchunked_result(method, options):
 
 
 def test_max_batch_counts_network_rows_with_classifier_free_guidance():
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
     rows = []

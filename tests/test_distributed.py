@@ -88,7 +88,7 @@ def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, mode)
 def test_accelerated_pipeline_on_two_ranks_equals_batched(tmp_path):
     """Prompts follow their rows across the rank split; CFG and all, the result is the batched one."""
     pytest.importorskip("transformers")
-    from hasten.integrations.tiny import tiny_pipeline
+    from hasten.testing.pipelines import tiny_pipeline
 
     mp.start_processes(dist_worker.run_pipeline, args=(2, free_port(), str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
@@ -107,7 +107,7 @@ def test_accelerated_pipeline_on_two_ranks_equals_batched(tmp_path):
 def test_the_readme_torchrun_script_runs_a_saved_pipeline_on_two_ranks(tmp_path):
     """examples/distributed_pipeline.py, as documented, on a saved tiny Flux pipeline with gloo."""
     pytest.importorskip("transformers")
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     folder = save_tiny_pipeline("flux", tmp_path / "flux")
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "distributed_pipeline.py")

@@ -14,7 +14,7 @@ from diffusers import (  # noqa: E402
 )
 import hasten  # noqa: E402
 from hasten import HastenError  # noqa: E402
-from hasten.integrations.tiny import TINY_CALLS, tiny_pipeline, tiny_unet2d  # noqa: E402
+from hasten.testing.pipelines import TINY_CALLS, tiny_pipeline, tiny_unet2d  # noqa: E402
 
 
 def tiny_unet():
@@ -150,7 +150,7 @@ def test_every_method_runs_on_flux_and_decodes():
 
 @pytest.fixture(scope="module")
 def saved_sd(tmp_path_factory):
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     return save_tiny_pipeline("sd", tmp_path_factory.mktemp("pipes") / "tiny-sd")
 
@@ -181,6 +181,69 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
     assert "apply to diffusers pipelines" in capsys.readouterr().err
     assert main(["sample", "--model", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
     assert "is not a saved diffusers pipeline" in capsys.readouterr().err
+
+
+def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
+    import argparse
+
+    from hasten.cli import _model
+    from hasten.integrations.model import PipelineModel
+
+    args = argparse.Namespace(model=str(saved_sd), prompt="a cat", negative_prompt=None, guidance_scale=None,
+                              height=None, width=None, frames=None, dtype=None, seed=0, local_files_only=False)
+    by_cli = _model(args, 2, torch.device("cpu"))
+    by_api = hasten.load_model(str(saved_sd), call={"prompt": "a cat"}, batch=2)
+    assert isinstance(by_api, PipelineModel) and type(by_cli) is type(by_api)
+    assert (by_api.name, by_api.call, by_api.batch) == (by_cli.name, by_cli.call, by_cli.batch)
+    assert torch.equal(by_api.initial_latents(2, 0), by_cli.initial_latents(2, 0))
+    with pytest.raises(HastenError, match="apply to diffusers pipelines"):
+        hasten.load_model("gmm", call={"prompt": "a cat"})
+
+
+def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
+    from hasten.assembly import prepare
+    from hasten.integrations.model import PipelineModel
+
+    model = PipelineModel(tiny_sd(), {"prompt": "a cat"}, batch=2)
+    calls = []
+    real = model.adapter.prepare
+    model.adapter.prepare = lambda **call: calls.append(call["num_inference_steps"]) or real(**call)
+    s = prepare(model, "sequential", 6, 0, 2)
+    assert calls == [6]  # the latents come from the same call as the grid
+    assert model.grid(6) is s.step.grid and torch.equal(model.initial_latents(2, 0), s.x) and calls == [6]
+    assert model.denoiser(model.grid(4)) is not model.denoiser(model.grid(6)) and calls == [6, 4]
+    foreign = PipelineModel(tiny_sd(), {"prompt": "a cat"}, batch=2).grid(6)
+    with pytest.raises(HastenError, match="not one of this pipeline's"):
+        model.denoiser(foreign)
+
+
+def test_euler_linspace_latents_keep_the_pipelines_start():
+    """The latents come from the call of the run's step count, not from a one-step call (which starts at t = 0)."""
+    from diffusers import EulerDiscreteScheduler
+
+    from hasten.assembly import prepare
+    from hasten.integrations.model import PipelineModel
+
+    pipe = tiny_sd()
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    s = prepare(PipelineModel(pipe, {"prompt": "a cat"}), "sequential", 8, 0, 1)
+    bench_order = PipelineModel(pipe, {"prompt": "a cat"})  # latents asked for before any grid
+    assert 0.5 < float(s.x.std()) < 2
+    assert torch.allclose(bench_order.initial_latents(1, 0), s.x, atol=1e-6)
+
+
+def test_adapters_own_the_pipelines_call_rules():
+    from hasten.integrations.adapters import ADAPTERS
+
+    flux, wan, ddpm = ADAPTERS["FluxPipeline"](None), ADAPTERS["WanPipeline"](None), ADAPTERS["DDPMPipeline"](None)
+    assert flux.normalize_call({"prompt": "a", "negative_prompt": "b", "guidance_scale": 2.0}) == {
+        "prompt": "a", "negative_prompt": "b", "true_cfg_scale": 2.0}
+    assert flux.normalize_call({"negative_prompt": "b"})["true_cfg_scale"] == 4.0
+    assert flux.normalize_call({"prompt": "a", "guidance_scale": 2.0}) == {"prompt": "a", "guidance_scale": 2.0}
+    assert wan.normalize_call({"negative_prompt": "b", "guidance_scale": 2.0})["guidance_scale"] == 2.0
+    assert ddpm.per_prompt_count(3) == {"batch_size": 3}
+    assert flux.per_prompt_count(3) == {"num_images_per_prompt": 3}
+    assert wan.per_prompt_count(3) == {"num_videos_per_prompt": 3}
 
 
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
@@ -284,7 +347,7 @@ def test_diffusers_cache_hooks_run_through_the_bench(tmp_path, capsys):
     import json
 
     from hasten.cli import main
-    from hasten.integrations.tiny import save_tiny_pipeline
+    from hasten.testing.pipelines import save_tiny_pipeline
 
     flux = save_tiny_pipeline("flux", tmp_path / "flux")
     common = ["--model", str(flux), "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "8",

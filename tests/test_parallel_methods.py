@@ -7,11 +7,12 @@ from diffusers import DDIMScheduler
 
 import hasten
 from hasten import Grid, HastenError, Sequential, run
-from hasten.api import draw_noise
+from hasten.assembly import draw_noise
 from hasten.methods import SRDS, ParaDiGMS, ParaSolver, ParaSolverTurbo, make_method, parse_method_spec
-from hasten.methods.window import NotConvergedWarning
+from hasten.methods.subintervals import NotConvergedWarning
 from hasten.metrics import rmse
-from hasten.steps import DDPMStep, linear_step, make_step, output_for_x0, predicted_x0
+from hasten.parameterisation import output_for_x0
+from hasten.steps import DDPMStep, linear_step, make_step, predicted_x0
 
 
 def seq(p):
@@ -152,7 +153,7 @@ def test_srds_pipelines_and_respects_its_core_cap(problem):
     assert hits[0].round == 7  # the coarse sweep: one jump per block
     assert hits[1].round < 7 + 7 + 7  # iteration 1 overlaps the coarse sweep (pipelined)
     capped = RecordingExecutor(p.executor)
-    run(SRDS(tol=1e-9, cores_cap=3), p.x, p.step, capped)
+    run(SRDS(tol=1e-9, max_per_round=3), p.x, p.step, capped)
     assert max(capped.sizes) == 3
 
 
@@ -209,7 +210,7 @@ def test_method_specs():
     assert parse_method_spec("parasolver-turbo:window=24:rho=8") == ("parasolver-turbo", {"window": 24, "rho": 8})
     with pytest.raises(HastenError, match="bad option 'speed=2' for srds"):
         parse_method_spec("srds:speed=2")
-    with pytest.raises(HastenError, match="option rho of parasolver-turbo needs a int"):
+    with pytest.raises(HastenError, match="option rho of parasolver-turbo needs an integer"):
         parse_method_spec("parasolver-turbo:rho=many")
     turbo = make_method("parasolver-turbo", cores=8)
     assert (turbo.rho, turbo.window, turbo.precondition) == (8, None, None)  # window and M: per solver

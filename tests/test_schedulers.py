@@ -21,7 +21,7 @@ import hasten  # noqa: E402
 from hasten.errors import HastenError  # noqa: E402
 from hasten.grid import Grid  # noqa: E402
 from hasten.integrations.schedulers import REPRODUCED, first_order_scheduler  # noqa: E402
-from hasten.integrations.tiny import tiny_pipeline  # noqa: E402
+from hasten.testing.pipelines import tiny_pipeline  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import scheduler_matrix as matrix  # noqa: E402

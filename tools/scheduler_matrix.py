@@ -27,7 +27,7 @@ import torch
 import hasten
 from hasten.errors import HastenError
 from hasten.integrations.schedulers import first_order_scheduler
-from hasten.integrations.tiny import TINY_CALLS, tiny_pipeline
+from hasten.testing.pipelines import TINY_CALLS, tiny_pipeline
 
 STEPS = 7  # divides neither 1000 nor 100: exercises DDIM's landing on t - T // N
 VP_FAMILIES = ("ddim", "ddpm", "sd", "sdxl", "cogvideox")

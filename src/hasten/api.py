@@ -1,125 +1,23 @@
-"""The Python API: ``hasten.sample`` and ``hasten.stream`` over embedded models."""
+"""The Python API: ``hasten.sample`` and ``hasten.stream`` over embedded models, pipeline folders and model ids.
+
+Runs are built by :func:`hasten.assembly.prepare`, the one assembler every surface uses.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from hasten.caches import ABCache, CacheConfig, make_cache
+from hasten.assembly import prepare
+from hasten.caches import CacheConfig
 from hasten.engine import HitStream, Result, iterate
-from hasten.errors import HastenError
-from hasten.denoise import compile_network, denoiser_device
-from hasten.devices import resolve_device
-from hasten.executors import EXECUTORS, make_executor
-from hasten.executors.base import Executor
-from hasten.executors.distributed import init_distributed
-from hasten.methods import Hit, Method, make_method
+from hasten.methods import Method
 from hasten.models import EmbeddedModel
-from hasten.steps import NOISY_SOLVERS, Step, make_step
+from hasten.rounds import Hit
 from hasten.stopping import Stop
 
-
-def initial_noise(model: EmbeddedModel, batch: int, seed: int) -> torch.Tensor:
-    """Standard normal noise (batch, *latent_shape) from ``torch.Generator().manual_seed(seed)``."""
-    if not isinstance(batch, int) or batch < 1:
-        raise HastenError(f"batch must be an integer >= 1, got {batch!r}")
-    try:
-        return torch.randn((batch, *model.latent_shape), generator=torch.Generator().manual_seed(seed))
-    except RuntimeError as err:  # the host cannot hold even the initial latents
-        size = batch * 4
-        for n in model.latent_shape:
-            size *= n
-        raise HastenError(f"batch={batch}: the initial latents alone need {size / 2**30:.1f} GiB, more than this "
-                          f"machine can allocate ({str(err).splitlines()[0][:80]})") from None
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, validated: built by :func:`prepare` before any model call."""
-
-    model: EmbeddedModel
-    method: Method
-    x: torch.Tensor
-    step: Step
-    executor: Executor
-    stop: Stop
-    cache: ABCache | None = None
-
-
-def model_latents(model, batch: int, seed: int) -> torch.Tensor:
-    """The model's own initial latents where it has them (pipelines), else standard normal noise."""
-    if hasattr(model, "initial_latents"):
-        return model.initial_latents(batch, seed)
-    return initial_noise(model, batch, seed)
-
-
-def model_step(model, grid, solver: str | None, x: torch.Tensor, seed: int) -> Step:
-    """The model's own step where it dictates one (a pipeline's scheduler), else ``make_step``."""
-    if hasattr(model, "step"):
-        return model.step(grid, solver)
-    return make_step(grid, solver, draw_noise(x, grid.steps, solver, seed))
-
-
-def draw_noise(x: torch.Tensor, steps: int, solver: str | None, seed: int) -> torch.Tensor | None:
-    """The per-step noise of ddpm or euler-stochastic (steps, *x.shape), drawn once before sampling; None for ODE solvers.
-
-    Drawn on the CPU from a generator seeded ``seed + 1`` (the initial noise is the same for every
-    solver and device), then moved to the latents' device.
-    """
-    if solver not in NOISY_SOLVERS:
-        return None
-    return torch.randn((steps, *x.shape), generator=torch.Generator().manual_seed(seed + 1)).to(x.device)
-
-
-def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None,
-            executor: str = "batched", device=None, dtype=None, max_batch: int | None = None,
-            compile: str | None = None, call: dict | None = None, local_files_only: bool = False,
-            **options) -> Setup:
-    """Validate the arguments and build the run's pieces (used by the API and the CLI).
-
-    ``executor``: ``"batched"`` (one forward per round on this process) or
-    ``"distributed"`` (the round spread over the torch.distributed ranks of the
-    current process group; every rank calls this with the same arguments).
-    ``device``/``dtype``: where the model runs and in which dtype (see
-    :mod:`hasten.devices`; an already built model keeps its own). Latents are
-    drawn on the CPU from ``seed`` and moved to the device, so every device and
-    executor starts from the same noise.
-    """
-    if executor not in EXECUTORS:
-        raise HastenError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    cache = make_cache(cache)
-    if isinstance(model, str):
-        from hasten.integrations.model import open_model
-
-        dev = resolve_device(device) if executor != "distributed" else init_distributed(device=device)
-        model = open_model(model, dev, dtype, batch, seed, call, local_files_only)
-    if isinstance(method, str):
-        method = make_method(method, cores=cores, **options)
-    elif cores is not None or any(v is not None for v in options.values()):
-        raise HastenError("method options go into the method object when a method object is given")
-    if not isinstance(steps, int) or steps < 1:
-        raise HastenError(f"steps must be an integer >= 1, got {steps!r}")
-    stop = Stop.parse(stop)
-    method.validate(steps)
-    stop.check_cores(method.cores(steps))
-    if executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
-        model.adapter.broadcast_conditioning = True
-    x = model_latents(model, batch, seed)
-    try:
-        grid = model.grid(steps)
-    except ValueError as err:  # e.g. a scheduler refusing more steps than it was trained with
-        raise HastenError(f"steps={steps}: {err}") from None
-    denoiser = model.denoiser(grid)
-    x = x.to(denoiser_device(denoiser))
-    step = model_step(model, grid, solver, x, seed)
-    if compile is not None:
-        compile_network(getattr(model, "network", None), compile)
-    width = method.max_width(steps)
-    runner = make_executor(denoiser, executor, max_batch, compile is not None,
-                           None if width is None else width * x.shape[0])
-    return Setup(model, method, x, step, runner, stop, cache)
+__all__ = ["prepare", "sample", "stream"]
 
 
 def sample(

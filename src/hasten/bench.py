@@ -22,17 +22,17 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hasten.api import model_latents, model_step
+from hasten.assembly import assemble, build_method, join, model_latents, model_step, share_conditioning
 from hasten.checks import check_int
 from hasten.denoise import CompileStats, EmulatedDevice, compile_network, denoiser_device
-from hasten.devices import resolve_device, resolve_dtype
+from hasten.devices import resolve_dtype
 from hasten.engine import run
 from hasten.errors import HastenError
-from hasten.executors import make_executor
-from hasten.executors.distributed import init_distributed
-from hasten.methods import Eval, Sequential, make_method, parse_method_spec
+from hasten.methods import BUDGET_OPTION, Sequential, parse_method_spec
+from hasten.options import parse_spec, read_value
+from hasten.rounds import Eval
 from hasten.caches import make_cache
-from hasten.integrations.hooks import diffusers_cache, hook_config
+from hasten.integrations.hooks import diffusers_cache, hook_config, parse_hook_spec
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
 from hasten.models import EmbeddedModel, is_embedded, load_model
 from hasten.report import (
@@ -63,19 +63,18 @@ CACHE_COLUMNS = [
 
 #: options a --methods entry takes besides the method's own: run on M steps, pin the entry's cache
 ENTRY_OPTIONS = {"steps": int, "cache": str}
-#: the option that sets a method's per-round budget; when a --methods entry sets it, --cores does not apply
-BUDGET_OPTION = {"paradigms": "window", "parasolver": "window", "parasolver-turbo": "rho"}
 #: shown where a run measured them: communication (distributed), peak GPU memory, graphs compiled during the run
 RESOURCE_COLUMNS = [("comm_ms", "comm ms/round"), ("peak_gib", "peak GiB"), ("recompiles", "graphs compiled")]
 
 
 def parse_steps(entry: str, default_solver: str | None) -> tuple[str | None, int]:
     """``"50"`` or ``"ddpm:1000"`` -> (solver, N)."""
-    solver, _, n = entry.rpartition(":")
-    try:
-        return (solver or default_solver), int(n)
-    except ValueError:
-        raise HastenError(f"steps entries must be N or SOLVER:N, got {entry!r}") from None
+    if ":" not in str(entry):
+        return default_solver, read_value("--steps", "N", str(entry), int)
+    solver, options = parse_spec(entry, {name: {"steps": int} for name in SOLVERS}, "solver", positional="steps")
+    if "steps" not in options:
+        raise HastenError(f"steps entries must be N or SOLVER:N, got {entry!r}")
+    return solver, options["steps"]
 
 
 @dataclass
@@ -124,7 +123,7 @@ class BenchConfig:
                         if cache != "none" or run_steps != n:
                             out.append((solver, n, name, options, None, None, cache, run_steps))
                         continue
-                    budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8
+                    budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8: --cores does not apply
                     for k in ([None] if budget_set else self.cores):
                         for init in (self.inits if name == "chords" and "init" not in options else [None]):
                             opts = {**options, **({"init": init} if init else {})}
@@ -155,30 +154,14 @@ class BenchConfig:
                 pipeline = not is_embedded(self.model) if isinstance(self.model, str) else hasattr(self.model, "adapter")
                 if not pipeline:
                     raise HastenError("diffusers cache hooks need a diffusers pipeline as --model")
-                hook_name, hook_opts = _hook_spec(cache)
+                hook_name, hook_opts = parse_hook_spec(cache)
                 hook_config(hook_name, hook_opts)
                 continue
             make_cache(cache)
-            method = make_method(name, cores=k, **options)
-            method.validate(run_steps)
+            method, _ = build_method(name, k, options, run_steps, stop if name == "chords" else None)
             if self.compile is not None and method.max_width(run_steps) is None and self.max_batch is None:
                 raise HastenError(f"--compile needs a fixed forward size: {name} without a cores cap has no "
                                   "fixed round width; give --max-batch")
-            if name == "chords":
-                stop.check_cores(method.cores(run_steps))
-
-
-def _hook_spec(spec: str) -> tuple[str, dict]:
-    """``diffusers:NAME[:key=value...]`` -> (NAME, options with numbers parsed)."""
-    _, name, *parts = spec.split(":")
-    options = {}
-    for part in parts:
-        key, _, value = part.partition("=")
-        try:
-            options[key] = float(value) if "." in value or "e" in value else int(value)
-        except ValueError:
-            options[key] = value
-    return name, options
 
 
 def _params(name: str, method, n: int) -> str:
@@ -188,22 +171,20 @@ def _params(name: str, method, n: int) -> str:
     return " ".join(f"{k}={fmt(d[k])}" for k in keep.get(name, ()) if d.get(k) is not None)
 
 
-def _executor(cfg: BenchConfig, model, grid, kind: str, method, steps: int):
-    """A fresh executor for one run, warmed up (untimed) at the shape its rounds will have.
-
-    With ``emulate_latency`` every forward takes that stated device time
-    (:class:`hasten.denoise.EmulatedDevice`); with ``compile`` forwards are padded
-    to the run's widest round, so the warm-up compiles the one graph the run uses.
-    """
+def _denoiser(cfg: BenchConfig, model, grid):
+    """The model's denoiser on ``grid``; with ``emulate_latency`` every forward takes that stated device time
+    (:class:`hasten.denoise.EmulatedDevice`)."""
     denoiser = model.denoiser(grid)
     if cfg.emulate_latency is not None:
         denoiser = EmulatedDevice(denoiser, cfg.emulate_latency, cfg.emulate_capacity)
-    width = method.max_width(steps)
-    x = model_latents(model, cfg.batch, cfg.seed).to(denoiser_device(denoiser))
-    executor = make_executor(denoiser, kind, cfg.max_batch, cfg.compile is not None,
-                             None if width is None else width * x.shape[0])
-    executor.evaluate([Eval(x, 0)] * (width or 1))  # warm-up: kernels, compiled graph, collectives
-    return executor
+    return denoiser
+
+
+def _warm_up(setup) -> None:
+    """One untimed round at the shape the run's rounds will have: kernels, the compiled graph (forwards are
+    padded to the widest round), collectives."""
+    width = setup.method.max_width(setup.step.grid.steps)
+    setup.executor.evaluate([Eval(setup.x, 0)] * (width or 1))
 
 
 def _timed(executor, job: Callable, compiled: CompileStats | None = None):
@@ -252,11 +233,10 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     cfg.validate()
     model = cfg.model
     if isinstance(model, str):
-        device = resolve_device(cfg.device) if cfg.executor != "distributed" else init_distributed(device=cfg.device)
-        model = load_model(model, device, resolve_dtype(cfg.dtype, device))
+        device = join(cfg.executor, cfg.device)
+        model = load_model(model, device, resolve_dtype(cfg.dtype, device), batch=cfg.batch, seed=cfg.seed)
     compiled = None if cfg.compile is None else compile_network(getattr(model, "network", None), cfg.compile)
-    if cfg.executor == "distributed" and hasattr(model, "adapter"):  # a pipeline: encode prompts on rank 0 only
-        model.adapter.broadcast_conditioning = True
+    share_conditioning(model, cfg.executor)
     stop = Stop.parse(cfg.stop)
     decode = model.decode
     features = None
@@ -272,12 +252,18 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     with_cache = any(c != "none" for c in cfg.caches)
     curves: dict[str, list[tuple[int, float]]] = {}
     scaling: dict[str, list[tuple[int, float, float]]] = {}
-    x_init = model_latents(model, cfg.batch, cfg.seed)
+    x_init = None
     for solver, n in settings:
         grid = model.grid(n)
-        local = _executor(cfg, model, grid, "batched", Sequential(), n)
-        x_init = x_init.to(local.device)
+        if x_init is None:  # after the first grid: a pipeline's latents come from that same call
+            x_init = model_latents(model, cfg.batch, cfg.seed)
+        denoiser = _denoiser(cfg, model, grid)
+        x_init = x_init.to(denoiser_device(denoiser))
         step = model_step(model, grid, solver, x_init, cfg.seed)
+        reference = assemble("sequential", x_init, step, denoiser, max_batch=cfg.max_batch,
+                             compiled=cfg.compile is not None)
+        _warm_up(reference)
+        local = reference.executor
         solver_name = step.name
         gflops = flops_per_evaluation(local.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
         ref, ref_stats = _timed(local, lambda: run(Sequential(), x_init, step, local), compiled)
@@ -296,24 +282,25 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                          **ref_stats, **quality(ref.x, ref_images)})
         bar.update(1)
         for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
-            method = make_method(name, cores=cores, **options)
             run_step, run_grid = step, grid
             if run_steps != n:  # fewer steps: its own grid, same initial noise
                 run_grid = model.grid(run_steps)
                 run_step = model_step(model, run_grid, solver, x_init, cfg.seed)
-            run_executor = _executor(cfg, model, run_grid, cfg.executor, method, run_steps)
-            hook = None
-            if cache_spec.startswith("diffusers:"):
-                hook_name, hook_opts = _hook_spec(cache_spec)
-                hook = diffusers_cache(model.network, run_executor.denoiser, hook_config(hook_name, hook_opts))
-                cache = None
-            else:
-                cache = make_cache(cache_spec)
-            hits = []
             read_at = stop if name == "chords" and not cfg.to_end else "none"
+            hooked = cache_spec.startswith("diffusers:")
+            s = assemble(name, x_init, run_step, _denoiser(cfg, model, run_grid), stop=read_at,
+                         cache=None if hooked else cache_spec, executor=cfg.executor, cores=cores,
+                         max_batch=cfg.max_batch, compiled=cfg.compile is not None, **options)
+            _warm_up(s)
+            method, run_executor, cache = s.method, s.executor, s.cache
+            hook = None
+            if hooked:
+                hook_name, hook_opts = parse_hook_spec(cache_spec)
+                hook = diffusers_cache(model.network, run_executor.denoiser, hook_config(hook_name, hook_opts))
+            hits = []
             with warnings.catch_warnings(record=True) as caught, (hook or nullcontext()):
                 warnings.simplefilter("always")
-                result, run_stats = _timed(run_executor, lambda: run(method, x_init, run_step, run_executor, read_at,
+                result, run_stats = _timed(run_executor, lambda: run(method, x_init, run_step, run_executor, s.stop,
                                                                      on_hit=hits.append, cache=cache), compiled)
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
@@ -335,11 +322,9 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                    "wall_speedup": ref.wall_s / h.wall_s, **run_stats,
                    **quality(h.x, decode(h.x))}
             rows.append(row)
-            runs.append({
-                "label": label, "method": name, "solver": solver_name, "steps": n, "cores": cores, "init": init,
-                "params": result.params, "read_at": str(stop) if name == "chords" else "result",
-                "cache": result.cache, "run_steps": run_steps,
-                "total_rounds": result.rounds, "total_nfe": result.nfe, "total_wall_s": result.wall_s,
+            runs.append({  # the whole run (the row above is read at its hit): Result.summary() and the bench's own
+                **result.summary(), "label": label, "solver": solver_name, "steps": n, "run_steps": run_steps,
+                "cores": cores, "init": init, "read_at": str(stop) if name == "chords" else "result",
                 "max_abs_diff_vs_sequential": float((final - ref.x).abs().max()),
                 "warnings": [str(w.message) for w in caught], "hits": hit_rows,
             })

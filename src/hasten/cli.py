@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample`` and ``hasten bench``."""
+"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune`` and ``hasten make-tiny``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import signal
 
 import torch
 
-from hasten.caches.abcache import FORMS
 from hasten.errors import HastenError
-from hasten.methods import METHODS
+from hasten.methods import BUDGET_OPTION, METHODS
 from hasten.models import MODELS
 from hasten.output import OutputFolder, check_out
 from hasten.steps import SOLVERS
@@ -49,6 +48,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+#: the cache spec grammar, as sample's --cache and bench's --caches take it
+CACHE_GRAMMAR = ("A cache is none, reuse or abcache[:K] (Adams-Bashforth extrapolation, AB-Cache Eq. 3.6; K = order "
+                 "1..4, default 2), each with :key=value options: interval=T (compute every T-th round after warm-up, "
+                 "default 3) or tol=TOL (adaptive: call the model when the summed estimated error since the last "
+                 "call would exceed TOL, clean-sample RMS, e.g. 0.02; docs/BENCHMARKS.md 'Adaptive AB-Cache'), "
+                 "warmup=W, last=L, history=computed|all, form=paper|eps|x0|index (default eps on VP grids, paper on "
+                 "flow grids); e.g. abcache:2:interval=3.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the same seed. Writes result.json, latents.safetensors and, for image "
                                    "models, samples.png and one PNG per hit as it lands.")
     common(s, 4)
-    s.add_argument("--method", default="chords", help=f"method: {', '.join(METHODS)}")
-    s.add_argument("--cores", type=int, help="CHORDS cores K (default: length of --init, else 4, capped at steps - 1 with a notice)")
-    s.add_argument("--steps", type=int, default=50, help="sampling steps N")
+    s.add_argument("--config", help="a config file written by hasten tune (best.json): method, steps, solver, "
+                   "cores, method options, cache and stop from the file; flags given here override it (a --method "
+                   "other than the file's drops the file's cores and options)")
+    s.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords), optionally with options in the "
+                   "words of bench's --methods, e.g. paradigms:window=8:tol=0.05 (the flags below set the same "
+                   "options)")
+    s.add_argument("--cores", type=int, help="the per-round budget, which each method names its own way: " + ", ".join(
+        f"{name}: {option}" for name, option in BUDGET_OPTION.items()) + " (chords default: length of --init, else "
+        "4, capped at steps - 1 with a notice)")
+    s.add_argument("--steps", type=int, help="sampling steps N (default: 50)")
     s.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
     s.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
     s.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
@@ -119,24 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
     s.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
                    "it the method warns how far from converged it was and returns its current result")
-    s.add_argument("--cache", default="none", choices=["none", "reuse", "abcache"],
-                   help="answer some evaluations from cached outputs: reuse (last output) or abcache "
-                        "(Adams-Bashforth extrapolation, AB-Cache Eq. 3.6); works with every method")
-    s.add_argument("--cache-order", type=int, help="AB-Cache order k in 1..4 (1 = reuse; default 2)")
-    s.add_argument("--cache-interval", type=int, help="compute every T-th round after warm-up (default 3)")
-    s.add_argument("--cache-tol", type=float,
-                   help="adaptive instead of every T-th round: call the model when the summed estimated error of "
-                        "the predictions since the last call would exceed TOL (clean-sample RMS, e.g. 0.05 with "
-                        "--cache-order 3; docs/BENCHMARKS.md, 'Adaptive AB-Cache')")
-    s.add_argument("--cache-warmup", type=int, help="rounds always computed first (default: the order)")
-    s.add_argument("--cache-last", type=int, help="final grid steps always computed (default 1)")
-    s.add_argument("--cache-history", choices=["computed", "all"],
-                   help="extrapolate from computed outputs only, or from predictions too (default: computed)")
-    s.add_argument("--cache-form", choices=FORMS,
-                   help="what is extrapolated: paper (Eq. 3.6, e^-lambda eps in lambda; flow: velocity in sigma), "
-                        "eps (eps in lambda), x0 (clean-sample prediction in lambda; flow: in sigma), index (raw "
-                        "output in step index) (default: eps on VP grids, paper on flow grids, as measured in "
-                        "docs/BENCHMARKS.md)")
+    s.add_argument("--cache", metavar="SPEC", help="answer some evaluations from cached outputs; works with every "
+                   f"method (default: none). {CACHE_GRAMMAR}")
     s.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="batched: one forward per round here; distributed: spread each round over the ranks of a "
                         "torchrun launch (gloo on CPU, NCCL on CUDA); only rank 0 writes and prints")
@@ -153,6 +152,36 @@ def build_parser() -> argparse.ArgumentParser:
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
     t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
     t.add_argument("--out", required=True, help="folder to save into")
+
+    u = sub.add_parser("tune", help="find the fastest configuration that meets a quality target on D devices",
+                       formatter_class=_Help,
+                       description="Measure this device's forward latency against rows per forward, sample a "
+                                   "sequential reference, run candidate configurations (methods x cores x "
+                                   "tolerances x caches, pruned once a chain misses the target), predict each "
+                                   "one's wall time on --devices devices from its rounds, rows per round and the "
+                                   "latency curve, and print them ranked. Writes tune.json, tune.md, pareto.png and "
+                                   "best.json, the winner, for `hasten sample --config` and "
+                                   "hasten.accelerate(pipe, config=...).")
+    common(u, 4)
+    u.add_argument("--target", required=True, help="quality target against sequential sampling of the same seed: "
+                   "psnr:DB (at least DB dB, e.g. psnr:35) or rmse:X (latent RMSE at most X, e.g. rmse:0.02)")
+    u.add_argument("--devices", type=int, default=1, help="devices D the prediction is for (the distributed executor "
+                   "splits each round's rows over D ranks)")
+    u.add_argument("--steps", type=int, default=50, help="sampling steps N of the reference")
+    u.add_argument("--cores", type=_int_list, default=[2, 3, 4, 6, 8], help="CHORDS core counts to try")
+    u.add_argument("--widths", type=_int_list, default=[4, 8],
+                   help="ParaDiGMS windows and ParaSolver-Turbo rho values to try")
+    u.add_argument("--methods", type=_str_list,
+                   help="candidate families (default: all): sequential (fewer steps), abcache (sequential + "
+                        "AB-Cache), chords, chords+abcache, paradigms, parasolver-turbo")
+    u.add_argument("--threads", type=int, help="torch threads of the latency curve (default: what each distributed "
+                   "worker gets: OMP_NUM_THREADS or 1, divided by --devices; this process's count for one device)")
+    u.add_argument("--comm-ms", type=float, help="communication per round in ms for D > 1 (default: the all-gather "
+                   "measured over D gloo processes on this CPU)")
+    u.add_argument("--repeats", type=int, default=5, help="timings per latency point (the median is used)")
+    u.add_argument("--out", default="tune", help="output folder (files of an earlier run there are replaced)")
+    u.add_argument("--json", action="store_true", help="print tune.json to stdout instead of the table")
+    u.set_defaults(executor="batched", backend=None)
 
     b = sub.add_parser("bench", help="run methods side by side and write a report",
                        formatter_class=_Help,
@@ -171,11 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated step counts N, each optionally with its solver, e.g. ddpm:1000,50,25")
     b.add_argument("--init", type=_str_list, default=["paper"], help="comma-separated: paper, uniform")
     b.add_argument("--caches", type=_str_list, default=["none"],
-                   help="comma-separated caches run with every method: none, reuse, abcache:K, each with "
-                        "optional :interval=T (or :tol=TOL, adaptive):warmup=W:last=L:history=computed|all:form=paper|eps|x0|index (e.g. "
-                        "abcache:2:interval=3:form=x0). A method entry like sequential:steps=25 runs on fewer steps "
-                        "(the '50%% steps' baseline); :cache=none (or reuse) pins its cache. With a "
-                        "pipeline folder, diffusers' own hooks run with sequential sampling: "
+                   help=f"comma-separated caches run with every method. {CACHE_GRAMMAR} A method entry like "
+                        "sequential:steps=25 runs on fewer steps (the '50%%' steps baseline); :cache=none (or reuse) "
+                        "pins its cache. With a pipeline folder, diffusers' own hooks run with sequential sampling: "
                         "diffusers:firstblock[:threshold=0.2], diffusers:taylorseer, diffusers:magcache[:...]")
     b.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help="distributed: run inside torchrun; the sequential reference runs on each process alone "
@@ -208,24 +235,45 @@ def _check_common(args: argparse.Namespace) -> None:
     check_out(args.out)
 
 
-def _cache_config(args: argparse.Namespace):
-    """``--cache`` and its ``--cache-*`` options as a cache config (None for ``--cache none``)."""
-    options = {"order": args.cache_order, "interval": args.cache_interval, "tol": args.cache_tol,
-               "warmup": args.cache_warmup,
-               "last": args.cache_last, "history": args.cache_history, "form": args.cache_form}
-    given = [f"--cache-{k}" for k, v in options.items() if v is not None]
-    if args.cache == "none":
-        if given:
-            raise HastenError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cache reuse or "
-                              "--cache abcache")
-        return None
-    from hasten.caches import CacheConfig
+#: method options that only --cores sets on the command line (their own names appear in --method specs)
+BUDGET_ONLY = ("cores", "max_per_round")
 
-    if args.cache == "reuse":
-        if args.cache_order not in (None, 1):
-            raise HastenError(f"--cache reuse is order 1; --cache-order {args.cache_order} needs --cache abcache")
-        options["order"] = 1
-    return CacheConfig(**{k: v for k, v in options.items() if v is not None})  # the rest: CacheConfig's defaults
+
+def _method(args: argparse.Namespace) -> tuple[str, dict]:
+    """``--method`` (a name or a spec with options) and the method-option flags, as (name, options)."""
+    from hasten.methods import OPTIONS, parse_method_spec
+
+    name, options = parse_method_spec(args.method)
+    for key in sorted({k for opts in OPTIONS.values() for k in opts} - set(BUDGET_ONLY)):
+        flag = getattr(args, key, None)
+        if flag is None:
+            continue
+        if key in options and options[key] != flag:
+            raise HastenError(f"--method {args.method} sets {key}={options[key]} and --{key.replace('_', '-')} "
+                              f"{flag}; give it once")
+        options[key] = flag
+    return name, options
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill what ``--config FILE`` sets and the command line does not; then the defaults."""
+    if args.config is not None:
+        from hasten.tune import load_config
+
+        config = load_config(args.config)
+        same_method = args.method is None or args.method.split(":")[0] == config["method"]
+        args.method = args.method or config["method"]
+        for key in ("steps", "solver", "stop", "cache"):
+            if getattr(args, key) is None:
+                setattr(args, key, config[key])
+        if same_method:
+            if args.cores is None:
+                args.cores = config["cores"]
+            for key, value in config["options"].items():
+                if getattr(args, key, None) is None:
+                    setattr(args, key, value)
+    args.method = args.method or "chords"
+    args.steps = args.steps if args.steps is not None else 50
 
 
 def _sample(args: argparse.Namespace) -> dict | None:
@@ -234,15 +282,18 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
     from safetensors.torch import save_file
 
-    from hasten.api import prepare
+    from hasten.assembly import default_stop, prepare
+    from hasten.caches import parse_cache_spec
     from hasten.engine import run
     from hasten.methods import Sequential
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
 
+    _apply_config(args)
     _check_common(args)
-    stop = args.stop if args.stop is not None else ("first" if args.method == "chords" else "none")
-    cache = _cache_config(args)
+    method, options = _method(args)
+    stop = args.stop if args.stop is not None else default_stop(method)
+    cache = parse_cache_spec(args.cache or "none")
     batch = args.batch or 4
     device = _place(args)
     rank = 0
@@ -251,11 +302,9 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
         rank = dist.get_rank()
     out = OutputFolder(args.out) if rank == 0 else None  # only rank 0 writes
-    s = prepare(_model(args, batch, device), args.method, args.steps, args.seed, batch, stop,
+    s = prepare(_model(args, batch, device), method, args.steps, args.seed, batch, stop,
                 args.solver, args.cores, cache, args.executor, max_batch=args.max_batch, compile=args.compile,
-                init=args.init, speedup=args.speedup, window=args.window, tol=args.tol, rho=args.rho,
-                precondition=args.precondition, subintervals=args.subintervals, blocks=args.blocks,
-                max_iters=args.max_iters)
+                **options)
     with out or nullcontext():
         ref = run(Sequential(), s.x, s.step, s.executor)
         ref_images = s.model.decode(ref.x)
@@ -278,15 +327,12 @@ def _sample(args: argparse.Namespace) -> dict | None:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
         summary = {
-            "method": result.method, "model": s.model.name, "steps": result.steps,
+            **result.summary(), "model": s.model.name,
             "cores": result.params.get("cores") if result.method == "chords" else None,
-            "width": s.method.max_width(result.steps), "init": result.params.get("init"), "params": result.params,
-            "stop": result.stopped_by, "seed": args.seed, "batch": s.x.shape[0],
-            "rounds": result.rounds, "all_rounds": result.all_rounds, "nfe": result.nfe, "requests": result.requests,
-            "speedup": result.speedup, "cache": result.cache,
-            "rmse": rmse(result.x, ref.x),
+            "width": s.method.max_width(result.steps), "init": result.params.get("init"),
+            "seed": args.seed, "batch": s.x.shape[0], "rmse": rmse(result.x, ref.x),
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
-            "wall_s": result.wall_s, "sequential_wall_s": ref.wall_s, "hits": hits,
+            "sequential_wall_s": ref.wall_s, "hits": hits,
             "warnings": [str(w.message) for w in caught], "executor": args.executor,
             "world_size": getattr(s.executor, "world", 1), "device": str(s.x.device),
             "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
@@ -301,18 +347,17 @@ def _sample(args: argparse.Namespace) -> dict | None:
 
 def _place(args: argparse.Namespace) -> torch.device:
     """This process's device (and, under torchrun, its process group): checked before any model is loaded."""
-    from hasten.devices import parse_dtype, resolve_device
+    from hasten.assembly import join
+    from hasten.devices import parse_dtype
 
     parse_dtype(args.dtype)
     if args.executor == "distributed":
-        from hasten.executors.distributed import init_distributed
-
-        device = init_distributed(args.backend, args.timeout, args.device)
+        device = join(args.executor, args.device, backend=args.backend, timeout_s=args.timeout)
         torch.set_num_threads(max(1, torch.get_num_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
         return device
     if args.backend is not None:
         raise HastenError("--backend applies to --executor distributed only")
-    return resolve_device(args.device)
+    return join(args.executor, args.device)
 
 
 def _model(args: argparse.Namespace, batch: int, device: torch.device):
@@ -377,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _quiet(getattr(args, "no_progress", False))
         if args.command == "make-tiny":
-            from hasten.integrations.tiny import save_tiny_pipeline
+            from hasten.testing.pipelines import save_tiny_pipeline
 
             check_out(args.out)
             print(save_tiny_pipeline(args.kind, args.out))
@@ -393,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_sample(summary)
             return 0
+        if args.command == "tune":
+            return _tune(args)
         return _bench(args)
     except HastenError as err:
         print(f"hasten: error: {err}", file=sys.stderr)
@@ -452,6 +499,48 @@ def _bench(args: argparse.Namespace) -> int:
         from hasten.report import json_safe
 
         print(json.dumps(json_safe(report)))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Run ``hasten tune``: checks first (target, numbers, plotting), then the candidates."""
+    from hasten.report import json_safe, markdown_table, require_plots
+    from hasten.tune import COLUMNS, Target, candidates, tune, write_report
+
+    target = Target.parse(args.target)  # before any work
+    _check_common(args)
+    if args.stop is not None or args.compile is not None:
+        raise HastenError("hasten tune chooses each candidate's stop rule and does not compile; drop "
+                          + ("--stop" if args.stop is not None else "--compile"))
+    for flag, value in (("--devices", args.devices), ("--steps", args.steps), ("--repeats", args.repeats),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise HastenError(f"{flag} must be an integer >= 1, got {value}")
+    if args.comm_ms is not None and args.comm_ms < 0:
+        raise HastenError(f"--comm-ms must be >= 0, got {args.comm_ms}")
+    candidates(args.steps, args.solver, args.cores, args.widths, methods=args.methods)  # validates --methods
+    require_plots()
+    batch = args.batch or 4
+    device = _place(args)
+    model = _model(args, batch, device)
+    from hasten.models import is_embedded
+
+    with OutputFolder(args.out) as out:
+        report = tune(model, target, args.devices, args.steps, batch, args.seed, args.solver, args.cores,
+                      args.widths, args.methods, args.threads, args.comm_ms, args.repeats, args.max_batch,
+                      progress=not args.no_progress, log=(lambda _: None) if args.json else print,
+                      spec=args.model if is_embedded(args.model) else None)
+        command = "hasten " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "hasten tune"
+        write_report(report, out, command)
+    if args.json:
+        print(json.dumps(json_safe(report.to_dict())))
+        return 0
+    print(markdown_table(report.rows, COLUMNS))
+    s = report.settings
+    print(f"\n{s['run']} of {s['candidates']} candidates run ({s['pruned']} pruned); predicted for {s['devices']} "
+          f"device(s), latency at {s['threads']} thread(s)")
+    print(f"winner: {report.best['tune']['label']} -> {args.out}/best.json "
+          f"(hasten sample --config {args.out}/best.json)")
     return 0
 
 

@@ -36,6 +36,21 @@ class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor: ...
 
 
+def call_denoiser(denoiser, x: torch.Tensor, index: torch.Tensor, samples: torch.Tensor | None = None) -> torch.Tensor:
+    """Call a denoiser by the protocol's convention: ``(x, index)``, plus ``samples`` when it needs sample ids."""
+    return denoiser(x, index) if samples is None else denoiser(x, index, samples)
+
+
+def needs_sample_ids(denoiser) -> bool:
+    """Whether the denoiser conditions per sample and wants each row's sample number."""
+    return bool(getattr(denoiser, "needs_sample_ids", False))
+
+
+def network_rows(denoiser) -> int:
+    """Network rows per input row: 2 with batched classifier-free guidance, else 1."""
+    return int(getattr(denoiser, "rows_per_input", 1))
+
+
 def denoiser_device(denoiser) -> torch.device:
     """The device a denoiser wants its latents on (cpu when it does not say)."""
     return torch.device(getattr(denoiser, "device", None) or "cpu")

@@ -4,7 +4,9 @@ Accounting lives here, once, for every method, executor and cache: a *round*
 is one batch of independent evaluations a method asks for; it counts as a
 round of model latency when at least one of them reaches the model (a cache
 may answer them all). *NFE* is the number of model evaluations per sample,
-*requests* the number asked for. Wall time covers everything from the first
+*requests* the number asked for; *round_rows* lists, per round, the latent
+rows that reached the model (0 where a cache answered the whole round), which
+is what a latency model needs (:mod:`hasten.tune`). Wall time covers everything from the first
 round to the return, bookkeeping included; on a GPU it is read from CUDA
 events after the queued work has finished (:class:`hasten.devices.Stopwatch`).
 """
@@ -19,8 +21,10 @@ from tqdm.auto import tqdm
 
 from hasten.devices import Stopwatch
 from hasten.errors import HastenError, NonFiniteOutputError
+from hasten.caches.base import Cache
 from hasten.executors.base import Executor
-from hasten.methods.base import Eval, Hit, Method
+from hasten.methods.base import Method
+from hasten.rounds import Eval, Hit
 from hasten.steps import Step
 from hasten.stopping import Stop, relative_residual
 
@@ -53,11 +57,22 @@ class Result:
     all_rounds: int = 0
     requests: int = 0
     cache: dict | None = None
+    round_rows: list[int] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
         """Sequential rounds (one per step) over this run's rounds of model latency."""
         return self.steps / self.rounds if self.rounds else float("nan")
+
+    def summary(self) -> dict:
+        """The run's settings and cost, JSON-ready: the one shape the CLI, bench, tune and accelerate report.
+
+        Without the latents; ``hits`` as plain dicts (core, round, nfe, wall_s, residual, all_rounds).
+        """
+        return {"method": self.method, "steps": self.steps, "params": self.params, "stop": self.stopped_by,
+                "rounds": self.rounds, "all_rounds": self.all_rounds, "nfe": self.nfe, "requests": self.requests,
+                "speedup": self.speedup, "wall_s": self.wall_s, "cache": self.cache,
+                "hits": [vars(h) for h in self.hits]}
 
 
 class FiniteCheck:
@@ -105,7 +120,8 @@ class FiniteCheck:
             pos -= len(evals)
 
 
-def _answer(evals: list[Eval], executor: Executor, cache, round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
+def _answer(evals: list[Eval], executor: Executor, cache: Cache | None,
+            round_number: int) -> tuple[list[torch.Tensor], list[Eval]]:
     """Outputs for a round, from the cache where it may answer and the executor otherwise."""
     if cache is None:
         return executor.evaluate(evals), evals
@@ -127,7 +143,7 @@ def iterate(
     executor: Executor,
     stop: Stop | str | None = None,
     progress: bool = False,
-    cache=None,
+    cache: Cache | None = None,
 ) -> Generator[Hit, None, Result]:
     """Run ``method`` and yield its hits as they land; return the :class:`Result`.
 
@@ -138,7 +154,7 @@ def iterate(
     n = step.grid.steps
     stop = Stop.parse(stop)
     method.validate(n)
-    stop.check_cores(method.cores(n))
+    stop.check_cores(method.hit_tracks(n))
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
     x = x.float()
@@ -148,6 +164,7 @@ def iterate(
 
     rounds = all_rounds = nfe = requests = 0
     infos: list[HitInfo] = []
+    round_rows: list[int] = []
     last: Hit | None = None
     stopped_by = "end"
     bar = tqdm(total=method.max_rounds(n), desc=method.name, unit="round", disable=not progress, leave=False)
@@ -181,6 +198,7 @@ def iterate(
             rounds += bool(computed)
             nfe += len(computed)
             requests += len(item)
+            round_rows.append(sum(ev.x.shape[0] for ev in computed))
             bar.update(1)
             finite.add(reply, item, all_rounds)
         finite.flush()
@@ -189,7 +207,8 @@ def iterate(
         bar.close()
     wall = clock.elapsed()
     return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
-                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()})
+                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()},
+                  round_rows)
 
 
 def run(
@@ -200,7 +219,7 @@ def run(
     stop: Stop | str | None = None,
     on_hit: Callable[[Hit], None] | None = None,
     progress: bool = False,
-    cache=None,
+    cache: Cache | None = None,
 ) -> Result:
     """Run ``method`` to its stop; ``on_hit`` receives each hit as it lands."""
     gen = iterate(method, x, step, executor, stop, progress, cache)

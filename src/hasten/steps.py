@@ -13,6 +13,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
+from hasten.parameterisation import output_for_x0, predict_x0_eps
 
 
 class Step(Protocol):
@@ -24,30 +25,6 @@ class Step(Protocol):
     def __call__(
         self, x: torch.Tensor, output: torch.Tensor, i: int, j: int, noise: torch.Tensor | None = None
     ) -> torch.Tensor: ...
-
-
-def predict_x0_eps(grid: Grid, x: torch.Tensor, output: torch.Tensor, i: int, clip: float | None = None,
-                   clip_eps: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network output at grid point i into (x0, eps) estimates (read at the point's model scales).
-
-    ``clip``: clamp x0 to ``[-clip, clip]`` (diffusers' ``clip_sample_range``)
-    and, with ``clip_eps``, recompute eps from the clamped x0. DDPM's posterior
-    and CogVideoXDDIM recompute it; DDIMScheduler keeps the network's eps
-    (unless ``use_clipped_model_output``).
-    """
-    if clip is not None:
-        x0, eps = predict_x0_eps(grid, x, output, i)
-        x0 = x0.clamp(-clip, clip)
-        return x0, (x - float(grid.model_alpha[i]) * x0) / float(grid.model_sigma[i]) if clip_eps else eps
-    a, s = float(grid.model_alpha[i]), float(grid.model_sigma[i])
-    if grid.prediction == "epsilon":
-        return (x - s * output) / a, output
-    if grid.prediction == "v_prediction":
-        return a * x - s * output, s * x + a * output
-    if grid.prediction == "sample":
-        return output, (x - a * output) / s
-    # flow velocity v = eps - x0 with x = (1 - s) x0 + s eps
-    return x - s * output, x + (1 - s) * output
 
 
 class DDIMStep:
@@ -166,19 +143,6 @@ def make_step(grid: Grid, solver: str | None = None, noise: torch.Tensor | None 
     if solver == "euler-stochastic":
         return StochasticEulerStep(grid, noise)
     raise HastenError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
-
-
-def output_for_x0(grid: Grid, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
-    """The network output at grid point i that would predict ``x0`` for latent ``x``."""
-    a, s = float(grid.model_alpha[i]), float(grid.model_sigma[i])
-    eps = (x - a * x0) / s
-    if grid.prediction == "epsilon":
-        return eps
-    if grid.prediction == "v_prediction":
-        return a * eps - s * x0
-    if grid.prediction == "sample":
-        return x0
-    return eps - x0
 
 
 def predicted_x0(step: Step, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:

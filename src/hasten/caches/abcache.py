@@ -77,8 +77,9 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
-from hasten.methods.base import Eval
-from hasten.steps import output_for_x0, predict_x0_eps
+from hasten.options import option_types, parse_spec
+from hasten.rounds import Eval
+from hasten.parameterisation import output_for_eps, output_for_x0, predict_x0_eps
 
 #: what is extrapolated: see the module docstring
 FORMS = ("paper", "eps", "x0", "index")
@@ -175,7 +176,7 @@ def lagrange_weights(nodes: list[float], target: float) -> list[float]:
     return weights
 
 
-class ABCache:
+class ABCache:  # implements hasten.caches.base.Cache
     """The cache itself; the engine calls ``reset``, ``wants_model``, ``predict`` and ``record``."""
 
     def __init__(self, config: CacheConfig):
@@ -230,11 +231,8 @@ class ABCache:
         """The form's quantity turned back into the model's parameterisation at ``ev.x``."""
         if self._raw():
             return value
-        x = ev.x.float()
-        if self.form == "x0":
-            return output_for_x0(self.grid, x, value, ev.index)
-        a, s = float(self.grid.model_alpha[ev.index]), float(self.grid.model_sigma[ev.index])
-        return output_for_x0(self.grid, x, (x - s * value) / a, ev.index)
+        convert = output_for_x0 if self.form == "x0" else output_for_eps
+        return convert(self.grid, ev.x.float(), value, ev.index)
 
     def _landing_error(self, ev: Eval, difference: torch.Tensor) -> float:
         """How far a difference in the form's quantity moves the next grid point, in tolerance units.
@@ -323,11 +321,6 @@ class ABCache:
                 "nfe_saved": len(self.predicted)}
 
 
-#: the options a cache spec string takes, with their types
-OPTION_TYPES = {"order": int, "interval": int, "tol": float, "warmup": int, "last": int, "history": str, "form": str,
-                "estimate": str, "scale": str}
-
-
 def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
     """A cache from a config, a spec string (``none``, ``reuse``, ``abcache:K[:interval=T:form=x0:...]``) or None."""
     if spec is None or isinstance(spec, ABCache):
@@ -339,22 +332,10 @@ def make_cache(spec: "str | CacheConfig | ABCache | None") -> ABCache | None:
 
 
 def parse_cache_spec(spec: str) -> CacheConfig | None:
-    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (``OPTION_TYPES``: interval or tol, ...)."""
-    name, *parts = str(spec).strip().split(":")
-    if name == "none" and not parts:
+    """``none`` | ``reuse`` | ``abcache:K`` with optional ``:key=value`` (``CacheConfig``'s fields: interval or tol, ...)."""
+    fields = option_types(CacheConfig)
+    names = {"none": {}, "reuse": {k: v for k, v in fields.items() if k != "order"}, "abcache": fields}
+    name, options = parse_spec(spec, names, "cache", positional="order")
+    if name == "none":
         return None
-    if name not in ("reuse", "abcache"):
-        raise HastenError(f"unknown cache {spec!r}; valid: none, reuse, abcache:K (K = order 1..4)")
-    options: dict = {"order": 1} if name == "reuse" else {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq and name == "abcache" and "order" not in options:
-            key, value = "order", key
-        elif not eq or key not in OPTION_TYPES:
-            raise HastenError(f"bad cache option {part!r} in {spec!r}; use {', '.join(OPTION_TYPES)}")
-        try:
-            options[key] = OPTION_TYPES[key](value)
-        except ValueError:
-            raise HastenError(f"cache option {key} needs {'a number' if key == 'tol' else 'an integer'}, "
-                              f"got {value!r}") from None
-    return CacheConfig(**options)
+    return CacheConfig(**({"order": 1} if name == "reuse" else {}), **options)

@@ -14,8 +14,9 @@ from typing import Protocol
 
 import torch
 
+from hasten.denoise import call_denoiser, needs_sample_ids, network_rows
 from hasten.errors import HastenError
-from hasten.methods.base import Eval
+from hasten.rounds import Eval
 
 
 class Executor(Protocol):
@@ -38,11 +39,6 @@ def flatten_round(evals: list[Eval]) -> tuple[torch.Tensor, torch.Tensor, list[i
 def sample_ids(sizes: list[int], device: torch.device) -> torch.Tensor:
     """Each row's sample number within its request (for per-sample conditioning such as prompts)."""
     return torch.cat([torch.arange(n, device=device) for n in sizes])
-
-
-def network_rows(denoiser) -> int:
-    """Network rows per input row: 2 with batched classifier-free guidance, else 1."""
-    return int(getattr(denoiser, "rows_per_input", 1))
 
 
 def input_rows(denoiser, max_batch: int | None) -> int | None:
@@ -80,7 +76,7 @@ def forward_rows(denoiser, x: torch.Tensor, index: torch.Tensor, samples: torch.
             xs = torch.cat([xs, xs[-1:].expand(extra, *xs.shape[1:])])
             ix = torch.cat([ix, ix[-1:].expand(extra)])
             ss = None if ss is None else torch.cat([ss, ss[-1:].expand(extra)])
-        out = denoiser(xs, ix) if ss is None else denoiser(xs, ix, ss)
+        out = call_denoiser(denoiser, xs, ix, ss)
         outs.append(out[:n])
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -92,5 +88,5 @@ def denoise_round(denoiser, x: torch.Tensor, index: torch.Tensor, sizes: list[in
     Denoisers with per-sample conditioning (``needs_sample_ids = True``, e.g. a
     prompt per sample) also get each row's sample number within its request.
     """
-    samples = sample_ids(sizes, x.device)[rows] if getattr(denoiser, "needs_sample_ids", False) else None
+    samples = sample_ids(sizes, x.device)[rows] if needs_sample_ids(denoiser) else None
     return forward_rows(denoiser, x[rows], index[rows], samples, max_rows, pad_rows)

@@ -9,7 +9,7 @@ import torch
 from hasten.denoise import Denoiser, denoiser_device
 from hasten.devices import synchronize
 from hasten.executors.base import denoise_round, flatten_round, input_rows
-from hasten.methods.base import Eval
+from hasten.rounds import Eval
 
 
 class BatchedExecutor:

@@ -22,11 +22,11 @@ import time
 import torch
 import torch.distributed as dist
 
-from hasten.denoise import Denoiser, denoiser_device
+from hasten.denoise import Denoiser, denoiser_device, needs_sample_ids
 from hasten.devices import resolve_device, synchronize
 from hasten.errors import HastenError
 from hasten.executors.base import forward_rows, input_rows
-from hasten.methods.base import Eval
+from hasten.rounds import Eval
 
 DEFAULT_TIMEOUT_S = 30.0
 # one contiguous all-gather: ``all_gather_single`` from torch 2.13, ``all_gather_into_tensor`` before
@@ -147,7 +147,7 @@ class DistributedExecutor:
         t0 = time.perf_counter()
         if end > start:
             x, index, samples = self._my_rows(evals, start, end)
-            if not getattr(self.denoiser, "needs_sample_ids", False):
+            if not needs_sample_ids(self.denoiser):
                 samples = None
             mine[: end - start] = forward_rows(self.denoiser, x, index, samples, self.max_rows, self.pad_rows)
         if self.time_model:

@@ -24,7 +24,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
-from hasten.methods.base import Hit
+from hasten.rounds import Hit
 from hasten.steps import Step
 
 

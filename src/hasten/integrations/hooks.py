@@ -11,12 +11,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from hasten.errors import HastenError
+from hasten.options import option_types, parse_spec
 
 HOOKS = ("firstblock", "taylorseer", "magcache")
 
 
-def hook_config(name: str, options: dict):
-    """The diffusers config for a hook name (``firstblock``, ``taylorseer``, ``magcache``)."""
+def _config_class(name: str):
     import diffusers
 
     classes = {"firstblock": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig",
@@ -26,6 +26,21 @@ def hook_config(name: str, options: dict):
     cls = getattr(diffusers, classes[name], None)
     if cls is None:
         raise HastenError(f"this diffusers version has no {classes[name]}")
+    return cls
+
+
+def parse_hook_spec(spec: str) -> tuple[str, dict]:
+    """``diffusers:NAME[:key=value...]`` -> (NAME, options typed by the diffusers config's fields)."""
+    prefix, _, rest = str(spec).partition(":")
+    if prefix != "diffusers":
+        raise HastenError(f"a diffusers cache spec starts with 'diffusers:', got {spec!r}")
+    name = rest.split(":")[0]
+    return parse_spec(rest, {name: option_types(_config_class(name))}, "diffusers cache")
+
+
+def hook_config(name: str, options: dict):
+    """The diffusers config for a hook name (``firstblock``, ``taylorseer``, ``magcache``)."""
+    cls = _config_class(name)
     try:
         return cls(**options)
     except (TypeError, ValueError) as err:

@@ -115,8 +115,10 @@ def open_model(spec, device: torch.device | str | None = None, dtype: torch.dtyp
                batch: int = 1, seed: int = 0, call: dict[str, Any] | None = None, local_files_only: bool = False):
     """Any ``--model``: an embedded model, or a pipeline (folder, model id, ``random:NAME``) with ``call``.
 
-    ``call`` holds the pipeline's call arguments (prompt, guidance_scale,
-    height, ...); it is refused for embedded models, which take none.
+    The one way a spec becomes a model: ``hasten sample/bench --model`` and
+    ``hasten.sample`` come here, ``hasten.load_model`` for pipelines. ``call`` holds
+    the pipeline's call arguments (prompt, guidance_scale, height, ...); it is
+    refused for embedded models, which take none.
     """
     from hasten.models import load_model
 
@@ -189,46 +191,66 @@ def _check_text_width(pipe, denoiser, call: dict) -> None:
 
 
 class PipelineModel:
-    """``pipe`` called with ``call`` (prompt, guidance_scale, ...), ``batch`` images, seed ``seed``."""
+    """``pipe`` called with ``call`` (prompt, guidance_scale, ...), ``batch`` samples, seed ``seed``.
+
+    ``grid(steps)`` prepares the call once per step count; ``denoiser(grid)``
+    and ``step(grid)`` find that call by ``grid.steps`` and take only the grid
+    it made. The adapter owns the pipeline's rules for the call (which argument
+    counts samples, Flux's true CFG).
+    """
+
+    #: steps of the call prepared when latents are asked for before any grid: the fewest whose first point
+    #: is the pipeline's usual start (one step starts at t = 0 with linspace spacing, latents then near zero)
+    LATENT_STEPS = 2
 
     def __init__(self, pipe, call: dict[str, Any] | None = None, batch: int = 1, seed: int = 0):
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
         self.name = type(pipe).__name__
-        self.call = {k: v for k, v in (call or {}).items() if v is not None}
-        if self.name == "FluxPipeline" and "negative_prompt" in self.call:  # Flux guides by true CFG
-            self.call.setdefault("true_cfg_scale", self.call.pop("guidance_scale", 4.0))
+        self.call = self.adapter.normalize_call({k: v for k, v in (call or {}).items() if v is not None})
         self.batch, self.seed = batch, seed
-        self._by_steps: dict[int, Prepared] = {}
-        self._by_grid: dict[int, Prepared] = {}
+        self._prepared: dict[int, Prepared] = {}  # by step count, in the order prepared
 
     def _prepare(self, steps: int) -> Prepared:
-        if steps not in self._by_steps:
-            count = "batch_size" if self.name in ("DDPMPipeline", "DDIMPipeline") else "num_images_per_prompt"
-            prepared = prepare_call(self.adapter, num_inference_steps=steps,
-                                    generator=torch.Generator().manual_seed(self.seed), output_type="pt",
-                                    **{count: self.batch}, **self.call)
-            self._by_steps[steps] = prepared
-            self._by_grid[id(prepared.grid)] = prepared
-        return self._by_steps[steps]
+        if steps not in self._prepared:
+            self._prepared[steps] = prepare_call(self.adapter, num_inference_steps=steps,
+                                                 generator=torch.Generator().manual_seed(self.seed),
+                                                 output_type="pt", **self.adapter.per_prompt_count(self.batch),
+                                                 **self.call)
+        return self._prepared[steps]
+
+    def _prepared_for(self, grid) -> Prepared:
+        """The call prepared for ``grid`` (made by :meth:`grid`), found by its step count."""
+        prepared = self._prepared.get(grid.steps)
+        if prepared is None or prepared.grid is not grid:
+            raise HastenError(f"this grid ({grid.steps} steps) is not one of this pipeline's; take it from "
+                              "model.grid(steps)")
+        return prepared
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.initial_latents(self.batch, self.seed).shape[1:])
 
     def initial_latents(self, batch: int, seed: int) -> torch.Tensor:
+        """The latents of the first prepared call (the pipeline's ``prepare_latents``; the same for every step count).
+
+        Asked before any :meth:`grid`, they come from a call of ``LATENT_STEPS``
+        steps, which a later ``grid(LATENT_STEPS)`` reuses.
+        """
         if (batch, seed) != (self.batch, self.seed):
             raise HastenError("a PipelineModel is built for one batch size and seed")
-        return next(iter(self._by_steps.values()), None).latents if self._by_steps else self._prepare(1).latents
+        if not self._prepared:
+            self._prepare(self.LATENT_STEPS)
+        return next(iter(self._prepared.values())).latents
 
     def grid(self, steps: int):
         return self._prepare(steps).grid
 
     def denoiser(self, grid):
-        return self._by_grid[id(grid)].denoiser
+        return self._prepared_for(grid).denoiser
 
     def step(self, grid, solver: str | None = None) -> Step:
-        prepared = self._by_grid[id(grid)]
+        prepared = self._prepared_for(grid)
         if solver not in (None, prepared.solver):
             raise HastenError(f"this pipeline's scheduler implies solver {prepared.solver!r}, not {solver!r}")
         return prepared.step()
@@ -240,7 +262,7 @@ class PipelineModel:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] through the pipeline's own decoder; video frames become images."""
-        prepared = next(iter(self._by_steps.values()))
+        prepared = next(iter(self._prepared.values()))
         out = prepared.decode(x)
         images = torch.as_tensor(out.frames if hasattr(out, "frames") else out.images).float().cpu()
         return images.flatten(0, 1) if images.ndim == 5 else images

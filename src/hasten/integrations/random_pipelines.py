@@ -55,7 +55,7 @@ class RandomSpec:
 def _flux(transformer, text_dim: int, pooled: int):
     import diffusers as d
 
-    from hasten.integrations.tiny import clip_text, clip_tokenizer, t5_text, t5_tokenizer
+    from hasten.integrations.text_encoders import clip_text, clip_tokenizer, t5_text, t5_tokenizer
 
     vae = d.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
                           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -71,7 +71,7 @@ def _flux(transformer, text_dim: int, pooled: int):
 def _sd3(transformer, text_dim: int, pooled: int):
     import diffusers as d
 
-    from hasten.integrations.tiny import clip_text, clip_tokenizer, t5_text, t5_tokenizer
+    from hasten.integrations.text_encoders import clip_text, clip_tokenizer, t5_text, t5_tokenizer
 
     # CLIP-L and CLIP-G widths add up to the pooled width (768 + 1280 = 2048 on the real model)
     first = pooled * 3 // 8
@@ -89,7 +89,7 @@ def _sd3(transformer, text_dim: int, pooled: int):
 def _wan(transformer, text_dim: int, pooled: int):
     import diffusers as d
 
-    from hasten.integrations.tiny import t5_text, t5_tokenizer
+    from hasten.integrations.text_encoders import t5_text, t5_tokenizer
 
     vae = d.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                              temperal_downsample=[False, True, True])

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, Method
+from hasten.options import option_types, parse_spec
+from hasten.methods.base import Method
+from hasten.rounds import Eval, Hit
 from hasten.methods.chords import Chords
 from hasten.methods.sequential import Sequential
 from hasten.methods.srds import SRDS
@@ -13,26 +15,27 @@ from hasten.methods.window import ParaDiGMS, ParaSolver, ParaSolverTurbo, Slidin
 
 METHODS = ("sequential", "chords", "paradigms", "srds", "parasolver", "parasolver-turbo")
 
-#: Options each method takes (besides ``cores``), with their types.
-OPTIONS: dict[str, dict[str, type]] = {
-    "sequential": {},
-    "chords": {"init": str, "speedup": float},
-    "paradigms": {"window": int, "tol": float, "max_iters": int},
-    "srds": {"blocks": int, "tol": float, "max_iters": int},
-    "parasolver": {"window": int, "tol": float, "max_iters": int, "precondition": int, "subintervals": int},
-    "parasolver-turbo": {"window": int, "rho": int, "tol": float, "max_iters": int, "precondition": int,
-                         "subintervals": int},
-}
+#: the class or function that builds each method from its options
+BUILDERS = {"sequential": Sequential, "chords": Chords, "paradigms": ParaDiGMS, "srds": SRDS,
+            "parasolver": ParaSolver, "parasolver-turbo": ParaSolverTurbo}
+
+#: Options each method takes, with their types: its builder's keyword arguments (dataclass fields).
+OPTIONS: dict[str, dict[str, type]] = {name: option_types(BUILDERS[name]) for name in METHODS}
+
+
+#: what the command line's ``--cores`` (the API's ``cores=``) sets in each method: CHORDS' cores, the sliding
+#: window of ParaDiGMS / ParaSolver, SRDS' cap on evaluations a round, ParaSolver-Turbo's rho (its window
+#: keeps the paper's per-solver default, see :func:`ParaSolverTurbo`); sequential takes none
+BUDGET_OPTION: dict[str, str] = {"chords": "cores", "paradigms": "window", "parasolver": "window",
+                                 "srds": "max_per_round", "parasolver-turbo": "rho"}
 
 
 def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
     """A method by name.
 
-    ``cores`` is the per-round evaluation budget where a method has one: CHORDS
-    cores, the ParaDiGMS / ParaSolver window, the SRDS per-round cap and the
-    ParaSolver-Turbo rho (its window keeps the paper's per-solver default, see
-    :func:`ParaSolverTurbo`). Options a method does not take are refused;
-    ``None`` values are ignored.
+    ``cores`` is the per-round evaluation budget, which each method names its own way
+    (``BUDGET_OPTION``); an option given by that name wins over it. Options a method
+    does not take are refused; ``None`` values are ignored.
     """
     if name not in METHODS:
         raise HastenError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
@@ -41,22 +44,11 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
     if unknown:
         valid = ", ".join(sorted(OPTIONS[name])) or "none"
         raise HastenError(f"method {name} does not take {', '.join(unknown)}; its options: {valid}")
-    if name == "sequential":
-        return Sequential()
-    if name == "chords":
-        init = options.get("init")
-        if cores is None and isinstance(init, (list, tuple)):
-            cores = len(init)
-        return Chords(cores=cores, init=init, speedup=options.get("speedup"))
-    if name == "srds":
-        return SRDS(cores_cap=cores, **options)
-    if name == "paradigms":
-        return ParaDiGMS(**{"window": cores, **options} if cores is not None else options)
-    if name == "parasolver":
-        return ParaSolver(**{"window": cores, **options} if cores is not None else options)
-    if cores is not None:
-        options.setdefault("rho", cores)
-    return ParaSolverTurbo(**options)
+    if cores is not None and name in BUDGET_OPTION:
+        options.setdefault(BUDGET_OPTION[name], cores)
+    if name == "chords" and options.get("cores") is None and isinstance(options.get("init"), (list, tuple)):
+        options["cores"] = len(options["init"])
+    return BUILDERS[name](**options)
 
 
 def parse_method_spec(spec: str, extra: dict[str, type] | None = None) -> tuple[str, dict[str, Any]]:
@@ -64,25 +56,10 @@ def parse_method_spec(spec: str, extra: dict[str, type] | None = None) -> tuple[
 
     ``extra`` admits options the caller handles itself (the bench's ``steps``).
     """
-    name, *parts = spec.split(":")
-    if name not in METHODS:
-        raise HastenError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    allowed = {**OPTIONS[name], **(extra or {})}
-    options: dict[str, Any] = {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        key = key.replace("-", "_")
-        if not eq or key not in allowed:
-            valid = ", ".join(sorted(allowed)) or "none"
-            raise HastenError(f"bad option {part!r} for {name} in {spec!r}; use key=value with key in: {valid}")
-        try:
-            options[key] = allowed[key](value)
-        except ValueError:
-            raise HastenError(f"option {key} of {name} needs a {allowed[key].__name__}, got {value!r}") from None
-    return name, options
+    return parse_spec(spec, {name: {**OPTIONS[name], **(extra or {})} for name in METHODS}, "method")
 
 
 __all__ = [
-    "Chords", "Eval", "Hit", "METHODS", "Method", "OPTIONS", "ParaDiGMS", "ParaSolver", "ParaSolverTurbo", "SRDS",
+    "BUDGET_OPTION", "BUILDERS", "Chords", "Eval", "Hit", "METHODS", "Method", "OPTIONS", "ParaDiGMS", "ParaSolver", "ParaSolverTurbo", "SRDS",
     "Sequential", "SlidingWindow", "make_method", "parse_method_spec",
 ]

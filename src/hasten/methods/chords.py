@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
 from hasten.methods.parareal import rectify
 from hasten.steps import Step
@@ -80,7 +80,7 @@ class Chords:
                         steps, cores, "" if cores == 1 else "s", self.n_cores)
         self.init_sequence(steps)
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return self.cores_for(steps)
 
     def max_rounds(self, steps: int) -> int:

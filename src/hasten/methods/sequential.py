@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.steps import Step
 
 
@@ -18,7 +18,7 @@ class Sequential:
         if steps < 1:
             raise HastenError(f"steps must be >= 1, got {steps}")
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return 1
 
     def max_rounds(self, steps: int) -> int:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.parareal import rectify
 from hasten.checks import check_int, check_positive
-from hasten.methods.window import NotConvergedWarning, subinterval_bounds
+from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
 from hasten.steps import Step
 from hasten.stopping import relative_residual
 
@@ -44,34 +44,34 @@ class _Fine:
 
 @dataclass
 class SRDS:
-    """SRDS with ``blocks`` blocks (default round(sqrt(N))) and an optional cap of ``cores`` evaluations per round."""
+    """SRDS with ``blocks`` blocks (default round(sqrt(N))) and an optional cap of ``max_per_round`` evaluations a round."""
 
     blocks: int | None = None
     tol: float = 1e-3
     max_iters: int | None = None
-    cores_cap: int | None = None
+    max_per_round: int | None = None
     name: str = field(default="srds", init=False)
 
     def validate(self, steps: int) -> None:
         check_int("blocks", self.blocks, 1, steps, allow_none=True)
         check_int("max_iters", self.max_iters, 1, allow_none=True)
-        check_int("cores", self.cores_cap, 1, allow_none=True)
+        check_int("max_per_round", self.max_per_round, 1, allow_none=True)
         check_positive("tol", self.tol)
 
     def n_blocks(self, steps: int) -> int:
         return self.blocks or max(1, round(math.sqrt(steps)))
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return (self.max_iters or self.n_blocks(steps)) + 1
 
     def max_rounds(self, steps: int) -> int:
         return steps + self.n_blocks(steps)
 
     def max_width(self, steps: int) -> int | None:
-        return self.cores_cap  # uncapped, the pipelined dataflow has no fixed width
+        return self.max_per_round  # uncapped, the pipelined dataflow has no fixed width
 
     def describe(self, steps: int) -> dict:
-        return {"blocks": self.n_blocks(steps), "tol": self.tol, "cores": self.cores_cap, "max_iters": self.max_iters}
+        return {"blocks": self.n_blocks(steps), "tol": self.tol, "cores": self.max_per_round, "max_iters": self.max_iters}
 
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
         n_steps = step.grid.steps
@@ -101,8 +101,8 @@ class SRDS:
             if not wanted:
                 break
             wanted.sort()
-            if self.cores_cap is not None:
-                wanted = wanted[: self.cores_cap]
+            if self.max_per_round is not None:
+                wanted = wanted[: self.max_per_round]
             outs = yield [Eval(u[kn] if kind == "point" else fine[kn].x,
                                b[kn[1]] if kind == "point" else fine[kn].pos) for _, kind, kn in wanted]
 

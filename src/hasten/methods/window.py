@@ -42,7 +42,8 @@ import torch
 
 from hasten.checks import check_int, check_positive
 from hasten.errors import HastenError
-from hasten.methods.base import Eval, Hit, MethodRun
+from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
+from hasten.rounds import Eval, Hit, MethodRun
 from hasten.steps import NOISY_SOLVERS, Step, linear_step, predicted_x0
 
 
@@ -55,15 +56,6 @@ PAPER_WINDOW_ODE = 50
 #: DDPM on digits, p = 100 and M = 0 reach 19 dB against sequential; p = 24 with M = 1 reach 37 dB.
 DEFAULT_WINDOW = {**PAPER_WINDOW, "ddpm": 24}
 DEFAULT_PRECONDITION = {"ddpm": 1}
-
-
-class NotConvergedWarning(UserWarning):
-    """A parallel method hit its iteration cap before its tolerance."""
-
-
-def subinterval_bounds(steps: int, subintervals: int) -> list[int]:
-    """Grid indices of S + 1 coarse points splitting N steps as evenly as possible."""
-    return [round(c * steps / subintervals) for c in range(subintervals + 1)]
 
 
 def fine_solves(step: Step, starts: list[tuple[torch.Tensor, int, int]]) -> Generator:
@@ -145,7 +137,7 @@ class SlidingWindow:
         """The sequential sub-intervals M in force with a step named ``solver``."""
         return self.precondition if self.precondition is not None else DEFAULT_PRECONDITION.get(solver, 0)
 
-    def cores(self, steps: int) -> int:
+    def hit_tracks(self, steps: int) -> int:
         return 1
 
     def max_rounds(self, steps: int) -> int:

@@ -39,16 +39,25 @@ def is_embedded(spec: str) -> bool:
 
 
 def load_model(name: "str | EmbeddedModel", device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> EmbeddedModel:
-    """An embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``), or ``name`` itself.
+               dtype: torch.dtype | None = None, *, batch: int = 1, seed: int = 0, call: dict | None = None,
+               local_files_only: bool = False) -> EmbeddedModel:
+    """Any ``--model``: an embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``), or ``name`` itself.
 
     ``device`` (default cpu) is where its latents and network live; ``dtype``
     the network's dtype (digits only; the mixtures are exact in float64).
+    A pipeline folder, a Hugging Face model id or ``random:NAME`` opens the
+    pipeline called with ``call`` for ``batch`` samples from ``seed``, as
+    ``hasten sample --model`` and ``hasten.sample`` do
+    (:func:`hasten.integrations.model.open_model`).
     """
     if not isinstance(name, str):
         return name
-    base, options = _parse_model_spec(name) if is_embedded(name) else (name, {})
     device = torch.device(device or "cpu")
+    if not is_embedded(name) or call or local_files_only:  # pipelines, and refusing their options elsewhere
+        from hasten.integrations.model import open_model
+
+        return open_model(name, device, dtype, batch, seed, call, local_files_only)
+    base, options = _parse_model_spec(name)
     if base in ("gmm", "gmm-flow"):
         from hasten.models.gmm import GaussianMixture
 

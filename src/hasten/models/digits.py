@@ -1,7 +1,7 @@
 """The embedded ``digits`` model: a small DDPM trained on scikit-learn's digits.
 
 The weights ship with the package (``weights/digits_unet.safetensors``, about
-2.5 MB); ``python -m hasten.models.train_digits`` reproduces them.
+2.5 MB); ``python tools/train_digits.py`` (in the repository) reproduces them.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DigitsModel:
         path = Path(weights)
         if not path.is_file():
             raise HastenError(
-                f"digits weights not found at {path}; reproduce them with `python -m hasten.models.train_digits`"
+                f"digits weights not found at {path}; reproduce them with `python tools/train_digits.py` from the repository"
             )
         self.unet = UNet2DModel(**UNET_CONFIG)
         self.unet.load_state_dict(load_file(str(path)))

@@ -19,6 +19,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import PREDICTIONS, Grid
+from hasten.parameterisation import from_x0_eps
 
 
 class GaussianMixture:
@@ -124,13 +125,5 @@ class ExactDenoiser:
         index = index.to(self.device)
         a, s = self.alpha[index], self.sigma[index]
         x0, eps = self.mixture.posterior(x.to(self.device), a, s)
-        prediction = self.grid.prediction
-        if prediction == "epsilon":
-            out = eps
-        elif prediction == "sample":
-            out = x0
-        elif prediction == "v_prediction":
-            out = a[:, None] * eps - s[:, None] * x0
-        else:
-            out = eps - x0
+        out = from_x0_eps(self.grid.prediction, x0, eps, a[:, None], s[:, None])
         return out.reshape(x.shape).float().to(x.device)

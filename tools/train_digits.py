@@ -3,7 +3,7 @@
 Reproduces ``hasten/models/weights/digits_unet.safetensors`` in about ten minutes
 on a 2-core CPU::
 
-    python -m hasten.models.train_digits --steps 1500
+    python tools/train_digits.py --steps 1500
 
 Data: scikit-learn's ``load_digits`` (1797 8x8 images, bundled with the package,
 no download), upsampled bilinearly to 16x16 and scaled to [-1, 1].

@@ -1,5 +1,7 @@
 """Tiny random diffusers pipelines built offline from configs, for tests, docs and ``hasten make-tiny``.
 
+Not used when sampling: this is the testing corner of the package.
+
 No download: networks are built from small configs with random weights (seeded) and
 tokenizers in memory, after the pattern of diffusers' own ``get_dummy_components``.
 """
@@ -11,9 +13,9 @@ from pathlib import Path
 import torch
 
 from hasten.errors import HastenError
+from hasten.integrations.text_encoders import clip_text, clip_tokenizer, llama_tokenizer, t5_text, t5_tokenizer
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
-WORDS = "a cat dog photo of red blue the".split()
 #: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
 TINY_CALLS = {
     "ddim": dict(batch_size=1),
@@ -29,60 +31,12 @@ TINY_CALLS = {
 }
 
 
-def clip_tokenizer(max_length: int = 16):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for w in WORDS:
-        vocab[w + "</w>"] = len(vocab)
-    for ch in sorted(set("".join(WORDS))):
-        vocab.setdefault(ch, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
-
-
-def t5_tokenizer():
-    from transformers import T5Tokenizer
-
-    return T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in WORDS]
-                       + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
-
-
-def llama_tokenizer():
-    from transformers import LlamaTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
-    for ch in sorted(set("".join(WORDS))):
-        vocab.setdefault(ch, len(vocab))
-    for w in WORDS:
-        vocab.setdefault("\u2581" + w, len(vocab))
-    return LlamaTokenizerFast(vocab=vocab, merges=[], pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                              unk_token="<unk>")
-
-
 def tiny_unet2d():
     from diffusers import UNet2DModel
 
     return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
                        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"))
-
-
-def clip_text(hidden: int, projection: int | None = None, positions: int = 16, with_projection: bool = False):
-    """A two-layer CLIP text encoder (``CLIPTextModelWithProjection`` when ``with_projection``)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    extra = {} if projection is None else {"projection_dim": projection}
-    config = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
-                            intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
-                            vocab_size=64, max_position_embeddings=positions, **extra)
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
-
-
-def t5_text(d_model: int = 32):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(T5Config(vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
-                                   num_layers=2)).eval()
 
 
 def sd_vae():

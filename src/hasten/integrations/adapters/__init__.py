@@ -1,0 +1,50 @@
+"""Adapters from a diffusers pipeline to (grid, denoiser, initial latents, decoder), by family.
+
+Each adapter reuses the pipeline's own pieces (``encode_prompt``,
+``prepare_latents``, the scheduler's arrays, the VAE and image processor) and
+never copies its ``__call__``. ``prepare`` validates the call's arguments and
+returns everything the engine needs, before any network call.
+
+* :mod:`.base`: :class:`Prepared`, :class:`Adapter`, the refusals and the one
+  decoder (:class:`Decoding`, :func:`decode_latents`);
+* :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
+* :mod:`.flow`: Flux, Stable Diffusion 3;
+* :mod:`.video`: CogVideoX, HunyuanVideo, Wan.
+"""
+
+from __future__ import annotations
+
+from hasten.errors import HastenError
+from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
+from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
+from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "FluxPipeline": FluxAdapter,
+    "WanPipeline": WanAdapter,
+    "StableDiffusion3Pipeline": SD3Adapter,
+    "StableDiffusionXLPipeline": SDXLAdapter,
+    "CogVideoXPipeline": CogVideoXAdapter,
+    "HunyuanVideoPipeline": HunyuanVideoAdapter,
+    "DDPMPipeline": UnconditionalAdapter,
+    "DDIMPipeline": UnconditionalAdapter,
+    "StableDiffusionPipeline": StableDiffusionAdapter,
+}
+
+
+def adapter_for(pipe) -> Adapter:
+    """The adapter for ``pipe``'s class, or a clear error naming what is supported."""
+    name = type(pipe).__name__
+    if name not in ADAPTERS:
+        raise HastenError(f"pipeline {name} is not supported yet; supported: {', '.join(sorted(ADAPTERS))}")
+    network = "unet" if "transformer" not in pipe.components else "transformer"
+    for component in (network, "scheduler"):
+        if getattr(pipe, component, None) is None:
+            raise HastenError(f"{name} is missing its {component!r} component")
+    return ADAPTERS[name](pipe)
+
+
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "Prepared",
+           "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
+           "adapter_for", "decode_latents"]

@@ -1,0 +1,158 @@
+"""Flow-matching image transformers: Flux and Stable Diffusion 3."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _refuse_other_schedulers,
+                                               _refuse_unknown, _scale_and_shift, _true_cfg)
+from hasten.integrations.denoisers import PipelineDenoiser
+from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
+
+
+def _flux_unscale(pipe, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flux's VAE input: the packed 2x2 patches unpacked to the image's latent size, then scaled and shifted."""
+    return _scale_and_shift(pipe, pipe._unpack_latents(z, height, width, pipe.vae_scale_factor))
+
+
+class FluxAdapter(Adapter):
+    """``FluxPipeline``: flow matching with the pipeline's shifted sigmas, guidance embedding and true CFG."""
+
+    decoding = Decoding("diffusers.pipelines.flux.pipeline_output:FluxPipelineOutput", unscale=_flux_unscale)
+
+    def normalize_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        """With a negative prompt, Flux guides by true CFG: ``true_cfg_scale`` takes ``guidance_scale`` (default 4)."""
+        call = dict(call)
+        if "negative_prompt" in call:
+            call.setdefault("true_cfg_scale", call.pop("guidance_scale", 4.0))
+        return call
+
+    def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
+                true_cfg_scale: float = 1.0, height=None, width=None, num_inference_steps: int = 28,
+                guidance_scale: float = 3.5, num_images_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, pooled_prompt_embeds=None, negative_prompt_embeds=None,
+                negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                max_sequence_length: int = 512, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
+                          negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                          max_sequence_length=max_sequence_length)
+        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
+        device = pipe._execution_device
+        guided = _true_cfg(true_cfg_scale, negative_prompt, negative_prompt_embeds, negative_pooled_prompt_embeds)
+        per_prompt = dict(device=device, num_images_per_prompt=num_images_per_prompt,
+                          max_sequence_length=max_sequence_length)
+        embeds, pooled, text_ids = self.encode(pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2,
+                                               prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                                               **per_prompt)
+        uncond = None
+        if guided:
+            neg, neg_pooled, _ = self.encode(pipe.encode_prompt, prompt=negative_prompt, prompt_2=negative_prompt_2,
+                                             prompt_embeds=negative_prompt_embeds,
+                                             pooled_prompt_embeds=negative_pooled_prompt_embeds, **per_prompt)
+            uncond = {"text": neg, "pooled": neg_pooled}
+        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
+        x, image_ids = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width, embeds.dtype,
+                                            device, generator, latents)
+        plan = self._plan(num_inference_steps, x.shape[1], device)
+        denoiser = self._denoiser(plan, {"text": embeds, "pooled": pooled}, uncond,
+                                  true_cfg_scale if guided else 1.0, guidance_scale, text_ids, image_ids, device)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  self.decoder(output_type, return_dict, height=height, width=width))
+
+    def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
+        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        scheduler = self.pipe.scheduler
+        cfg = scheduler.config
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        return plan_scheduler(scheduler)
+
+    def _denoiser(self, plan: SchedulerPlan, cond: dict, uncond: dict | None, scale: float, guidance_scale: float,
+                  text_ids, image_ids, device) -> PipelineDenoiser:
+        """The transformer with its guidance embedding (where it has one) and true CFG between calls."""
+        transformer = self.pipe.transformer
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+
+        def call(xm, t, c):
+            g = None if guidance is None else guidance.expand(xm.shape[0])
+            return transformer(hidden_states=xm, timestep=(t / 1000).to(xm.dtype), guidance=g,
+                               pooled_projections=c["pooled"], encoder_hidden_states=c["text"], txt_ids=text_ids,
+                               img_ids=image_ids, return_dict=False)[0]
+
+        return PipelineDenoiser(call, plan.grid, cond, uncond, scale, dtype=transformer.dtype, device=device)
+
+
+class SD3Adapter(Adapter):
+    """``StableDiffusion3Pipeline``: flow matching, three text encoders, batched CFG, optional dynamic shift."""
+
+    decoding = Decoding("diffusers.pipelines.stable_diffusion_3.pipeline_output:StableDiffusion3PipelineOutput",
+                        unscale=_scale_and_shift)
+
+    def prepare(self, prompt=None, prompt_2=None, prompt_3=None, height=None, width=None,
+                num_inference_steps: int = 28, guidance_scale: float = 7.0, negative_prompt=None,
+                negative_prompt_2=None, negative_prompt_3=None, num_images_per_prompt: int = 1, generator=None,
+                latents=None, prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
+                negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                clip_skip=None, max_sequence_length: int = 256, mu: float | None = None, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+                          prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                          pooled_prompt_embeds=pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                          max_sequence_length=max_sequence_length)
+        pipe._guidance_scale, pipe._clip_skip, pipe._joint_attention_kwargs = guidance_scale, clip_skip, None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        cfg = guidance_scale > 1
+        embeds, neg, pooled, neg_pooled = self.encode(
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+            do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            device=device, clip_skip=clip_skip, num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_sequence_length)
+        transformer = pipe.transformer
+        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_images_per_prompt,
+                                 transformer.config.in_channels, height, width, embeds.dtype, device, generator, latents)
+        plan = self._plan(num_inference_steps, x, mu, device)
+        denoiser = PipelineDenoiser(
+            lambda xm, t, c: transformer(hidden_states=xm, timestep=t, encoder_hidden_states=c["text"],
+                                         pooled_projections=c["pooled"], return_dict=False)[0],
+            plan.grid, {"text": embeds, "pooled": pooled}, {"text": neg, "pooled": neg_pooled} if cfg else None,
+            guidance_scale, dtype=transformer.dtype, device=device)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  self.decoder(output_type, return_dict))
+
+    def _plan(self, steps: int, x: torch.Tensor, mu: float | None, device) -> SchedulerPlan:
+        """The scheduler's sigmas, with the dynamic shift ``mu`` for the image's sequence length where it uses one."""
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+
+        scheduler, patch = self.pipe.scheduler, self.pipe.transformer.config.patch_size
+        cfg = scheduler.config
+        if cfg.get("use_dynamic_shifting", None) and mu is None:
+            seq = (x.shape[2] // patch) * (x.shape[3] // patch)
+            mu = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16))
+        retrieve_timesteps(scheduler, steps, device, **({} if mu is None else {"mu": mu}))
+        return plan_scheduler(scheduler)
