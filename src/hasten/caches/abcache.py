@@ -60,7 +60,10 @@ needs k + 1 outputs in the history. Measured on digits and gmm-flow in
 docs/BENCHMARKS.md ("Adaptive AB-Cache"): x0 scale and the posterior estimate
 are the defaults. Rounds are kept as a fixed schedule keeps them (a round
 costs latency when any of its requests reaches the model), so under a
-parallel method the adaptive mode saves model calls more than rounds.
+parallel method the adaptive mode saves model calls more than rounds. Its
+decision depends on the data, so it reads one scalar per request to the host
+(on a GPU, a synchronisation per request, as any threshold cache needs); the
+fixed schedule reads none.
 
 History (``history``): ``"computed"`` keeps only model outputs; ``"all"`` also
 keeps predictions (so extrapolation builds on extrapolation). Each trajectory
