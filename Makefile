@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 REPORT ?= report
 
-.PHONY: demo test install clean
+.PHONY: demo test test-timing install clean
 
 $(BIN)/hasten: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# wall-clock checks of hasten tune's predictor (opt-in: timing on a shared machine is not a correctness test)
+test-timing: install
+	$(BIN)/python -m pytest -q -m timing tests/test_tune.py
 
 clean:
 	rm -rf $(VENV) $(REPORT) build src/*.egg-info

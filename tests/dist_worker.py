@@ -111,5 +111,6 @@ def run_config_timed(rank: int, world: int, port: int, out_dir: str, config_path
         if rank == 0:
             with open(os.path.join(out_dir, "timed.json"), "w") as fh:
                 json.dump([[r.rounds, r.nfe, r.wall_s] for r in runs[1:]], fh)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-connection
     finally:
         dist.destroy_process_group()

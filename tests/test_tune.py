@@ -168,6 +168,7 @@ def _check_within(measure, attempts: int = 2) -> None:
     pytest.fail(text)
 
 
+@pytest.mark.timing
 def test_predicted_wall_matches_measured_batched_one_device():
     from hasten.models import load_model
 
@@ -188,6 +189,7 @@ def test_predicted_wall_matches_measured_batched_one_device():
     _check_within(measure)
 
 
+@pytest.mark.timing
 def test_predicted_wall_matches_measured_distributed_two_devices(tmp_path):
     """Two gloo ranks share this machine's two cores, one thread each (as under torchrun)."""
     import torch.multiprocessing as mp

@@ -165,7 +165,7 @@ def measure_latency(executor, x: torch.Tensor, index: int, sizes: Sequence[int],
     timed in turn, ``repeats`` times over.
     """
     from hasten.devices import synchronize
-    from hasten.methods.base import Eval
+    from hasten.rounds import Eval
 
     times: dict[int, list[float]] = {b: [] for b in sizes}
     with torch_threads(threads):
@@ -198,6 +198,7 @@ def _comm_worker(rank: int, world: int, port: int, shape: tuple, sizes: list[int
         seconds = _time_gather(_all_gather_single, world, shape, sizes, repeats)
         if rank == 0:
             Path(out).write_text(json.dumps(seconds))
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-connection
     finally:
         dist.destroy_process_group()
 
@@ -300,6 +301,7 @@ def _round_worker(rank: int, world: int, port: int, spec: str, steps: int, sizes
         curve = _time_rounds(executor, model, world, sizes, repeats, steps // 2)
         if rank == 0:
             Path(out).write_text(json.dumps(curve))
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-connection
     finally:
         dist.destroy_process_group()
 
@@ -310,7 +312,7 @@ def _time_rounds(executor, model, world: int, sizes: list[int], repeats: int, in
 
     from hasten.assembly import initial_noise
     from hasten.devices import synchronize
-    from hasten.methods.base import Eval
+    from hasten.rounds import Eval
 
     x = initial_noise(model, 1, 0).to(executor.device)
     inputs = {b: x.expand(world * b, *x.shape[1:]).contiguous() for b in sizes}
