@@ -135,15 +135,10 @@ def accelerate(pipe, method: str | Method | None = None, cache=None, executor: s
     """
     steps = None
     if config is not None:
-        from hasten.tune import load_config
+        from hasten.tune import merge_config
 
-        cfg = load_config(config)
-        if method is None or method == cfg["method"]:
-            cores = cores if cores is not None else cfg["cores"]
-            options = {**cfg["options"], **options}
-        method = method if method is not None else cfg["method"]
-        cache = cache if cache is not None else cfg["cache"]
-        stop = stop if stop is not None else cfg["stop"]
-        steps = cfg["steps"]
+        merged = merge_config(config, method, cores, options, cache=cache, stop=stop, steps=None)
+        method, cores, options = merged["method"], merged["cores"], merged["options"]
+        cache, stop, steps = merged["cache"], merged["stop"], merged["steps"]
     return AcceleratedPipeline(pipe, method if method is not None else "sequential", cache, executor, stop, on_hit,
                                cores, max_batch, compile, steps, **options)

@@ -258,20 +258,15 @@ def _method(args: argparse.Namespace) -> tuple[str, dict]:
 def _apply_config(args: argparse.Namespace) -> None:
     """Fill what ``--config FILE`` sets and the command line does not; then the defaults."""
     if args.config is not None:
-        from hasten.tune import load_config
+        from hasten.tune import merge_config
 
-        config = load_config(args.config)
-        same_method = args.method is None or args.method.split(":")[0] == config["method"]
-        args.method = args.method or config["method"]
-        for key in ("steps", "solver", "stop", "cache"):
-            if getattr(args, key) is None:
-                setattr(args, key, config[key])
-        if same_method:
-            if args.cores is None:
-                args.cores = config["cores"]
-            for key, value in config["options"].items():
-                if getattr(args, key, None) is None:
-                    setattr(args, key, value)
+        merged = merge_config(args.config, args.method, args.cores, steps=args.steps, solver=args.solver,
+                              stop=args.stop, cache=args.cache)
+        for key in ("method", "cores", "steps", "solver", "stop", "cache"):
+            setattr(args, key, merged[key])
+        for key, value in merged["options"].items():  # the flags given on the command line win
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
     args.method = args.method or "chords"
     args.steps = args.steps if args.steps is not None else 50
 

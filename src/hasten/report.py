@@ -190,3 +190,31 @@ def plot_quality_vs_calls(rows: Sequence[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
     _save(plt, fig, path, title)
+
+
+def plot_tune_front(rows: Sequence[dict], path: Path, title: str) -> None:
+    """``hasten tune``'s candidates: predicted wall time against PSNR, the Pareto front (faster and at least
+    as good) highlighted."""
+    plt = _matplotlib()
+    finite = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
+    cap = (max(finite) if finite else 0.0) + 5
+    pts = [(r["predicted_s"], min(r["psnr"], cap), r) for r in rows]
+    front, best = [], -math.inf
+    for t, q, r in sorted(pts, key=lambda p: (p[0], -p[1])):
+        if q > best:
+            front.append((t, q, r))
+            best = q
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=["tab:blue" if p[2]["meets"] else "tab:gray" for p in pts],
+               s=18, label="candidates (grey: misses the target)")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", label="Pareto front")
+    for t, q, r in front:
+        ax.annotate(r["label"], (t, q), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("predicted wall time (s)")
+    ax.set_ylabel(f"PSNR vs sequential (dB; exact capped at {cap:.0f})")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

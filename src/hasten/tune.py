@@ -183,24 +183,47 @@ def measure_latency(executor, x: torch.Tensor, index: int, sizes: Sequence[int],
     return Curve(list(sizes), [statistics.median(times[b]) for b in sizes], used)
 
 
-def _comm_worker(rank: int, world: int, port: int, shape: tuple, sizes: list[int], repeats: int, out: str) -> None:
-    """One rank of :func:`measure_comm` (module level: spawned processes import it)."""
+@contextmanager
+def _gloo_rank(rank: int, world: int, port: int, threads: int, timeout_s: float) -> Iterator[None]:
+    """One spawned gloo rank on 127.0.0.1 with ``threads`` torch threads; all ranks leave together."""
     import datetime
 
     import torch.distributed as dist
 
-    from hasten.executors.distributed import _all_gather_single
-
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=timeout_s))
     try:
-        seconds = _time_gather(_all_gather_single, world, shape, sizes, repeats)
-        if rank == 0:
-            Path(out).write_text(json.dumps(seconds))
+        yield
         dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-connection
     finally:
         dist.destroy_process_group()
+
+
+def _spawn_gloo(worker, devices: int, args: tuple) -> list[float]:
+    """Run ``worker(rank, devices, port, *args, out)`` in ``devices`` spawned processes; rank 0's JSON result."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        mp.start_processes(worker, args=(devices, port, *args, out), nprocs=devices, start_method="spawn", join=True)
+        return json.loads(Path(out).read_text())
+
+
+def _comm_worker(rank: int, world: int, port: int, shape: tuple, sizes: list[int], repeats: int, out: str) -> None:
+    """One rank of :func:`measure_comm` (module level: spawned processes import it)."""
+    from hasten.executors.distributed import _all_gather_single
+
+    with _gloo_rank(rank, world, port, 1, 60):
+        seconds = _time_gather(_all_gather_single, world, shape, sizes, repeats)
+        if rank == 0:
+            Path(out).write_text(json.dumps(seconds))
 
 
 def _time_gather(gather, world: int, shape: tuple, sizes: list[int], repeats: int,
@@ -246,20 +269,7 @@ def measure_comm(devices: int, shape: tuple, sizes: Sequence[int], repeats: int 
     if torch.device(device).type != "cpu":
         raise HastenError("communication on several GPUs can only be measured inside a launch with that many ranks "
                           "(torchrun); outside one, give --comm-ms")
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "comm.json")
-        mp.start_processes(_comm_worker, args=(devices, port, tuple(shape), sizes, repeats, out), nprocs=devices,
-                           start_method="spawn", join=True)
-        seconds = json.loads(Path(out).read_text())
-    return Curve(sizes, seconds, 1)
+    return Curve(sizes, _spawn_gloo(_comm_worker, devices, (tuple(shape), sizes, repeats)), 1)
 
 
 def calibrate(latency: Curve, runs: Sequence[tuple[Sequence[int], float]]) -> float:
@@ -285,25 +295,15 @@ def calibrate(latency: Curve, runs: Sequence[tuple[Sequence[int], float]]) -> fl
 def _round_worker(rank: int, world: int, port: int, spec: str, steps: int, sizes: list[int], repeats: int,
                   threads: int, out: str) -> None:
     """One rank of :func:`measure_rounds` (module level: spawned processes import it)."""
-    import datetime
-
-    import torch.distributed as dist
-
     from hasten.executors.distributed import DistributedExecutor
     from hasten.models import load_model
 
-    torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    try:
+    with _gloo_rank(rank, world, port, threads, 120):
         model = load_model(spec)
         executor = DistributedExecutor(model.denoiser(model.grid(steps)))
         curve = _time_rounds(executor, model, world, sizes, repeats, steps // 2)
         if rank == 0:
             Path(out).write_text(json.dumps(curve))
-        dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-connection
-    finally:
-        dist.destroy_process_group()
 
 
 def _time_rounds(executor, model, world: int, sizes: list[int], repeats: int, index: int) -> list[float]:
@@ -344,19 +344,7 @@ def measure_rounds(spec: str, devices: int, steps: int, sizes: Sequence[int], re
     """
     if torch.device(device).type != "cpu":
         raise HastenError("distributed rounds on several GPUs are measured inside a launch with that many ranks")
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rounds.json")
-        mp.start_processes(_round_worker, args=(devices, port, spec, steps, list(sizes), repeats, threads, out),
-                           nprocs=devices, start_method="spawn", join=True)
-        seconds = json.loads(Path(out).read_text())
+    seconds = _spawn_gloo(_round_worker, devices, (spec, steps, list(sizes), repeats, threads))
     return Curve(list(sizes), seconds, threads)
 
 
@@ -525,6 +513,24 @@ def load_config(source: "str | os.PathLike | dict") -> dict:
     for key in ("steps", "solver", "cores", "cache", "stop"):
         data.setdefault(key, None)
     return data
+
+
+def merge_config(source: "str | os.PathLike | dict", method=None, cores: int | None = None,
+                 options: dict | None = None, **given) -> dict:
+    """A config file under what the caller gave (``hasten sample --config``, ``accelerate(config=)``).
+
+    Everything given (not None) wins; ``given`` names the other keys to fill (steps, solver,
+    cache, stop). A ``method`` other than the file's (another name, or a method object) drops the
+    file's cores and options.
+    """
+    config = load_config(source)
+    same = method is None or (isinstance(method, str) and method.split(":")[0] == config["method"])
+    merged = {key: value if value is not None else config[key] for key, value in given.items()}
+    merged["method"] = method if method is not None else config["method"]
+    merged["cores"] = cores if cores is not None or not same else config["cores"]
+    given_options = {k: v for k, v in (options or {}).items() if v is not None}
+    merged["options"] = {**(config["options"] if same else {}), **given_options}
+    return merged
 
 
 def save_config(config: dict, path: "str | os.PathLike") -> Path:
@@ -705,42 +711,13 @@ def _tune(model, target: Target, devices: int, steps: int, batch: int, seed: int
     return TuneReport(rows, best, latency, comm, settings, skipped)
 
 
-def plot_pareto(rows: Sequence[dict], path: "str | os.PathLike", title: str) -> None:
-    """Predicted wall time against PSNR, the Pareto front (faster and at least as good) highlighted."""
-    from hasten.report import _matplotlib
-
-    plt = _matplotlib()
-    finite = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
-    cap = (max(finite) if finite else 0.0) + 5
-    pts = [(r["predicted_s"], min(r["psnr"], cap), r) for r in rows]
-    front, best = [], -math.inf
-    for t, q, r in sorted(pts, key=lambda p: (p[0], -p[1])):
-        if q > best:
-            front.append((t, q, r))
-            best = q
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=["tab:blue" if p[2]["meets"] else "tab:gray" for p in pts],
-               s=18, label="candidates (grey: misses the target)")
-    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", label="Pareto front")
-    for t, q, r in front:
-        ax.annotate(r["label"], (t, q), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("predicted wall time (s)")
-    ax.set_ylabel(f"PSNR vs sequential (dB; exact capped at {cap:.0f})")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def write_report(report: TuneReport, out, command: str = "") -> None:
     """``tune.json`` (every row and the curves), ``best.json`` (the winner's config), ``tune.md`` and ``pareto.png``.
 
     ``out``: a folder path, or a :class:`hasten.output.OutputFolder` (files land when it commits).
     """
     from hasten.output import OutputFolder
-    from hasten.report import markdown_table, write_json
+    from hasten.report import markdown_table, plot_tune_front, write_json
 
     out = out if isinstance(out, OutputFolder) else Path(out)
     write_json({"command": command, **report.to_dict()}, out / "tune.json")
@@ -750,4 +727,4 @@ def write_report(report: TuneReport, out, command: str = "") -> None:
              f"{s['solver']}-{s['steps']}, batch {s['batch']}")
     (out / "tune.md").write_text(f"# {title}\n\nCommand: `{command}`\n\n{markdown_table(report.rows, COLUMNS)}\n\n"
                                  f"Winner: `{report.best['tune']['label']}` (best.json)\n")
-    plot_pareto(report.rows, out / "pareto.png", title)
+    plot_tune_front(report.rows, out / "pareto.png", title)

@@ -82,7 +82,7 @@ from hasten.errors import HastenError
 from hasten.grid import Grid
 from hasten.options import option_types, parse_spec
 from hasten.rounds import Eval
-from hasten.parameterisation import output_for_eps, output_for_x0, predict_x0_eps
+from hasten.parameterisation import output_for_eps, output_for_x0, predict_x0_eps, to_x0_eps
 
 #: what is extrapolated: see the module docstring
 FORMS = ("paper", "eps", "x0", "index")
@@ -245,12 +245,9 @@ class ABCache:  # implements hasten.caches.base.Cache
         the largest RMS over the batch is divided by the step's scale (``CacheConfig.scale``).
         """
         g, n = self.grid, ev.index
-        if self._raw():
-            dx0, deps = predict_x0_eps(g, torch.zeros_like(difference), difference, n)
-        elif self.form == "x0":
-            dx0, deps = difference, -float(g.model_alpha[n]) / float(g.model_sigma[n]) * difference
-        else:
-            dx0, deps = -float(g.model_sigma[n]) / float(g.model_alpha[n]) * difference, difference
+        stored = g.prediction if self._raw() else ("sample" if self.form == "x0" else "epsilon")
+        dx0, deps = to_x0_eps(stored, torch.zeros_like(difference), difference, float(g.model_alpha[n]),
+                              float(g.model_sigma[n]))
         shift = float(g.alpha[n + 1]) * dx0 + float(g.sigma[n + 1]) * deps
         rms = float(shift.flatten(1).pow(2).mean(1).sqrt().max())
         if self.config.scale == "x0":
@@ -313,7 +310,7 @@ class ABCache:  # implements hasten.caches.base.Cache
             value = x0 if self.form == "x0" else eps
         if computed and self.config.tol is not None and self.config.estimate == "posterior":
             idx = self._usable(ev)
-            if len(idx) == self.config.order and ev.index < self.grid.steps:
+            if len(idx) == self.config.order:
                 error = self._landing_error(ev, self._extrapolate(ev, idx) - value)
                 self.errors[ev.track] = (error, self._span(ev.index, idx))
         self.history.setdefault(ev.track, {})[ev.index] = value
