@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _refuse_other_schedulers,
-                                               _refuse_unknown, _scale_and_shift, _true_cfg)
+                                               _refuse_unknown, _scale_and_shift, _true_cfg,
+                                               shifted_flow_plan)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -62,24 +63,11 @@ class FluxAdapter(Adapter):
         n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
         x, image_ids = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width, embeds.dtype,
                                             device, generator, latents)
-        plan = self._plan(num_inference_steps, x.shape[1], device)
+        plan = shifted_flow_plan(pipe, num_inference_steps, x.shape[1], device)
         denoiser = self._denoiser(plan, {"text": embeds, "pooled": pooled}, uncond,
                                   true_cfg_scale if guided else 1.0, guidance_scale, text_ids, image_ids, device)
         return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
                                   self.decoder(output_type, return_dict, height=height, width=width))
-
-    def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
-        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length."""
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        scheduler = self.pipe.scheduler
-        cfg = scheduler.config
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-        return plan_scheduler(scheduler)
 
     def _denoiser(self, plan: SchedulerPlan, cond: dict, uncond: dict | None, scale: float, guidance_scale: float,
                   text_ids, image_ids, device) -> PipelineDenoiser:
