@@ -15,7 +15,7 @@ import torch
 from hasten.errors import HastenError
 from hasten.integrations.text_encoders import clip_text, clip_tokenizer, llama_tokenizer, t5_text, t5_tokenizer
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx")
 #: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
 TINY_CALLS = {
     "ddim": dict(batch_size=1),
@@ -28,6 +28,7 @@ TINY_CALLS = {
     "cogvideox": dict(prompt="a cat", height=16, width=16, num_frames=9, max_sequence_length=16),
     "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
                          prompt_template={"template": "{}", "crop_start": 0}),
+    "ltx": dict(prompt="a cat", height=32, width=32, num_frames=9, max_sequence_length=8),
 }
 
 
@@ -141,6 +142,21 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                       transformer=transformer.eval(), vae=vae.eval(),
                                       scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0),
                                       text_encoder_2=clip_text(8, positions=77), tokenizer_2=clip_tokenizer())
+    elif kind == "ltx":
+        transformer = d.LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                                   num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                                   num_layers=1, caption_channels=32)
+        # a timestep-conditioned decoder, as LTX-Video 0.9.1+ ships, so that decoding draws its noise
+        vae = d.AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                      decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+                                      decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                      spatio_temporal_scaling=(True, True, False, False),
+                                      decoder_spatio_temporal_scaling=(True, True, False, False),
+                                      timestep_conditioning=True, patch_size=1, patch_size_t=1, encoder_causal=True,
+                                      decoder_causal=False)
+        vae.use_framewise_encoding = vae.use_framewise_decoding = False
+        pipe = d.LTXPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), text_encoder=t5_text(),
+                             tokenizer=t5_tokenizer(), transformer=transformer.eval())
     elif kind == "sd3":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 

@@ -9,7 +9,7 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
-* :mod:`.video`: CogVideoX, HunyuanVideo, Wan.
+* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
-from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
+from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "FluxPipeline": FluxAdapter,
@@ -30,6 +30,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
+    "LTXPipeline": LTXAdapter,
 }
 
 
@@ -45,6 +46,6 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "Prepared",
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Prepared",
            "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
            "adapter_for", "decode_latents"]

@@ -1,4 +1,4 @@
-"""Video pipelines: CogVideoX, HunyuanVideo and Wan 2.1."""
+"""Video pipelines: CogVideoX, HunyuanVideo, LTX-Video and Wan."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
-                                               _refuse_other_schedulers, _refuse_unknown, _true_cfg)
+                                               _refuse_other_schedulers, _refuse_unknown, _true_cfg,
+                                               shifted_flow_plan)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -208,3 +209,95 @@ class WanAdapter(Adapter):
             guidance_scale, dtype=transformer.dtype, device=device)
         return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
                                   self.decoder(output_type, return_dict))
+
+
+def _ltx_decode(pipe, z: torch.Tensor, frames: int, height: int, width: int, timestep, noise_scale,
+                noise: torch.Tensor | None) -> torch.Tensor:
+    """LTX-Video's VAE decoding: latents unpacked and denormalised, with the timestep-conditioned VAE's noise.
+
+    ``timestep`` and ``noise_scale`` are the call's ``decode_timestep`` and
+    ``decode_noise_scale`` as tensors, ``noise`` was drawn from the call's
+    generator when the call was prepared (the pipeline draws it after its loop,
+    and its loop draws nothing from the generator).
+    """
+    z = pipe._unpack_latents(z, frames, height, width, pipe.transformer_spatial_patch_size,
+                             pipe.transformer_temporal_patch_size)
+    z = pipe._denormalize_latents(z, pipe.vae.latents_mean, pipe.vae.latents_std, pipe.vae.config.scaling_factor)
+    if noise is not None:
+        z = (1 - noise_scale) * z + noise_scale * noise.to(z)
+    return pipe.vae.decode(z.to(pipe.vae.dtype), timestep, return_dict=False)[0]
+
+
+class LTXAdapter(Adapter):
+    """``LTXPipeline`` (LTX-Video): flow matching on packed video tokens, batched CFG, timestep-conditioned decoding."""
+
+    count_argument = "num_videos_per_prompt"
+    decoding = _video_decoding("diffusers.pipelines.ltx.pipeline_output:LTXPipelineOutput", vae_decode=_ltx_decode)
+
+    def prepare(self, prompt=None, negative_prompt=None, height: int = 512, width: int = 704, num_frames: int = 161,
+                frame_rate: int = 25, num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                guidance_rescale: float = 0.0, num_videos_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, prompt_attention_mask=None, negative_prompt_embeds=None,
+                negative_prompt_attention_mask=None, decode_timestep=0.0, decode_noise_scale=None,
+                output_type: str = "pil", return_dict: bool = True, max_sequence_length: int = 128,
+                num_images_per_prompt: int | None = None, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        n_videos = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
+        pipe.check_inputs(prompt=prompt, height=height, width=width, prompt_embeds=prompt_embeds,
+                          negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+                          negative_prompt_attention_mask=negative_prompt_attention_mask)
+        pipe._guidance_scale, pipe._guidance_rescale, pipe._attention_kwargs = guidance_scale, guidance_rescale, None
+        pipe._interrupt = False
+        device, transformer = pipe._execution_device, pipe.transformer
+        cfg = guidance_scale > 1
+        embeds, mask, neg, neg_mask = self.encode(
+            pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+            num_videos_per_prompt=n_videos, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            max_sequence_length=max_sequence_length, device=device)
+        prompts = _batch_size(prompt, prompt_embeds)
+        x = pipe.prepare_latents(prompts * n_videos, transformer.config.in_channels, height, width, num_frames,
+                                 torch.float32, device, generator, latents)
+        frames = (num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        h, w = height // pipe.vae_spatial_compression_ratio, width // pipe.vae_spatial_compression_ratio
+        plan = shifted_flow_plan(pipe, num_inference_steps, frames * h * w, device)
+        rope_scale = (pipe.vae_temporal_compression_ratio / frame_rate, pipe.vae_spatial_compression_ratio,
+                      pipe.vae_spatial_compression_ratio)
+
+        def call(xm, t, c):
+            return transformer(hidden_states=xm, encoder_hidden_states=c["text"], timestep=t.float(),
+                               encoder_attention_mask=c["mask"], num_frames=frames, height=h, width=w,
+                               rope_interpolation_scale=rope_scale, return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds, "mask": mask},
+                                    {"text": neg, "mask": neg_mask} if cfg else None, guidance_scale, guidance_rescale,
+                                    dtype=embeds.dtype, device=device)
+        decode = self.decoder(output_type, return_dict, frames=frames, height=h, width=w,
+                              **self._decode_noise(x, frames, h, w, prompts, decode_timestep, decode_noise_scale,
+                                                   output_type, embeds.dtype, generator, device))
+        return self.prepared(plan, denoiser, x, generator, decode)
+
+    def _decode_noise(self, x: torch.Tensor, frames: int, h: int, w: int, prompts: int, decode_timestep,
+                      decode_noise_scale, output_type: str, dtype, generator, device) -> dict:
+        """The timestep-conditioned VAE's decode timestep, noise scale and noise, as the pipeline makes them."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipe
+        if output_type == "latent" or not pipe.vae.config.timestep_conditioning:
+            return {"timestep": None, "noise_scale": None, "noise": None}
+        shape = pipe._unpack_latents(x, frames, h, w, pipe.transformer_spatial_patch_size,
+                                     pipe.transformer_temporal_patch_size).shape
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        timestep = decode_timestep if isinstance(decode_timestep, list) else [decode_timestep] * prompts
+        scale = timestep if decode_noise_scale is None else decode_noise_scale
+        scale = scale if isinstance(scale, list) else [scale] * prompts
+        if len(timestep) != x.shape[0] or len(scale) not in (1, x.shape[0]):  # as the VAE and the mixing take them
+            raise HastenError(f"LTXPipeline's timestep-conditioned VAE needs one decode_timestep per video "
+                              f"({x.shape[0]}) and one decode_noise_scale or one per video, got {len(timestep)} and "
+                              f"{len(scale)} (one per prompt unless given as lists); pass lists, or "
+                              "num_videos_per_prompt=1")
+        return {"timestep": torch.tensor(timestep, device=device, dtype=dtype),
+                "noise_scale": torch.tensor(scale, device=device, dtype=dtype)[:, None, None, None, None],
+                "noise": noise}
