@@ -40,6 +40,35 @@ def llama_tokenizer():
                               unk_token="<unk>")
 
 
+def qwen_tokenizer():
+    """A byte-level BPE without merges (one token per byte) with Qwen's chat tokens, as Qwen-Image's template needs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    vocab = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    return Qwen2TokenizerFast(tokenizer_object=bpe, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+                              pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def qwen_vl_text(hidden: int = 16):
+    """A two-layer Qwen2.5-VL (text and a two-block vision tower) over :func:`qwen_tokenizer`'s 259 tokens."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = dict(bos_token_id=256, eos_token_id=256, pad_token_id=256)
+    text = dict(hidden_size=hidden, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, rope_theta=1e6, vocab_size=262,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, **ids)
+    vision = dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=hidden, vocab_size=262,
+                              vision_start_token_id=259, vision_end_token_id=260, vision_token_id=261, **ids)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
 def clip_text(hidden: int, projection: int | None = None, positions: int = 16, with_projection: bool = False):
     """A two-layer CLIP text encoder (``CLIPTextModelWithProjection`` when ``with_projection``)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.text_encoders import clip_text, clip_tokenizer, llama_tokenizer, t5_text, t5_tokenizer
+from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, llama_tokenizer, qwen_tokenizer, qwen_vl_text,
+                                               t5_text, t5_tokenizer)
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage")
 #: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
 TINY_CALLS = {
     "ddim": dict(batch_size=1),
@@ -29,6 +30,7 @@ TINY_CALLS = {
     "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
                          prompt_template={"template": "{}", "crop_start": 0}),
     "ltx": dict(prompt="a cat", height=32, width=32, num_frames=9, max_sequence_length=8),
+    "qwenimage": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=16),
 }
 
 
@@ -157,6 +159,14 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
         vae.use_framewise_encoding = vae.use_framewise_decoding = False
         pipe = d.LTXPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), text_encoder=t5_text(),
                              tokenizer=t5_tokenizer(), transformer=transformer.eval())
+    elif kind == "qwenimage":
+        transformer = d.QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                                    attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                                    guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+        vae = d.AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                       temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        pipe = d.QwenImagePipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+                                   text_encoder=qwen_vl_text(), tokenizer=qwen_tokenizer(), transformer=transformer.eval())
     elif kind == "sd3":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 

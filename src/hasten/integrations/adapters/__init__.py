@@ -9,6 +9,7 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
+* :mod:`.dit`: further text-to-image transformers (Qwen-Image, ...);
 * :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.dit import QwenImageAdapter
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter
@@ -31,6 +33,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
     "LTXPipeline": LTXAdapter,
+    "QwenImagePipeline": QwenImageAdapter,
 }
 
 
@@ -47,5 +50,5 @@ def adapter_for(pipe) -> Adapter:
 
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Prepared",
-           "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
+           "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
            "adapter_for", "decode_latents"]

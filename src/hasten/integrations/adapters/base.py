@@ -135,6 +135,14 @@ def _scale_and_shift(pipe, z: torch.Tensor) -> torch.Tensor:
     return z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
 
 
+def _per_channel_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
+    """The VAE input of the Wan-VAE pipelines (Wan, Qwen-Image): per-channel ``latents_mean`` / ``latents_std`` undone."""
+    config = pipe.vae.config
+    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z)
+    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z)
+    return z / inv_std + mean
+
+
 class Adapter:
     """Base of the adapters: holds the pipeline; subclasses implement ``prepare(**call) -> Prepared``.
 

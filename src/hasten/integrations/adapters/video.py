@@ -9,6 +9,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
+                                               _per_channel_unscale,
                                                _refuse_other_schedulers, _refuse_unknown, _true_cfg,
                                                shifted_flow_plan)
 from hasten.integrations.denoisers import PipelineDenoiser
@@ -20,14 +21,6 @@ log = logging.getLogger("hasten")
 def _videos_per_prompt(num_videos_per_prompt: int, num_images_per_prompt: int | None) -> int:
     """``num_images_per_prompt`` (the image pipelines' name, which hasten's CLI passes) wins where given."""
     return num_videos_per_prompt if num_images_per_prompt is None else num_images_per_prompt
-
-
-def _wan_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
-    """Wan's VAE input: per-channel ``latents_mean`` / ``latents_std`` undone, as the pipeline computes it."""
-    config = pipe.vae.config
-    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z)
-    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z)
-    return z / inv_std + mean
 
 
 def _video_decoding(output: str, **kwargs) -> Decoding:
@@ -175,7 +168,7 @@ class WanAdapter(Adapter):
     """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
 
     count_argument = "num_videos_per_prompt"
-    decoding = _video_decoding("diffusers.pipelines.wan.pipeline_output:WanPipelineOutput", unscale=_wan_unscale)
+    decoding = _video_decoding("diffusers.pipelines.wan.pipeline_output:WanPipelineOutput", unscale=_per_channel_unscale)
 
     def prepare(self, prompt=None, negative_prompt=None, height: int = 480, width: int = 832, num_frames: int = 81,
                 num_inference_steps: int = 50, guidance_scale: float = 5.0, num_videos_per_prompt: int = 1,
