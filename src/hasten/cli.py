@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help,
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
-    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
+    from hasten.testing.pipelines import KINDS
+
+    t.add_argument("--kind", choices=KINDS, default="sd", help="pipeline family")
     t.add_argument("--out", required=True, help="folder to save into")
 
     u = sub.add_parser("tune", help="find the fastest configuration that meets a quality target on D devices",

@@ -101,11 +101,12 @@ def switch_at(boundary: float, high: Callable, low: Callable) -> Callable:
     ``boundary_ratio * num_train_timesteps`` and ``transformer_2`` below. The
     choice depends on the row's grid point only, so a round mixing points on
     both sides of the boundary runs each row on its own expert (two forwards,
-    one host read of the split per forward).
+    one host read of the split per forward). Times compare in float32, as the
+    pipeline compares its scheduler's timesteps.
     """
 
     def call(xm: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        upper = t >= boundary
+        upper = t.float() >= boundary
         n_upper = int(upper.sum())
         if n_upper == t.shape[0]:
             return high(xm, t, cond)

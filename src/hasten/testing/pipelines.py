@@ -16,7 +16,20 @@ from hasten.errors import HastenError
 from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, llama_tokenizer, qwen_tokenizer, qwen_vl_text,
                                                t5_text, t5_tokenizer)
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
+         "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v")
+
+
+def tiny_image(size: int = 16):
+    """A small RGB test image (a colour ramp) for the image-to-video pipelines."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype("uint8")
+    return Image.fromarray(ramp)
+
+
+_IMAGE = tiny_image()
 #: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
 TINY_CALLS = {
     "ddim": dict(batch_size=1),
@@ -30,6 +43,10 @@ TINY_CALLS = {
     "hunyuanvideo": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=16,
                          prompt_template={"template": "{}", "crop_start": 0}),
     "ltx": dict(prompt="a cat", height=32, width=32, num_frames=9, max_sequence_length=8),
+    "wan22": dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
+    "wan22-ti2v": dict(prompt="a cat", height=32, width=32, num_frames=5, max_sequence_length=8),
+    "wan-i2v": dict(image=_IMAGE, prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
+    "wan22-i2v": dict(image=_IMAGE, prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
     "qwenimage": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=16),
 }
 
@@ -183,16 +200,8 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
             text_encoder=CLIPTextModelWithProjection(config).eval(), tokenizer=clip_tokenizer(),
             text_encoder_2=CLIPTextModelWithProjection(config).eval(), tokenizer_2=clip_tokenizer(),
             text_encoder_3=t5, tokenizer_3=t5_tokenizer())
-    elif kind == "wan":
-        vae = d.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True])
-        transformer = d.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                              in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-                                              num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                              rope_max_seq_len=32)
-        t5 = t5_text()
-        pipe = d.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=t5, vae=vae.eval(),
-                             transformer=transformer.eval(), scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0))
+    elif kind.startswith("wan"):
+        pipe = tiny_wan(kind)
     else:
         transformer = d.FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
                                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
@@ -205,6 +214,58 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                               transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _wan_transformer(in_channels: int, out_channels: int = 16, **extra):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=in_channels, out_channels=out_channels, text_dim=32, freq_dim=256,
+                                 ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 rope_max_seq_len=32, **extra).eval()
+
+
+def tiny_wan(kind: str):
+    """The Wan family: ``wan`` (2.1 T2V), ``wan22`` (two experts, boundary 0.875), ``wan22-ti2v`` (TI2V-5B:
+    48-channel VAE, per-token timesteps), ``wan-i2v`` (2.1 I2V with a CLIP image encoder), ``wan22-i2v``
+    (I2V with two experts, no image encoder).
+
+    Built after diffusers' own ``get_dummy_components``; the two experts get
+    different weights (diffusers' tests seed both alike, which would hide a wrong
+    switch), and the flow shift of 3 puts the boundary between grid points.
+    """
+    import diffusers as d
+
+    vae = d.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True])
+    if kind == "wan":
+        transformer = _wan_transformer(16)
+        return d.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=t5_text(), vae=vae.eval(), transformer=transformer,
+                             scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0))
+    text = dict(tokenizer=t5_tokenizer(), text_encoder=t5_text())
+    scheduler = d.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if kind == "wan22-ti2v":
+        vae = d.AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
+                                 patch_size=2, latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
+                                 num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
+                                 temperal_downsample=[False, True, True])
+        return d.WanPipeline(**text, vae=vae.eval(), transformer=_wan_transformer(48, 48), scheduler=scheduler,
+                             expand_timesteps=True)
+    if kind == "wan22":
+        return d.WanPipeline(**text, vae=vae.eval(), transformer=_wan_transformer(16),
+                             transformer_2=_wan_transformer(16), scheduler=scheduler, boundary_ratio=0.875)
+    if kind == "wan22-i2v":
+        return d.WanImageToVideoPipeline(**text, vae=vae.eval(), transformer=_wan_transformer(36),
+                                         transformer_2=_wan_transformer(36), scheduler=scheduler,
+                                         boundary_ratio=0.875)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2,
+                                                             num_attention_heads=2, image_size=32,
+                                                             intermediate_size=16, patch_size=1)).eval()
+    return d.WanImageToVideoPipeline(**text, vae=vae.eval(), transformer=_wan_transformer(36, image_dim=4),
+                                     scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0), image_encoder=encoder,
+                                     image_processor=CLIPImageProcessor(crop_size=32, size=32))
 
 
 def save_tiny_pipeline(kind: str, path: Path | str) -> Path:

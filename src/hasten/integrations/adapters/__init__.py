@@ -20,7 +20,8 @@ from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decod
 from hasten.integrations.adapters.dit import QwenImageAdapter
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
-from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter
+from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
+                                                WanImageToVideoAdapter)
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "FluxPipeline": FluxAdapter,
@@ -34,6 +35,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "StableDiffusionPipeline": StableDiffusionAdapter,
     "LTXPipeline": LTXAdapter,
     "QwenImagePipeline": QwenImageAdapter,
+    "WanImageToVideoPipeline": WanImageToVideoAdapter,
 }
 
 
@@ -51,4 +53,4 @@ def adapter_for(pipe) -> Adapter:
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Prepared",
            "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
-           "adapter_for", "decode_latents"]
+           "WanImageToVideoAdapter", "adapter_for", "decode_latents"]

@@ -12,7 +12,7 @@ from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _bat
                                                _per_channel_unscale,
                                                _refuse_other_schedulers, _refuse_unknown, _true_cfg,
                                                shifted_flow_plan)
-from hasten.integrations.denoisers import PipelineDenoiser
+from hasten.integrations.denoisers import PipelineDenoiser, switch_at
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
 log = logging.getLogger("hasten")
@@ -164,44 +164,192 @@ class HunyuanVideoAdapter(Adapter):
         return PipelineDenoiser(call, plan.grid, cond, uncond, scale, dtype=dtype, device=device)
 
 
+def _wan_call(network, token_mask: torch.Tensor | None, first_frame_mask: torch.Tensor | None):
+    """``call(x, t, cond)`` of one Wan transformer, with the model input its pipeline builds.
+
+    With a ``condition`` entry (image-to-video) the input is the latents and
+    the condition stacked on channels, or (``first_frame_mask``, Wan 2.2 TI2V)
+    the condition's first frame pasted over the latents. ``token_mask``
+    (``expand_timesteps``) gives every token its own timestep, the mask times t.
+    """
+
+    def call(xm, t, c):
+        hidden = xm
+        if "condition" in c:
+            hidden = (torch.cat([xm, c["condition"]], dim=1) if first_frame_mask is None
+                      else (1 - first_frame_mask) * c["condition"] + first_frame_mask * xm)
+        timestep = t if token_mask is None else token_mask[None] * t.float()[:, None]
+        image = c.get("image")
+        return network(hidden_states=hidden.to(xm.dtype), timestep=timestep, encoder_hidden_states=c["text"],
+                       encoder_hidden_states_image=None if image is None else image.flatten(0, 1),
+                       return_dict=False)[0]
+
+    return call
+
+
+def _wan_denoiser(pipe, plan: SchedulerPlan, cond: dict, uncond: dict | None, guidance_scale: float,
+                  guidance_scale_2: float | None, device, token_mask: torch.Tensor | None = None,
+                  first_frame_mask: torch.Tensor | None = None) -> PipelineDenoiser:
+    """The Wan denoiser: one transformer, or Wan 2.2's two experts switched at ``boundary_ratio``.
+
+    ``transformer`` serves model times at or above ``boundary_ratio *
+    num_train_timesteps`` with ``guidance_scale``, ``transformer_2`` the times
+    below with ``guidance_scale_2``; the choice follows each row's grid point,
+    so every method evaluates every point on its own expert.
+    """
+    boundary = pipe.config.get("boundary_ratio")
+    high, low = pipe.transformer, getattr(pipe, "transformer_2", None)
+    dtype = pipe.transformer.dtype
+    if boundary is None:
+        return PipelineDenoiser(_wan_call(high, token_mask, first_frame_mask), plan.grid, cond, uncond,
+                                guidance_scale, dtype=dtype, device=device)
+    boundary = boundary * pipe.scheduler.config.num_train_timesteps
+    if low is None:
+        raise HastenError(f"{type(pipe).__name__} with boundary_ratio={pipe.config.boundary_ratio} needs its second "
+                          "expert, transformer_2, which is missing (Wan 2.2 A14B ships both)")
+    call = switch_at(boundary, _wan_call(high, token_mask, first_frame_mask),
+                     _wan_call(low, token_mask, first_frame_mask))
+    scale = guidance_scale
+    if guidance_scale_2 != guidance_scale:
+        def scale(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(t.float() >= boundary, guidance_scale, guidance_scale_2)
+    return PipelineDenoiser(call, plan.grid, cond, uncond, scale, dtype=dtype, device=device)
+
+
+def _wan_text(adapter: Adapter, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, cfg: bool,
+              n_videos: int, max_sequence_length: int, dtype, device) -> tuple[dict, dict | None]:
+    """The prompt and negative prompt embeddings of a Wan pipeline, in the transformer's dtype."""
+    cond, uncond = adapter.encode(adapter.pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt,
+                                  do_classifier_free_guidance=cfg, num_videos_per_prompt=n_videos,
+                                  prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                  max_sequence_length=max_sequence_length, device=device)
+    return {"text": cond.to(dtype)}, ({"text": uncond.to(dtype)} if cfg else None)
+
+
+def _wan_guidance_2(pipe, guidance_scale: float, guidance_scale_2: float | None) -> float | None:
+    """The low-noise expert's scale: the call's, or ``guidance_scale`` where a boundary is set and none is given."""
+    if pipe.config.get("boundary_ratio") is not None and guidance_scale_2 is None:
+        return guidance_scale
+    return guidance_scale_2
+
+
 class WanAdapter(Adapter):
-    """``WanPipeline`` (Wan 2.1 text-to-video): flow matching over video latents (frames > 1), batched CFG."""
+    """``WanPipeline``: Wan 2.1 and 2.2 text-to-video, flow matching over video latents, CFG.
+
+    Wan 2.2 A14B's two experts are switched at ``boundary_ratio`` (see
+    :func:`_wan_denoiser`); Wan 2.2 TI2V-5B's ``expand_timesteps`` gives each
+    token its timestep.
+    """
 
     count_argument = "num_videos_per_prompt"
     decoding = _video_decoding("diffusers.pipelines.wan.pipeline_output:WanPipelineOutput", unscale=_per_channel_unscale)
 
     def prepare(self, prompt=None, negative_prompt=None, height: int = 480, width: int = 832, num_frames: int = 81,
-                num_inference_steps: int = 50, guidance_scale: float = 5.0, num_videos_per_prompt: int = 1,
-                generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
+                num_inference_steps: int = 50, guidance_scale: float = 5.0, guidance_scale_2: float | None = None,
+                num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
+                negative_prompt_embeds=None, output_type: str = "np", return_dict: bool = True,
+                max_sequence_length: int = 512, num_images_per_prompt: int | None = None, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
+        pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds, None,
+                          guidance_scale_2)
+        guidance_scale_2 = _wan_guidance_2(pipe, guidance_scale, guidance_scale_2)
+        pipe._guidance_scale, pipe._guidance_scale_2 = guidance_scale, guidance_scale_2
+        pipe._attention_kwargs, pipe._interrupt = None, False
+        device = pipe._execution_device
+        network = pipe.transformer
+        cfg = guidance_scale > 1
+        cond, uncond = _wan_text(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, cfg,
+                                 num_videos_per_prompt, max_sequence_length, network.dtype, device)
+        plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
+        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_videos_per_prompt,
+                                 network.config.in_channels, height, width, num_frames, torch.float32, device,
+                                 generator, latents)
+        token_mask = torch.ones(x.shape[2:], device=device)[:, ::2, ::2].flatten() \
+            if pipe.config.get("expand_timesteps") else None
+        denoiser = _wan_denoiser(pipe, plan, cond, uncond, guidance_scale, guidance_scale_2, device, token_mask)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  self.decoder(output_type, return_dict))
+
+
+def _wan_sizes(pipe, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Frames rounded to ``4k + 1`` and the size to the patch grid, as the Wan pipelines round them (with a warning)."""
+    temporal = pipe.vae_scale_factor_temporal
+    if num_frames % temporal != 1:
+        log.warning("hasten: num_frames - 1 must be divisible by %d; rounding as the pipeline does", temporal)
+        num_frames = num_frames // temporal * temporal + 1
+    patch = pipe.transformer.config.patch_size
+    h_multiple, w_multiple = pipe.vae_scale_factor_spatial * patch[1], pipe.vae_scale_factor_spatial * patch[2]
+    return max(num_frames, 1), height // h_multiple * h_multiple, width // w_multiple * w_multiple
+
+
+class WanImageToVideoAdapter(Adapter):
+    """``WanImageToVideoPipeline``: Wan 2.1 I2V / FLF2V (CLIP image embeddings), Wan 2.2 I2V (two experts) and TI2V.
+
+    The first (and last) frame's VAE latents condition every forward: stacked
+    with a frame mask on channels, or (``expand_timesteps``) pasted over the
+    latents' first frame with timestep 0 there, and over the final latents.
+    """
+
+    count_argument = "num_videos_per_prompt"
+    decoding = WanAdapter.decoding
+
+    def prepare(self, image=None, prompt=None, negative_prompt=None, height: int = 480, width: int = 832,
+                num_frames: int = 81, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                guidance_scale_2: float | None = None, num_videos_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, negative_prompt_embeds=None, image_embeds=None, last_image=None,
                 output_type: str = "np", return_dict: bool = True, max_sequence_length: int = 512,
                 num_images_per_prompt: int | None = None, **extra) -> Prepared:
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None \
-                or pipe.config.get("expand_timesteps"):
-            raise HastenError("Wan 2.2 (two transformers, boundary_ratio, expand_timesteps) is not supported yet; "
-                              "supported: Wan 2.1 text-to-video")
-        num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
-        pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds)
-        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        n_videos = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
+        pipe.check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds, negative_prompt_embeds,
+                          image_embeds, None, guidance_scale_2)
+        num_frames, height, width = _wan_sizes(pipe, num_frames, height, width)
+        guidance_scale_2 = _wan_guidance_2(pipe, guidance_scale, guidance_scale_2)
+        pipe._guidance_scale, pipe._guidance_scale_2 = guidance_scale, guidance_scale_2
+        pipe._attention_kwargs, pipe._interrupt = None, False
         device = pipe._execution_device
+        network = pipe.transformer
         cfg = guidance_scale > 1
-        cond, uncond = self.encode(pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt,
-                                   do_classifier_free_guidance=cfg, num_videos_per_prompt=num_videos_per_prompt,
-                                   prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                                   max_sequence_length=max_sequence_length, device=device)
-        transformer = pipe.transformer
+        cond, uncond = _wan_text(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, cfg, n_videos,
+                                 max_sequence_length, network.dtype, device)
+        prompts = _batch_size(prompt, prompt_embeds)
+        if pipe.transformer is not None and pipe.transformer.config.image_dim is not None:
+            if n_videos != 1:  # the pipeline repeats the image embeddings per prompt, not per video
+                raise HastenError("WanImageToVideoPipeline with an image encoder makes one video per prompt; pass "
+                                  "num_videos_per_prompt=1 (or a list of prompts)")
+            if image_embeds is None:
+                image_embeds = self.encode(pipe.encode_image, image if last_image is None else [image, last_image],
+                                           device)
+            # one row per sample: the images of a prompt (first, and last for FLF2V) side by side
+            images = image_embeds.repeat(prompts, 1, 1).to(network.dtype)
+            images = images.view(prompts, -1, *images.shape[1:])
+            cond["image"] = images
+            if uncond is not None:
+                uncond["image"] = images
         plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
-        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_videos_per_prompt,
-                                 transformer.config.in_channels, height, width, num_frames, torch.float32, device,
-                                 generator, latents)
-        denoiser = PipelineDenoiser(
-            lambda xm, t, c: transformer(hidden_states=xm, timestep=t, encoder_hidden_states=c["text"],
-                                         return_dict=False)[0],
-            plan.grid, {"text": cond.to(transformer.dtype)}, {"text": uncond.to(transformer.dtype)} if cfg else None,
-            guidance_scale, dtype=transformer.dtype, device=device)
-        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
-                                  self.decoder(output_type, return_dict))
+        frames = [None if f is None else pipe.video_processor.preprocess(f, height=height, width=width).to(
+            device, dtype=torch.float32) for f in (image, last_image)]
+        out = pipe.prepare_latents(frames[0], prompts * n_videos, pipe.vae.config.z_dim, height, width, num_frames,
+                                   torch.float32, device, generator, latents, frames[1])
+        x, condition = out[0], out[1]
+        first_frame_mask = out[2] if pipe.config.get("expand_timesteps") else None
+        for side in (cond, uncond):
+            if side is not None:
+                side["condition"] = condition
+        token_mask = None if first_frame_mask is None else first_frame_mask[0][0][:, ::2, ::2].flatten()
+        denoiser = _wan_denoiser(pipe, plan, cond, uncond, guidance_scale, guidance_scale_2, device, token_mask,
+                                 first_frame_mask)
+        decode = self.decoder(output_type, return_dict)
+        if first_frame_mask is not None:  # the pipeline pastes the condition's first frame over its final latents
+            inner = decode
+
+            def decode(z: torch.Tensor):
+                return inner((1 - first_frame_mask) * condition + first_frame_mask * z)
+
+        return self.prepared(plan, denoiser, x, generator, decode)
 
 
 def _ltx_decode(pipe, z: torch.Tensor, frames: int, height: int, width: int, timestep, noise_scale,
