@@ -66,6 +66,17 @@ REPRODUCED = {
     "wan22-i2v": [dict(output_type="latent"),
                   dict(negative_prompt="blue", guidance_scale=3.0, guidance_scale_2=1.5, num_videos_per_prompt=2,
                        last_image=tiny_image(), output_type="latent")],
+    "chroma": [dict(output_type="pt"),
+               dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2, height=32,
+                    output_type="latent"),
+               dict(guidance_scale=1.0, sigmas=[1.0, 0.6, 0.3, 0.1], output_type="latent")],
+    "auraflow": [dict(output_type="pt"),
+                 dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2,
+                      height=32, guidance_scale=5.0, output_type="latent")],
+    "cogview4": [dict(output_type="pt"),
+                 dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2,
+                      height=32, original_size=(64, 32), crops_coords_top_left=(4, 0), output_type="latent"),
+                 dict(guidance_scale=1.0, timesteps=[999, 700, 400, 100], output_type="latent")],
 }
 
 
@@ -123,6 +134,9 @@ REFUSED = {
     "qwenimage": dict(attention_kwargs={"scale": 0.5}),
     "wan22": dict(attention_kwargs={"scale": 0.5}),
     "wan-i2v": dict(attention_kwargs={"scale": 0.5}),
+    "chroma": dict(ip_adapter_image=tiny_image()),
+    "auraflow": dict(attention_kwargs={"scale": 0.5}),
+    "cogview4": dict(attention_kwargs={"scale": 0.5}),
 }
 
 

@@ -28,7 +28,8 @@ def t5_tokenizer():
                        + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz"])
 
 
-def llama_tokenizer():
+def llama_tokenizer(add_bos: bool = False):
+    """A Llama-style BPE over :data:`WORDS`; ``add_bos`` prefixes ``<s>`` (so that an empty prompt has a token)."""
     from transformers import LlamaTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
@@ -37,7 +38,7 @@ def llama_tokenizer():
     for w in WORDS:
         vocab.setdefault("\u2581" + w, len(vocab))
     return LlamaTokenizerFast(vocab=vocab, merges=[], pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                              unk_token="<unk>")
+                              unk_token="<unk>", add_bos_token=add_bos)
 
 
 def qwen_tokenizer():
@@ -85,3 +86,19 @@ def t5_text(d_model: int = 32):
 
     return T5EncoderModel(T5Config(vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
                                    num_layers=2)).eval()
+
+
+def umt5_text(d_model: int = 32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
+                                       num_layers=2)).eval()
+
+
+def glm_text(hidden: int = 32):
+    """A two-layer GLM (CogView4's text encoder) over :func:`llama_tokenizer`'s vocabulary (pad id 3)."""
+    from transformers import GlmConfig, GlmForCausalLM
+
+    return GlmForCausalLM(GlmConfig(hidden_size=hidden, intermediate_size=8, num_hidden_layers=2,
+                                    num_attention_heads=4, head_dim=8, vocab_size=64, pad_token_id=3,
+                                    bos_token_id=1, eos_token_id=2)).eval()

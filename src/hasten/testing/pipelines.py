@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, llama_tokenizer, qwen_tokenizer, qwen_vl_text,
-                                               t5_text, t5_tokenizer)
+from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, glm_text, llama_tokenizer, qwen_tokenizer,
+                                               qwen_vl_text, t5_text, t5_tokenizer, umt5_text)
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
-         "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v")
+         "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v", "chroma", "auraflow",
+         "cogview4")
 
 
 def tiny_image(size: int = 16):
@@ -48,6 +49,9 @@ TINY_CALLS = {
     "wan-i2v": dict(image=_IMAGE, prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
     "wan22-i2v": dict(image=_IMAGE, prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8),
     "qwenimage": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=16),
+    "chroma": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=8),
+    "auraflow": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=8),
+    "cogview4": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=16),
 }
 
 
@@ -200,6 +204,28 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
             text_encoder=CLIPTextModelWithProjection(config).eval(), tokenizer=clip_tokenizer(),
             text_encoder_2=CLIPTextModelWithProjection(config).eval(), tokenizer_2=clip_tokenizer(),
             text_encoder_3=t5, tokenizer_3=t5_tokenizer())
+    elif kind == "chroma":
+        transformer = d.ChromaTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                                 axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32,
+                                                 approximator_layers=1, approximator_num_channels=16)
+        pipe = d.ChromaPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), text_encoder=t5_text(),
+                                tokenizer=t5_tokenizer(), transformer=transformer.eval(), vae=flow_vae(1))
+    elif kind == "auraflow":
+        transformer = d.AuraFlowTransformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_mmdit_layers=1,
+                                                   num_single_dit_layers=1, attention_head_dim=8, num_attention_heads=4,
+                                                   caption_projection_dim=32, joint_attention_dim=32, out_channels=4,
+                                                   pos_embed_max_size=256)
+        pipe = d.AuraFlowPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), text_encoder=umt5_text(),
+                                  tokenizer=t5_tokenizer(), transformer=transformer.eval(), vae=sd_vae())
+    elif kind == "cogview4":
+        transformer = d.CogView4Transformer2DModel(patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4,
+                                                   num_attention_heads=4, out_channels=4, text_embed_dim=32,
+                                                   time_embed_dim=8, condition_dim=4)
+        scheduler = d.FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                      use_dynamic_shifting=True, time_shift_type="linear")
+        pipe = d.CogView4Pipeline(scheduler=scheduler, text_encoder=glm_text(), tokenizer=llama_tokenizer(add_bos=True),
+                                  transformer=transformer.eval(), vae=sd_vae())
     elif kind.startswith("wan"):
         pipe = tiny_wan(kind)
     else:

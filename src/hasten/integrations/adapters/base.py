@@ -224,14 +224,19 @@ def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None)
     import numpy as np
 
     module = _pipeline_module(pipe, "calculate_shift")
-    scheduler = pipe.scheduler
-    cfg = scheduler.config
+    cfg = pipe.scheduler.config
     if sigmas is None:
         sigmas = np.linspace(1.0, 1 / steps, steps)
     mu = module.calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-    module.retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-    return plan_scheduler(scheduler)
+    return pipeline_plan(pipe, steps, device, sigmas=sigmas, mu=mu)
+
+
+def pipeline_plan(pipe, steps: int, device, **schedule) -> SchedulerPlan:
+    """The plan of the schedule a pipeline sets itself: its module's ``retrieve_timesteps(scheduler, steps, device,
+    **schedule)`` (custom ``timesteps`` / ``sigmas`` / ``mu``), then read as it is."""
+    _pipeline_module(pipe, "retrieve_timesteps").retrieve_timesteps(pipe.scheduler, steps, device, **schedule)
+    return plan_scheduler(pipe.scheduler)
 
 
 def _pipeline_module(pipe, name: str):

@@ -1,4 +1,4 @@
-"""Further text-to-image diffusion transformers: Qwen-Image.
+"""Further text-to-image diffusion transformers: Qwen-Image, Chroma, AuraFlow, CogView4.
 
 Each adapter here is its pipeline's conditioning (``encode_prompt``, the
 network call) and decoding; the schedule, latents and guidance come from
@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _per_channel_unscale,
-                                               _refuse_other_schedulers, _refuse_unknown, shifted_flow_plan)
+from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
+                                               _per_channel_unscale, _pipeline_module, _refuse_other_schedulers,
+                                               _refuse_unknown, pipeline_plan, shifted_flow_plan)
+from hasten.integrations.adapters.flow import _flux_unscale
 from hasten.integrations.denoisers import PipelineDenoiser
 
 
@@ -89,3 +91,154 @@ class QwenImageAdapter(Adapter):
                                     dtype=transformer.dtype, device=device)
         return self.prepared(plan, denoiser, x, generator,
                              self.decoder(output_type, return_dict, height=height, width=width))
+
+
+class ChromaAdapter(Adapter):
+    """``ChromaPipeline``: Flux's packed latents and schedule, T5 text with its attention mask, CFG."""
+
+    decoding = Decoding("diffusers.pipelines.chroma.pipeline_output:ChromaPipelineOutput", unscale=_flux_unscale,
+                        cast_latents=False)
+
+    def prepare(self, prompt=None, negative_prompt=None, height=None, width=None, num_inference_steps: int = 35,
+                sigmas=None, guidance_scale: float = 5.0, num_images_per_prompt: int = 1, generator=None,
+                latents=None, prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
+                negative_prompt_attention_mask=None, output_type: str = "pil", return_dict: bool = True,
+                max_sequence_length: int = 512, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, height, width, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                          prompt_attention_mask=prompt_attention_mask, negative_prompt_embeds=negative_prompt_embeds,
+                          negative_prompt_attention_mask=negative_prompt_attention_mask,
+                          max_sequence_length=max_sequence_length)
+        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
+        device, transformer = pipe._execution_device, pipe.transformer
+        cfg = guidance_scale > 1
+        embeds, text_ids, mask, neg, neg_ids, neg_mask = self.encode(
+            pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, do_classifier_free_guidance=cfg,
+            device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
+        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
+        x, image_ids = pipe.prepare_latents(n, transformer.config.in_channels // 4, height, width, embeds.dtype,
+                                            device, generator, latents)
+        plan = shifted_flow_plan(pipe, num_inference_steps, x.shape[1], device, sigmas)
+
+        def side(text, ids, text_mask) -> dict:
+            # the text positions (one (L, 3) table) ride along per row, so that cond and uncond keep their own
+            return {"text": text, "ids": ids.expand(n, *ids.shape),
+                    "mask": pipe._prepare_attention_mask(n, x.shape[1], x.dtype, text_mask)}
+
+        def call(xm, t, c):
+            return transformer(hidden_states=xm, timestep=t.to(xm.dtype) / 1000, encoder_hidden_states=c["text"],
+                               txt_ids=c["ids"][0], img_ids=image_ids, attention_mask=c["mask"],
+                               return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, side(embeds, text_ids, mask),
+                                    side(neg, neg_ids, neg_mask) if cfg else None, guidance_scale,
+                                    dtype=transformer.dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator,
+                             self.decoder(output_type, return_dict, height=height, width=width))
+
+
+class AuraFlowAdapter(Adapter):
+    """``AuraFlowPipeline``: flow matching, UMT5 text (masked into the embeddings), batched CFG."""
+
+    decoding = Decoding("diffusers.pipelines.pipeline_utils:ImagePipelineOutput", unscale=_divide_scaling,
+                        cast_latents=False)
+
+    def prepare(self, prompt=None, negative_prompt=None, num_inference_steps: int = 50, sigmas=None,
+                guidance_scale: float = 3.5, num_images_per_prompt: int = 1, height: int | None = 1024,
+                width: int | None = 1024, generator=None, latents=None, prompt_embeds=None,
+                prompt_attention_mask=None, negative_prompt_embeds=None, negative_prompt_attention_mask=None,
+                max_sequence_length: int = 256, output_type: str = "pil", return_dict: bool = True,
+                **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        transformer = pipe.transformer
+        height = height or transformer.config.sample_size * pipe.vae_scale_factor
+        width = width or transformer.config.sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                          prompt_attention_mask, negative_prompt_attention_mask)
+        pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
+        device = pipe._execution_device
+        cfg = guidance_scale > 1
+        embeds, _, neg, _ = self.encode(
+            pipe.encode_prompt, prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+            num_images_per_prompt=num_images_per_prompt, device=device, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, max_sequence_length=max_sequence_length)
+        plan = pipeline_plan(pipe, num_inference_steps, device, sigmas=sigmas)
+        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_images_per_prompt,
+                                 transformer.config.in_channels, height, width, embeds.dtype, device, generator,
+                                 latents)
+
+        def call(xm, t, c):  # the pipeline divides its float32 timestep by 1000, then casts
+            return transformer(xm, encoder_hidden_states=c["text"], timestep=(t.float() / 1000).to(xm.dtype),
+                               return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds}, {"text": neg} if cfg else None,
+                                    guidance_scale, dtype=transformer.dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict))
+
+
+class CogView4Adapter(Adapter):
+    """``CogView4Pipeline``: flow matching on integer timesteps with a linear shift, GLM text, size conditioning."""
+
+    decoding = Decoding("diffusers.pipelines.cogview4.pipeline_output:CogView4PipelineOutput",
+                        unscale=_divide_scaling, cast_latents=False)
+
+    def prepare(self, prompt=None, negative_prompt=None, height=None, width=None, num_inference_steps: int = 50,
+                timesteps=None, sigmas=None, guidance_scale: float = 5.0, num_images_per_prompt: int = 1,
+                generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None, original_size=None,
+                crops_coords_top_left=(0, 0), output_type: str = "pil", return_dict: bool = True,
+                max_sequence_length: int = 1024, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        transformer = pipe.transformer
+        height = height or transformer.config.sample_size * pipe.vae_scale_factor
+        width = width or transformer.config.sample_size * pipe.vae_scale_factor
+        pipe.check_inputs(prompt, height, width, negative_prompt, None, prompt_embeds, negative_prompt_embeds)
+        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        device = pipe._execution_device
+        cfg = guidance_scale > 1
+        embeds, neg = self.encode(pipe.encode_prompt, prompt, negative_prompt, cfg,
+                                  num_images_per_prompt=num_images_per_prompt, prompt_embeds=prompt_embeds,
+                                  negative_prompt_embeds=negative_prompt_embeds,
+                                  max_sequence_length=max_sequence_length, device=device)
+        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
+        x = pipe.prepare_latents(n, transformer.config.in_channels, height, width, torch.float32, device, generator,
+                                 latents)
+        sizes = {name: torch.tensor([value], dtype=embeds.dtype, device=device).repeat(n, 1)
+                 for name, value in (("original_size", original_size or (height, width)),
+                                     ("target_size", (height, width)), ("crop_coords", crops_coords_top_left))}
+        plan = self._plan(num_inference_steps, timesteps, sigmas, height, width, device)
+
+        def call(xm, t, c):
+            return transformer(hidden_states=xm, encoder_hidden_states=c["text"], timestep=t.float(),
+                               original_size=c["original_size"], target_size=c["target_size"],
+                               crop_coords=c["crop_coords"], return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds, **sizes},
+                                    {"text": neg, **sizes} if cfg else None, guidance_scale,
+                                    dtype=transformer.dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict))
+
+    def _plan(self, steps: int, timesteps, sigmas, height: int, width: int, device):
+        """The pipeline's schedule: integer timesteps ``linspace(T, 1, N)``, sigmas ``t / T``, shifted by ``mu``."""
+        import numpy as np
+
+        pipe = self.pipe
+        cfg = pipe.scheduler.config
+        train = cfg.num_train_timesteps
+        seq = (height // pipe.vae_scale_factor) * (width // pipe.vae_scale_factor) // pipe.transformer.config.patch_size ** 2
+        timesteps = np.linspace(train, 1.0, steps) if timesteps is None else np.array(timesteps)
+        timesteps = timesteps.astype(np.int64).astype(np.float32)
+        sigmas = timesteps / train if sigmas is None else sigmas
+        mu = _pipeline_module(pipe, "calculate_shift").calculate_shift(
+            seq, cfg.get("base_image_seq_len", 256), cfg.get("base_shift", 0.25), cfg.get("max_shift", 0.75))
+        return pipeline_plan(pipe, steps, device, timesteps=timesteps, sigmas=sigmas, mu=mu)
