@@ -77,6 +77,11 @@ REPRODUCED = {
                  dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2,
                       height=32, original_size=(64, 32), crops_coords_top_left=(4, 0), output_type="latent"),
                  dict(guidance_scale=1.0, timesteps=[999, 700, 400, 100], output_type="latent")],
+    "lumina2": [dict(output_type="pt"),
+                dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2,
+                     height=64, output_type="latent"),
+                dict(cfg_trunc_ratio=0.5, guidance_scale=6.0, output_type="latent"),
+                dict(cfg_normalization=False, system_prompt="a red cat", output_type="latent")],
 }
 
 
@@ -137,6 +142,7 @@ REFUSED = {
     "chroma": dict(ip_adapter_image=tiny_image()),
     "auraflow": dict(attention_kwargs={"scale": 0.5}),
     "cogview4": dict(attention_kwargs={"scale": 0.5}),
+    "lumina2": dict(attention_kwargs={"scale": 0.5}),
 }
 
 

@@ -41,6 +41,28 @@ def llama_tokenizer(add_bos: bool = False):
                               unk_token="<unk>", add_bos_token=add_bos)
 
 
+def gemma_tokenizer():
+    """A Gemma BPE (character level) over :data:`WORDS`, with ``<bos>`` first as Gemma's own tokenizer adds it."""
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in sorted(set("".join(WORDS) + " ")):
+        vocab.setdefault(ch, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+
+
+def gemma_text(hidden: int = 8, version: int = 1):
+    """A small Gemma (Lumina 2: ``GemmaForCausalLM``) or Gemma 2 (Sana: ``Gemma2Model``) text encoder."""
+    from transformers import Gemma2Config, Gemma2Model, GemmaConfig, GemmaForCausalLM
+
+    if version == 1:
+        return GemmaForCausalLM(GemmaConfig(head_dim=2, hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
+                                            num_hidden_layers=2, num_key_value_heads=4, vocab_size=64)).eval()
+    return Gemma2Model(Gemma2Config(head_dim=16, hidden_size=hidden, intermediate_size=64, num_attention_heads=2,
+                                    num_hidden_layers=1, num_key_value_heads=2, vocab_size=64,
+                                    attn_implementation="eager")).eval()
+
+
 def qwen_tokenizer():
     """A byte-level BPE without merges (one token per byte) with Qwen's chat tokens, as Qwen-Image's template needs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

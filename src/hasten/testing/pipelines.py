@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, glm_text, llama_tokenizer, qwen_tokenizer,
-                                               qwen_vl_text, t5_text, t5_tokenizer, umt5_text)
+from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, gemma_text, gemma_tokenizer, glm_text,
+                                               llama_tokenizer, qwen_tokenizer, qwen_vl_text, t5_text, t5_tokenizer,
+                                               umt5_text)
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
          "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v", "chroma", "auraflow",
-         "cogview4")
+         "cogview4", "lumina2")
 
 
 def tiny_image(size: int = 16):
@@ -52,6 +53,8 @@ TINY_CALLS = {
     "chroma": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=8),
     "auraflow": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=8),
     "cogview4": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=16),
+    "lumina2": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=16,
+                    system_prompt="a"),
 }
 
 
@@ -226,6 +229,13 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                                       use_dynamic_shifting=True, time_shift_type="linear")
         pipe = d.CogView4Pipeline(scheduler=scheduler, text_encoder=glm_text(), tokenizer=llama_tokenizer(add_bos=True),
                                   transformer=transformer.eval(), vae=sd_vae())
+    elif kind == "lumina2":
+        transformer = d.Lumina2Transformer2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=8,
+                                                  num_layers=2, num_attention_heads=1, num_kv_heads=1, multiple_of=16,
+                                                  ffn_dim_multiplier=None, norm_eps=1e-5, scaling_factor=1.0,
+                                                  axes_dim_rope=[4, 2, 2], cap_feat_dim=8)
+        pipe = d.Lumina2Pipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), text_encoder=gemma_text(8),
+                                 tokenizer=gemma_tokenizer(), transformer=transformer.eval(), vae=flow_vae(4))
     elif kind.startswith("wan"):
         pipe = tiny_wan(kind)
     else:

@@ -9,7 +9,7 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
-* :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, ...);
+* :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, ...);
 * :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
-from hasten.integrations.adapters.dit import AuraFlowAdapter, ChromaAdapter, CogView4Adapter, QwenImageAdapter
+from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, Lumina2Adapter,
+                                              QwenImageAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
@@ -39,6 +40,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "ChromaPipeline": ChromaAdapter,
     "AuraFlowPipeline": AuraFlowAdapter,
     "CogView4Pipeline": CogView4Adapter,
+    "Lumina2Pipeline": Lumina2Adapter,
 }
 
 
@@ -54,6 +56,6 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Prepared",
+__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "Prepared",
            "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
            "WanImageToVideoAdapter", "adapter_for", "decode_latents"]

@@ -1,4 +1,4 @@
-"""Further text-to-image diffusion transformers: Qwen-Image, Chroma, AuraFlow, CogView4.
+"""Further text-to-image diffusion transformers: Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2.
 
 Each adapter here is its pipeline's conditioning (``encode_prompt``, the
 network call) and decoding; the schedule, latents and guidance come from
@@ -14,7 +14,7 @@ import torch
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
                                                _per_channel_unscale, _pipeline_module, _refuse_other_schedulers,
-                                               _refuse_unknown, pipeline_plan, shifted_flow_plan)
+                                               _refuse_unknown, _scale_and_shift, pipeline_plan, shifted_flow_plan)
 from hasten.integrations.adapters.flow import _flux_unscale
 from hasten.integrations.denoisers import PipelineDenoiser
 
@@ -242,3 +242,71 @@ class CogView4Adapter(Adapter):
         mu = _pipeline_module(pipe, "calculate_shift").calculate_shift(
             seq, cfg.get("base_image_seq_len", 256), cfg.get("base_shift", 0.25), cfg.get("max_shift", 0.75))
         return pipeline_plan(pipe, steps, device, timesteps=timesteps, sigmas=sigmas, mu=mu)
+
+
+class Lumina2Adapter(Adapter):
+    """``Lumina2Pipeline``: flow matching with Lumina's reversed time (t = 1 at the data), Gemma text behind a system
+    prompt, CFG renormalised (``cfg_normalization``) and switched off after ``cfg_trunc_ratio`` of the steps."""
+
+    decoding = Decoding("diffusers.pipelines.pipeline_utils:ImagePipelineOutput", unscale=_scale_and_shift,
+                        cast_latents=False)
+
+    def prepare(self, prompt=None, width=None, height=None, num_inference_steps: int = 30, guidance_scale: float = 4.0,
+                negative_prompt=None, sigmas=None, num_images_per_prompt: int = 1, generator=None, latents=None,
+                prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
+                negative_prompt_attention_mask=None, output_type: str = "pil", return_dict: bool = True,
+                system_prompt=None, cfg_trunc_ratio: float = 1.0, cfg_normalization: bool = True,
+                max_sequence_length: int = 256, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
+        pipe.check_inputs(prompt, height, width, negative_prompt, prompt_embeds=prompt_embeds,
+                          negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+                          negative_prompt_attention_mask=negative_prompt_attention_mask,
+                          max_sequence_length=max_sequence_length)
+        device, transformer = pipe._execution_device, pipe.transformer
+        cfg = guidance_scale > 1
+        embeds, mask, neg, neg_mask = self.encode(
+            pipe.encode_prompt, prompt, cfg, negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images_per_prompt, device=device, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, max_sequence_length=max_sequence_length,
+            system_prompt=system_prompt)
+        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_images_per_prompt,
+                                 transformer.config.in_channels, height, width, embeds.dtype, device, generator,
+                                 latents)
+        plan = shifted_flow_plan(pipe, num_inference_steps, x.shape[1], device, sigmas)
+        train = pipe.scheduler.config.num_train_timesteps
+
+        def call(xm, t, c):  # the pipeline negates the guided output before its step: so does the network here
+            return -transformer(hidden_states=xm, timestep=1 - t.float() / train, encoder_hidden_states=c["text"],
+                                encoder_attention_mask=c["mask"], return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds, "mask": mask},
+                                    {"text": neg, "mask": neg_mask} if cfg else None,
+                                    _truncated_guidance(plan.grid, guidance_scale, cfg_trunc_ratio),
+                                    guidance_renorm=cfg_normalization, dtype=transformer.dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict))
+
+
+def _truncated_guidance(grid, guidance_scale: float, ratio: float):
+    """Lumina 2's ``cfg_trunc_ratio``: no guidance at steps i with ``(i + 1) / N > ratio`` (a scale of 1 there).
+
+    The scale is a function of the rows' model times, which name their grid
+    points; the unconditional half is still evaluated at truncated steps
+    (the pipeline skips it), so their cost is counted in full.
+    """
+    n = grid.steps
+    cut = [i for i in range(n) if (i + 1) / n > ratio]
+    if not cut:
+        return guidance_scale
+    truncated = grid.timesteps[cut]
+
+    def scale(t: torch.Tensor) -> torch.Tensor:
+        off = torch.isin(t, truncated.to(t.device, t.dtype))
+        return torch.where(off, 1.0, guidance_scale)
+
+    return scale
