@@ -82,6 +82,15 @@ REPRODUCED = {
                      height=64, output_type="latent"),
                 dict(cfg_trunc_ratio=0.5, guidance_scale=6.0, output_type="latent"),
                 dict(cfg_normalization=False, system_prompt="a red cat", output_type="latent")],
+    "pixart-sigma": [dict(output_type="pt"),
+                     dict(prompt=["a cat", "a photo of a red dog"], negative_prompt="", num_images_per_prompt=2,
+                          output_type="latent"),
+                     dict(use_resolution_binning=True, height=48, output_type="pt")],  # the 256 bin, resized back
+    "sana": [dict(output_type="pt"),
+             dict(prompt=["a cat", "a photo of a red dog"], negative_prompt="", num_images_per_prompt=2,
+                  guidance_scale=1.0, output_type="latent"),
+             dict(use_resolution_binning=True, height=96, output_type="pt"),  # the 512 bin, resized back
+             dict(complex_human_instruction=["describe:", "then: "], max_sequence_length=6, output_type="latent")],
 }
 
 
@@ -143,6 +152,8 @@ REFUSED = {
     "auraflow": dict(attention_kwargs={"scale": 0.5}),
     "cogview4": dict(attention_kwargs={"scale": 0.5}),
     "lumina2": dict(attention_kwargs={"scale": 0.5}),
+    "pixart-sigma": dict(eta=0.5),
+    "sana": dict(timesteps=[999, 500, 100, 10]),
 }
 
 
@@ -208,3 +219,28 @@ def test_wan_i2v_with_an_image_encoder_makes_one_video_per_prompt():
     with pytest.raises(HastenError, match="one video per prompt"):
         hasten.accelerate(pipe_of("wan-i2v"))(num_inference_steps=STEPS, num_videos_per_prompt=2,
                                               **TINY_CALLS["wan-i2v"])
+
+
+def test_sana_stochastic_flow_steps_draw_from_the_call_generator():
+    """SanaPipeline hands its generator to ``step``: stochastic flow noise comes from it, not the global RNG."""
+    import diffusers
+
+    pipe = tiny_pipeline("sana")
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0, stochastic_sampling=True)
+    call = {"num_inference_steps": STEPS, **TINY_CALLS["sana"], "output_type": "latent"}
+    torch.manual_seed(1)
+    ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(0), **call).images
+    torch.manual_seed(2)  # a different global state: the pipeline does not read it
+    theirs = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_pixart_binning_needs_a_binned_sample_size():
+    pipe = pipe_of("pixart-sigma")
+    pipe.transformer.register_to_config(sample_size=8)
+    try:
+        with pytest.raises(HastenError, match="use_resolution_binning=True needs a transformer sample_size"):
+            hasten.accelerate(pipe)(num_inference_steps=STEPS, **{**TINY_CALLS["pixart-sigma"],
+                                                                  "use_resolution_binning": True})
+    finally:
+        pipe.transformer.register_to_config(sample_size=32)

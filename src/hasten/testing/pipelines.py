@@ -19,7 +19,7 @@ from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, gemma_
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
          "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v", "chroma", "auraflow",
-         "cogview4", "lumina2")
+         "cogview4", "lumina2", "pixart-sigma", "sana")
 
 
 def tiny_image(size: int = 16):
@@ -55,6 +55,10 @@ TINY_CALLS = {
     "cogview4": dict(prompt="a cat", negative_prompt="a dog", height=16, width=16, max_sequence_length=16),
     "lumina2": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=16,
                     system_prompt="a"),
+    "pixart-sigma": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, max_sequence_length=8,
+                         use_resolution_binning=False),
+    "sana": dict(prompt="a cat", negative_prompt="a dog", height=128, width=128, max_sequence_length=8,
+                 use_resolution_binning=False, complex_human_instruction=None),
 }
 
 
@@ -236,6 +240,34 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                                                   axes_dim_rope=[4, 2, 2], cap_feat_dim=8)
         pipe = d.Lumina2Pipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), text_encoder=gemma_text(8),
                                  tokenizer=gemma_tokenizer(), transformer=transformer.eval(), vae=flow_vae(4))
+    elif kind == "pixart-sigma":
+        transformer = d.PixArtTransformer2DModel(sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8,
+                                                 num_attention_heads=3, caption_channels=32, in_channels=4,
+                                                 cross_attention_dim=24, out_channels=8, attention_bias=True,
+                                                 activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                                 norm_type="ada_norm_single", norm_elementwise_affine=False,
+                                                 norm_eps=1e-6)
+        # 8x down, as the real VAE: sample_size 32 is PixArt's 256 bin, so binned sizes stay small
+        vae = d.AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=["DownEncoderBlock2D"] * 4,
+                              up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=2)
+        pipe = d.PixArtSigmaPipeline(scheduler=d.DDIMScheduler(), text_encoder=t5_text(), tokenizer=t5_tokenizer(),
+                                     transformer=transformer.eval(), vae=vae.eval())
+    elif kind == "sana":
+        transformer = d.SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                               num_attention_heads=2, attention_head_dim=4,
+                                               num_cross_attention_heads=2, cross_attention_head_dim=4,
+                                               cross_attention_dim=8, caption_channels=8, sample_size=16)
+        # a 32x down DC-AE, as the real one: sample_size 16 is Sana's 512 bin
+        blocks = ("ResBlock",) * 5 + ("EfficientViTBlock",)
+        vae = d.AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=blocks,
+                              decoder_block_types=blocks, encoder_block_out_channels=(8,) * 6,
+                              decoder_block_out_channels=(8,) * 6, encoder_qkv_multiscales=((),) * 5 + ((5,),),
+                              decoder_qkv_multiscales=((),) * 5 + ((5,),), encoder_layers_per_block=(1,) * 6,
+                              decoder_layers_per_block=(1,) * 6, downsample_block_type="conv",
+                              upsample_block_type="interpolate", decoder_norm_types="rms_norm",
+                              decoder_act_fns="silu", scaling_factor=0.41407)
+        pipe = d.SanaPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder=gemma_text(8, 2),
+                              tokenizer=gemma_tokenizer(), transformer=transformer.eval(), vae=vae.eval())
     elif kind.startswith("wan"):
         pipe = tiny_wan(kind)
     else:

@@ -10,6 +10,7 @@ returns everything the engine needs, before any network call.
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
 * :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, ...);
+* :mod:`.pixart`: PixArt-Σ and Sana (resolution binning, learned sigma);
 * :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
 """
 
@@ -20,6 +21,7 @@ from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decod
 from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, Lumina2Adapter,
                                               QwenImageAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
+from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
                                                 WanImageToVideoAdapter)
@@ -41,6 +43,8 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "AuraFlowPipeline": AuraFlowAdapter,
     "CogView4Pipeline": CogView4Adapter,
     "Lumina2Pipeline": Lumina2Adapter,
+    "PixArtSigmaPipeline": PixArtSigmaAdapter,
+    "SanaPipeline": SanaAdapter,
 }
 
 
@@ -56,6 +60,7 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "Prepared",
-           "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
+__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "PixArtSigmaAdapter",
+           "Prepared",
+           "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
            "WanImageToVideoAdapter", "adapter_for", "decode_latents"]
