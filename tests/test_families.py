@@ -91,6 +91,9 @@ REPRODUCED = {
                   guidance_scale=1.0, output_type="latent"),
              dict(use_resolution_binning=True, height=96, output_type="pt"),  # the 512 bin, resized back
              dict(complex_human_instruction=["describe:", "then: "], max_sequence_length=6, output_type="latent")],
+    "hidream": [dict(output_type="pt"),
+                dict(prompt=["a cat", "a photo of a red dog"], negative_prompt=None, num_images_per_prompt=2,
+                     prompt_4="a red dog", height=64, width=32, output_type="latent")],
 }
 
 
@@ -154,6 +157,7 @@ REFUSED = {
     "lumina2": dict(attention_kwargs={"scale": 0.5}),
     "pixart-sigma": dict(eta=0.5),
     "sana": dict(timesteps=[999, 500, 100, 10]),
+    "hidream": dict(attention_kwargs={"scale": 0.5}),
 }
 
 

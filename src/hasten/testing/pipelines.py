@@ -19,7 +19,7 @@ from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, gemma_
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
          "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v", "chroma", "auraflow",
-         "cogview4", "lumina2", "pixart-sigma", "sana")
+         "cogview4", "lumina2", "pixart-sigma", "sana", "hidream")
 
 
 def tiny_image(size: int = 16):
@@ -59,6 +59,7 @@ TINY_CALLS = {
                          use_resolution_binning=False),
     "sana": dict(prompt="a cat", negative_prompt="a dog", height=128, width=128, max_sequence_length=8,
                  use_resolution_binning=False, complex_human_instruction=None),
+    "hidream": dict(prompt="a cat", negative_prompt="a dog", max_sequence_length=8),
 }
 
 
@@ -268,6 +269,30 @@ def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, se
                               decoder_act_fns="silu", scaling_factor=0.41407)
         pipe = d.SanaPipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder=gemma_text(8, 2),
                               tokenizer=gemma_tokenizer(), transformer=transformer.eval(), vae=vae.eval())
+    elif kind == "hidream":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        transformer = d.HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                                       num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
+                                                       caption_channels=[32, 16], text_emb_dim=64, num_routed_experts=4,
+                                                       num_activated_experts=2, axes_dims_rope=(4, 2, 2),
+                                                       max_resolution=(32, 32), llama_layers=(0, 1))
+        vae = d.AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=["DownEncoderBlock2D"] * 4,
+                              up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=2,
+                              scaling_factor=0.3611, shift_factor=0.1159)
+        llama = LlamaForCausalLM(LlamaConfig(bos_token_id=1, eos_token_id=2, pad_token_id=3, hidden_size=16,
+                                             intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                             vocab_size=64, max_position_embeddings=512))
+        clip = dict(hidden=32, projection=32, positions=128, with_projection=True)
+        pipe = d.HiDreamImagePipeline(scheduler=d.FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+                                      text_encoder=clip_text(**clip), tokenizer=clip_tokenizer(128),
+                                      text_encoder_2=clip_text(**clip), tokenizer_2=clip_tokenizer(128),
+                                      text_encoder_3=t5_text(32), tokenizer_3=t5_tokenizer(),
+                                      text_encoder_4=llama.eval(), tokenizer_4=llama_tokenizer(add_bos=True),
+                                      transformer=transformer.eval())
+        # HiDream samples a fixed area of (default_sample_size x vae_scale_factor)^2 pixels, 128 latents a side by
+        # default; 16 keeps the tiny pipeline fast (an attribute, not saved: a saved copy samples 128 again)
+        pipe.default_sample_size = 16
     elif kind.startswith("wan"):
         pipe = tiny_wan(kind)
     else:

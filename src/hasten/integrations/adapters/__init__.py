@@ -9,7 +9,7 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
-* :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, ...);
+* :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, HiDream);
 * :mod:`.pixart`: PixArt-Σ and Sana (resolution binning, learned sigma);
 * :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
-from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, Lumina2Adapter,
-                                              QwenImageAdapter)
+from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
+                                              Lumina2Adapter, QwenImageAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
@@ -45,6 +45,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "Lumina2Pipeline": Lumina2Adapter,
     "PixArtSigmaPipeline": PixArtSigmaAdapter,
     "SanaPipeline": SanaAdapter,
+    "HiDreamImagePipeline": HiDreamImageAdapter,
 }
 
 
@@ -60,7 +61,7 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "PixArtSigmaAdapter",
+__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HiDreamImageAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "PixArtSigmaAdapter",
            "Prepared",
            "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
            "WanImageToVideoAdapter", "adapter_for", "decode_latents"]

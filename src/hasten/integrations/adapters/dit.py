@@ -1,4 +1,4 @@
-"""Further text-to-image diffusion transformers: Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2.
+"""Further text-to-image diffusion transformers: Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, HiDream.
 
 Each adapter here is its pipeline's conditioning (``encode_prompt``, the
 network call) and decoding; the schedule, latents and guidance come from
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import torch
 
 from hasten.errors import HastenError
@@ -17,6 +19,7 @@ from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _bat
                                                _refuse_unknown, _scale_and_shift, pipeline_plan, shifted_flow_plan)
 from hasten.integrations.adapters.flow import _flux_unscale
 from hasten.integrations.denoisers import PipelineDenoiser
+from hasten.integrations.schedulers import plan_scheduler
 
 
 def _qwen_decode(pipe, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -310,3 +313,73 @@ def _truncated_guidance(grid, guidance_scale: float, ratio: float):
         return torch.where(off, 1.0, guidance_scale)
 
     return scale
+
+
+class HiDreamImageAdapter(Adapter):
+    """``HiDreamImagePipeline``: four text encoders (two CLIP pooled, T5, Llama layers), a mixture-of-experts
+    flow transformer on a fixed pixel area, negated output, batched CFG."""
+
+    decoding = Decoding("diffusers.pipelines.hidream_image.pipeline_output:HiDreamImagePipelineOutput",
+                        unscale=_scale_and_shift, cast_latents=False)
+
+    def prepare(self, prompt=None, prompt_2=None, prompt_3=None, prompt_4=None, height=None, width=None,
+                num_inference_steps: int = 50, sigmas=None, guidance_scale: float = 5.0, negative_prompt=None,
+                negative_prompt_2=None, negative_prompt_3=None, negative_prompt_4=None,
+                num_images_per_prompt: int = 1, generator=None, latents=None, prompt_embeds_t5=None,
+                prompt_embeds_llama3=None, negative_prompt_embeds_t5=None, negative_prompt_embeds_llama3=None,
+                pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None, output_type: str = "pil",
+                return_dict: bool = True, max_sequence_length: int = 128, **extra) -> Prepared:
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        height, width = self._size(height, width)
+        prompts = dict(prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, prompt_4=prompt_4,
+                       negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+                       negative_prompt_3=negative_prompt_3, negative_prompt_4=negative_prompt_4)
+        embeds = dict(prompt_embeds_t5=prompt_embeds_t5, prompt_embeds_llama3=prompt_embeds_llama3,
+                      negative_prompt_embeds_t5=negative_prompt_embeds_t5,
+                      negative_prompt_embeds_llama3=negative_prompt_embeds_llama3,
+                      pooled_prompt_embeds=pooled_prompt_embeds,
+                      negative_pooled_prompt_embeds=negative_pooled_prompt_embeds)
+        pipe.check_inputs(**prompts, **embeds)
+        pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
+        device, transformer = pipe._execution_device, pipe.transformer
+        cfg = guidance_scale > 1
+        t5, neg_t5, llama, neg_llama, pooled, neg_pooled = self.encode(
+            pipe.encode_prompt, **prompts, **embeds, do_classifier_free_guidance=cfg, device=device,
+            num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
+        n = (pooled.shape[0] // num_images_per_prompt if prompt is None else _batch_size(prompt, None)) \
+            * num_images_per_prompt
+        x = pipe.prepare_latents(n, transformer.config.in_channels, height, width, pooled.dtype, device, generator,
+                                 latents)
+        plan = self._plan(num_inference_steps, sigmas, device)
+
+        def side(text, layers, pool) -> dict:  # Llama's layers stack before the batch: rows first here
+            return {"t5": text, "llama": layers.transpose(0, 1), "pooled": pool}
+
+        def call(xm, t, c):
+            return -transformer(hidden_states=xm, timesteps=t.float(), encoder_hidden_states_t5=c["t5"],
+                                encoder_hidden_states_llama3=c["llama"].transpose(0, 1), pooled_embeds=c["pooled"],
+                                return_dict=False)[0]
+
+        denoiser = PipelineDenoiser(call, plan.grid, side(t5, llama, pooled),
+                                    side(neg_t5, neg_llama, neg_pooled) if cfg else None, guidance_scale,
+                                    dtype=transformer.dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict))
+
+    def _size(self, height, width) -> tuple[int, int]:
+        """The pipeline's size: the asked aspect ratio scaled to its fixed area, on a grid of 2 latent pixels."""
+        pipe = self.pipe
+        height = height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        division = pipe.vae_scale_factor * 2
+        scale = math.sqrt((pipe.default_sample_size * pipe.vae_scale_factor) ** 2 / (width * height))
+        return int(height * scale // division * division), int(width * scale // division * division)
+
+    def _plan(self, steps: int, sigmas, device):
+        """Shifted by ``mu`` of the transformer's maximal sequence; UniPC is set without a shift, as the pipeline does."""
+        pipe = self.pipe
+        if type(pipe.scheduler).__name__ == "UniPCMultistepScheduler":
+            return plan_scheduler(pipe.scheduler, steps, device)
+        _refuse_other_schedulers(pipe)
+        mu = _pipeline_module(pipe, "calculate_shift").calculate_shift(pipe.transformer.max_seq)
+        return pipeline_plan(pipe, steps, device, sigmas=sigmas, mu=mu)
