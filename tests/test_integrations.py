@@ -106,7 +106,8 @@ def test_bad_input_is_refused_before_any_model_call():
     class NotAPipeline:
         pass
 
-    with pytest.raises(HastenError, match="pipeline NotAPipeline is not supported yet; supported: CogVideoXPipeline, DDIMPipeline"):
+    with pytest.raises(HastenError, match="pipeline NotAPipeline is not supported yet; supported: AuraFlowPipeline, "
+                                          "ChromaPipeline, CogVideoXPipeline, CogView4Pipeline, DDIMPipeline"):
         hasten.accelerate(NotAPipeline())
     pipe = tiny_sd()
     with pytest.raises(HastenError, match="not supported by hasten: ip_adapter_image \\(hasten takes "
