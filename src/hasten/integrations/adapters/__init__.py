@@ -61,7 +61,8 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter", "Decoding", "FluxAdapter", "HiDreamImageAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter", "PixArtSigmaAdapter",
-           "Prepared",
-           "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
-           "WanImageToVideoAdapter", "adapter_for", "decode_latents"]
+__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
+           "Decoding", "FluxAdapter", "HiDreamImageAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter",
+           "PixArtSigmaAdapter", "Prepared", "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter",
+           "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter", "WanImageToVideoAdapter", "adapter_for",
+           "decode_latents"]

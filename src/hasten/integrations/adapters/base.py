@@ -135,8 +135,16 @@ def _scale_and_shift(pipe, z: torch.Tensor) -> torch.Tensor:
     return z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
 
 
+def _image_size(pipe, height, width, sample_size: int | None = None) -> tuple[int, int]:
+    """The call's size, or the pipeline's default: ``sample_size`` (its ``default_sample_size`` unless given) latents
+    times its ``vae_scale_factor``."""
+    side = (pipe.default_sample_size if sample_size is None else sample_size) * pipe.vae_scale_factor
+    return height or side, width or side
+
+
 def _per_channel_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
-    """The VAE input of the Wan-VAE pipelines (Wan, Qwen-Image): per-channel ``latents_mean`` / ``latents_std`` undone."""
+    """The VAE input of the Wan-VAE pipelines (Wan, Qwen-Image): per-channel ``latents_mean`` / ``latents_std``
+    undone."""
     config = pipe.vae.config
     mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z)
     inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z)
@@ -175,7 +183,7 @@ class Adapter:
 
     def prepared(self, plan: SchedulerPlan, denoiser, latents: torch.Tensor, generator, decode: Callable,
                  noise_dtype: torch.dtype | None = None) -> Prepared:
-        """The :class:`Prepared` call: float32 latents, and the plan's step noise drawn after them from ``generator``."""
+        """The :class:`Prepared` call: float32 latents, the plan's step noise drawn after them from ``generator``."""
         noise = plan.draw_noise(latents.shape, generator, latents.device, noise_dtype or latents.dtype)
         return Prepared.from_plan(plan, denoiser, latents.float(), noise, decode)
 

@@ -7,16 +7,16 @@ network call) and decoding; the schedule, latents and guidance come from
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
-                                               _per_channel_unscale, _pipeline_module, _refuse_other_schedulers,
-                                               _refuse_unknown, _scale_and_shift, pipeline_plan, shifted_flow_plan)
+                                               _image_size, _per_channel_unscale, _pipeline_module,
+                                               _refuse_other_schedulers, _refuse_unknown, _scale_and_shift,
+                                               pipeline_plan, shifted_flow_plan)
 from hasten.integrations.adapters.flow import _flux_unscale
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import plan_scheduler
@@ -53,8 +53,7 @@ class QwenImageAdapter(Adapter):
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
         _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width)
         pipe.check_inputs(prompt, height, width, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, prompt_embeds_mask=prompt_embeds_mask,
                           negative_prompt_embeds_mask=negative_prompt_embeds_mask,
@@ -71,7 +70,8 @@ class QwenImageAdapter(Adapter):
                                    prompt_embeds_mask=prompt_embeds_mask, **per_prompt)
         uncond = None
         if guided:
-            neg, neg_mask = self.encode(pipe.encode_prompt, prompt=negative_prompt, prompt_embeds=negative_prompt_embeds,
+            neg, neg_mask = self.encode(pipe.encode_prompt, prompt=negative_prompt,
+                                        prompt_embeds=negative_prompt_embeds,
                                         prompt_embeds_mask=negative_prompt_embeds_mask, **per_prompt)
             uncond = {"text": neg, "mask": neg_mask}
         n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
@@ -110,8 +110,7 @@ class ChromaAdapter(Adapter):
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
         _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width)
         pipe.check_inputs(prompt, height, width, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                           prompt_attention_mask=prompt_attention_mask, negative_prompt_embeds=negative_prompt_embeds,
                           negative_prompt_attention_mask=negative_prompt_attention_mask,
@@ -162,8 +161,7 @@ class AuraFlowAdapter(Adapter):
         _refuse_unknown(extra, self.prepare, pipe)
         _refuse_other_schedulers(pipe)
         transformer = pipe.transformer
-        height = height or transformer.config.sample_size * pipe.vae_scale_factor
-        width = width or transformer.config.sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width, transformer.config.sample_size)
         pipe.check_inputs(prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)
         pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
@@ -203,8 +201,7 @@ class CogView4Adapter(Adapter):
         _refuse_unknown(extra, self.prepare, pipe)
         _refuse_other_schedulers(pipe)
         transformer = pipe.transformer
-        height = height or transformer.config.sample_size * pipe.vae_scale_factor
-        width = width or transformer.config.sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width, transformer.config.sample_size)
         pipe.check_inputs(prompt, height, width, negative_prompt, None, prompt_embeds, negative_prompt_embeds)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
         device = pipe._execution_device
@@ -238,7 +235,8 @@ class CogView4Adapter(Adapter):
         pipe = self.pipe
         cfg = pipe.scheduler.config
         train = cfg.num_train_timesteps
-        seq = (height // pipe.vae_scale_factor) * (width // pipe.vae_scale_factor) // pipe.transformer.config.patch_size ** 2
+        patch = pipe.transformer.config.patch_size
+        seq = (height // pipe.vae_scale_factor) * (width // pipe.vae_scale_factor) // patch ** 2
         timesteps = np.linspace(train, 1.0, steps) if timesteps is None else np.array(timesteps)
         timesteps = timesteps.astype(np.int64).astype(np.float32)
         sigmas = timesteps / train if sigmas is None else sigmas
@@ -263,8 +261,7 @@ class Lumina2Adapter(Adapter):
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
         _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width)
         pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
         pipe.check_inputs(prompt, height, width, negative_prompt, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
@@ -347,8 +344,7 @@ class HiDreamImageAdapter(Adapter):
         t5, neg_t5, llama, neg_llama, pooled, neg_pooled = self.encode(
             pipe.encode_prompt, **prompts, **embeds, do_classifier_free_guidance=cfg, device=device,
             num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
-        n = (pooled.shape[0] // num_images_per_prompt if prompt is None else _batch_size(prompt, None)) \
-            * num_images_per_prompt
+        n = _batch_size(prompt, pooled_prompt_embeds) * num_images_per_prompt  # the pipeline counts pooled rows
         x = pipe.prepare_latents(n, transformer.config.in_channels, height, width, pooled.dtype, device, generator,
                                  latents)
         plan = self._plan(num_inference_steps, sigmas, device)
@@ -369,14 +365,13 @@ class HiDreamImageAdapter(Adapter):
     def _size(self, height, width) -> tuple[int, int]:
         """The pipeline's size: the asked aspect ratio scaled to its fixed area, on a grid of 2 latent pixels."""
         pipe = self.pipe
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = _image_size(pipe, height, width)
         division = pipe.vae_scale_factor * 2
         scale = math.sqrt((pipe.default_sample_size * pipe.vae_scale_factor) ** 2 / (width * height))
         return int(height * scale // division * division), int(width * scale // division * division)
 
     def _plan(self, steps: int, sigmas, device):
-        """Shifted by ``mu`` of the transformer's maximal sequence; UniPC is set without a shift, as the pipeline does."""
+        """Shifted by ``mu`` of the transformer's maximal sequence; UniPC set without one, as the pipeline does."""
         pipe = self.pipe
         if type(pipe.scheduler).__name__ == "UniPCMultistepScheduler":
             return plan_scheduler(pipe.scheduler, steps, device)

@@ -12,7 +12,8 @@ import inspect
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, _batch_size, _pipeline_module, _refuse_unknown
+from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _image_size, _pipeline_module,
+                                               _refuse_unknown)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -66,7 +67,34 @@ def _dit_call(transformer, latent_channels: int, timestep_scale: float | None = 
     return call
 
 
-class PixArtSigmaAdapter(Adapter):
+class _BinnedDiT(Adapter):
+    """What PixArt-Σ and Sana share once their sizes are binned and inputs checked."""
+
+    def _binning(self, height: int, width: int, use_resolution_binning: bool):
+        """(height, width) sampled, and the asked size to resize back to (None without binning)."""
+        if not use_resolution_binning:
+            return height, width, None
+        return (*_binned_size(self.pipe, height, width), (height, width))
+
+    def _sample(self, text: dict, guidance_scale: float, steps: int, n: int, height: int, width: int, size,
+                latent_dtype, call, generator, latents, output_type: str, return_dict: bool) -> Prepared:
+        """Encode ``text`` (``encode_prompt``'s keywords), plan, draw latents, and build the CFG denoiser."""
+        pipe = self.pipe
+        device, transformer = pipe._execution_device, pipe.transformer
+        cfg = guidance_scale > 1
+        embeds, mask, neg, neg_mask = self.encode(pipe.encode_prompt, do_classifier_free_guidance=cfg, device=device,
+                                                  **text)
+        plan = _generator_noise(plan_scheduler(pipe.scheduler, steps, device))
+        x = pipe.prepare_latents(n, transformer.config.in_channels, height, width, latent_dtype or embeds.dtype,
+                                 device, generator, latents)
+        dtype = transformer.dtype
+        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds.to(dtype), "mask": mask},
+                                    {"text": neg.to(dtype), "mask": neg_mask} if cfg else None, guidance_scale,
+                                    dtype=dtype, device=device)
+        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict, size=size))
+
+
+class PixArtSigmaAdapter(_BinnedDiT):
     """``PixArtSigmaPipeline``: VP DiT (eps, learned sigma) with T5 text and its mask, batched CFG, binned sizes."""
 
     decoding = Decoding("diffusers.pipelines.pipeline_utils:ImagePipelineOutput", vae_decode=_binned_decode,
@@ -81,38 +109,27 @@ class PixArtSigmaAdapter(Adapter):
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
         transformer = pipe.transformer
-        height = height or transformer.config.sample_size * pipe.vae_scale_factor
-        width = width or transformer.config.sample_size * pipe.vae_scale_factor
-        size = None
-        if use_resolution_binning:
-            size, (height, width) = (height, width), _binned_size(pipe, height, width)
+        height, width, size = self._binning(*_image_size(pipe, height, width, transformer.config.sample_size),
+                                            use_resolution_binning)
         pipe.check_inputs(prompt, height, width, negative_prompt, 1, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)
-        device = pipe._execution_device
-        cfg = guidance_scale > 1
-        embeds, mask, neg, neg_mask = self.encode(
-            pipe.encode_prompt, prompt, cfg, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, device=device, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
-            negative_prompt_attention_mask=negative_prompt_attention_mask, clean_caption=clean_caption,
-            max_sequence_length=max_sequence_length)
-        plan = _generator_noise(plan_scheduler(pipe.scheduler, num_inference_steps, device))
-        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_images_per_prompt,
-                                 transformer.config.in_channels, height, width, embeds.dtype, device, generator,
-                                 latents)
+        text = dict(prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+                    prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                    prompt_attention_mask=prompt_attention_mask,
+                    negative_prompt_attention_mask=negative_prompt_attention_mask, clean_caption=clean_caption,
+                    max_sequence_length=max_sequence_length)
         call = _dit_call(transformer, transformer.config.in_channels,
                          added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds, "mask": mask},
-                                    {"text": neg, "mask": neg_mask} if cfg else None, guidance_scale,
-                                    dtype=transformer.dtype, device=device)
-        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict, size=size))
+        return self._sample(text, guidance_scale, num_inference_steps,
+                            _batch_size(prompt, prompt_embeds) * num_images_per_prompt, height, width, size, None,
+                            call, generator, latents, output_type, return_dict)
 
 
 #: stands for Sana's own default ``complex_human_instruction`` (None is a value: no instruction)
 _PIPELINE_DEFAULT = object()
 
 
-class SanaAdapter(Adapter):
+class SanaAdapter(_BinnedDiT):
     """``SanaPipeline``: flow DiT with Gemma 2 text behind its instruction, batched CFG, binned sizes."""
 
     decoding = Decoding("diffusers.pipelines.sana.pipeline_output:SanaPipelineOutput", vae_decode=_binned_decode,
@@ -129,27 +146,17 @@ class SanaAdapter(Adapter):
         if complex_human_instruction is _PIPELINE_DEFAULT:
             complex_human_instruction = inspect.signature(pipe.__call__).parameters[
                 "complex_human_instruction"].default
-        size = None
-        if use_resolution_binning:
-            size, (height, width) = (height, width), _binned_size(pipe, height, width)
+        height, width, size = self._binning(height, width, use_resolution_binning)
         pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
-        device, transformer = pipe._execution_device, pipe.transformer
-        cfg = guidance_scale > 1
-        embeds, mask, neg, neg_mask = self.encode(
-            pipe.encode_prompt, prompt, cfg, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, device=device, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, prompt_attention_mask=prompt_attention_mask,
-            negative_prompt_attention_mask=negative_prompt_attention_mask, clean_caption=clean_caption,
-            max_sequence_length=max_sequence_length, complex_human_instruction=complex_human_instruction)
-        plan = _generator_noise(plan_scheduler(pipe.scheduler, num_inference_steps, device))
-        channels = transformer.config.in_channels
-        x = pipe.prepare_latents(_batch_size(prompt, prompt_embeds) * num_images_per_prompt, channels, height, width,
-                                 torch.float32, device, generator, latents)
-        call = _dit_call(transformer, channels, transformer.config.timestep_scale)
-        dtype = transformer.dtype
-        denoiser = PipelineDenoiser(call, plan.grid, {"text": embeds.to(dtype), "mask": mask},
-                                    {"text": neg.to(dtype), "mask": neg_mask} if cfg else None, guidance_scale,
-                                    dtype=dtype, device=device)
-        return self.prepared(plan, denoiser, x, generator, self.decoder(output_type, return_dict, size=size))
+        text = dict(prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+                    prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                    prompt_attention_mask=prompt_attention_mask,
+                    negative_prompt_attention_mask=negative_prompt_attention_mask, clean_caption=clean_caption,
+                    max_sequence_length=max_sequence_length, complex_human_instruction=complex_human_instruction)
+        transformer = pipe.transformer
+        call = _dit_call(transformer, transformer.config.in_channels, transformer.config.timestep_scale)
+        return self._sample(text, guidance_scale, num_inference_steps,
+                            _batch_size(prompt, prompt_embeds) * num_images_per_prompt, height, width, size,
+                            torch.float32, call, generator, latents, output_type, return_dict)

@@ -226,10 +226,13 @@ def _wan_text(adapter: Adapter, prompt, negative_prompt, prompt_embeds, negative
     return {"text": cond.to(dtype)}, ({"text": uncond.to(dtype)} if cfg else None)
 
 
-def _wan_guidance_2(pipe, guidance_scale: float, guidance_scale_2: float | None) -> float | None:
-    """The low-noise expert's scale: the call's, or ``guidance_scale`` where a boundary is set and none is given."""
+def _wan_guidance(pipe, guidance_scale: float, guidance_scale_2: float | None) -> float | None:
+    """The low-noise expert's scale (the call's, or ``guidance_scale`` where a boundary is set and none is given),
+    with the pipeline's call state set as its ``__call__`` sets it."""
     if pipe.config.get("boundary_ratio") is not None and guidance_scale_2 is None:
-        return guidance_scale
+        guidance_scale_2 = guidance_scale
+    pipe._guidance_scale, pipe._guidance_scale_2 = guidance_scale, guidance_scale_2
+    pipe._attention_kwargs, pipe._interrupt = None, False
     return guidance_scale_2
 
 
@@ -242,7 +245,8 @@ class WanAdapter(Adapter):
     """
 
     count_argument = "num_videos_per_prompt"
-    decoding = _video_decoding("diffusers.pipelines.wan.pipeline_output:WanPipelineOutput", unscale=_per_channel_unscale)
+    decoding = _video_decoding("diffusers.pipelines.wan.pipeline_output:WanPipelineOutput",
+                               unscale=_per_channel_unscale)
 
     def prepare(self, prompt=None, negative_prompt=None, height: int = 480, width: int = 832, num_frames: int = 81,
                 num_inference_steps: int = 50, guidance_scale: float = 5.0, guidance_scale_2: float | None = None,
@@ -254,9 +258,7 @@ class WanAdapter(Adapter):
         num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
         pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds, None,
                           guidance_scale_2)
-        guidance_scale_2 = _wan_guidance_2(pipe, guidance_scale, guidance_scale_2)
-        pipe._guidance_scale, pipe._guidance_scale_2 = guidance_scale, guidance_scale_2
-        pipe._attention_kwargs, pipe._interrupt = None, False
+        guidance_scale_2 = _wan_guidance(pipe, guidance_scale, guidance_scale_2)
         device = pipe._execution_device
         network = pipe.transformer
         cfg = guidance_scale > 1
@@ -307,9 +309,7 @@ class WanImageToVideoAdapter(Adapter):
         pipe.check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds, negative_prompt_embeds,
                           image_embeds, None, guidance_scale_2)
         num_frames, height, width = _wan_sizes(pipe, num_frames, height, width)
-        guidance_scale_2 = _wan_guidance_2(pipe, guidance_scale, guidance_scale_2)
-        pipe._guidance_scale, pipe._guidance_scale_2 = guidance_scale, guidance_scale_2
-        pipe._attention_kwargs, pipe._interrupt = None, False
+        guidance_scale_2 = _wan_guidance(pipe, guidance_scale, guidance_scale_2)
         device = pipe._execution_device
         network = pipe.transformer
         cfg = guidance_scale > 1
