@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune``, ``hasten serve`` and ``hasten make-tiny``.
+"""Command line: ``hasten sample``, ``bench``, ``tune``, ``demo`` and ``make-tiny``.
 
 The options the commands share are declared once (:mod:`hasten.cli.options`);
 each command's parser adds the groups it takes and then its own flags. What
@@ -81,6 +81,8 @@ def _bench_parser(sub) -> None:
     b.add_argument("--until-stop", action="store_true",
                    help="stop each CHORDS run at the stop rule instead of running it to the end (faster; the "
                         "convergence plot then has fewer hits)")
+    b.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration after its warm-up; the "
+                   "table shows the median wall time (rounds and NFE are the same in every run)")
     b.add_argument("--emulate-latency", type=float, metavar="SECONDS",
                    help="emulated devices: every forward of R network rows takes SECONDS x ceil(R / "
                         "--emulate-capacity), the model computing the numbers inside that time and sleeping the "
@@ -137,6 +139,23 @@ def _make_tiny_parser(sub) -> None:
     t.add_argument("--out", required=True, help="folder to save into")
 
 
+def _demo_parser(sub) -> None:
+    d = sub.add_parser("demo", help="what hasten gives on this machine: AB-Cache on one device, CHORDS on every "
+                       "device under torchrun, round speedups labelled as what K devices would give",
+                       formatter_class=_Help,
+                       description="Benchmark the embedded digits model: sequential, AB-Cache and CHORDS K=4,6,8 "
+                                   "on one device, then CHORDS with one core per device in a real torchrun launch "
+                                   "(GPUs with NCCL, else CPU cores with gloo). Every configuration is timed after "
+                                   "a warm-up and repeated (median). Writes demo.md, demo.json and the bench "
+                                   "reports (results.*, convergence.png, scaling.png, pareto.png, hits_*.png).")
+    d.add_argument("--batch", type=int, default=16, help="samples drawn together")
+    d.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (the median is shown)")
+    d.add_argument("--devices", type=int, help="processes of the torchrun launch (default: the GPUs, else the CPU "
+                   "cores, at most 8; 1 skips it)")
+    d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    d.add_argument("--out", default="report", help="output folder (files of an earlier run there are replaced)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hasten", description="Training-free acceleration of diffusion sampling.",
                                      formatter_class=_Help)
@@ -145,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _make_tiny_parser(sub)
     _tune_parser(sub)
     _bench_parser(sub)
+    _demo_parser(sub)
     return parser
 
 
@@ -185,6 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "tune":
         return commands.tune(args)
+    if args.command == "demo":
+        return commands.demo(args)
     return commands.bench(args)
 
 
@@ -199,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("hasten: interrupted", file=sys.stderr)
+        _leave_broken_group(130)  # under torchrun: the launcher stops every rank when one fails
         return 130
     except torch.OutOfMemoryError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
@@ -211,10 +234,24 @@ def main(argv: list[str] | None = None) -> int:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hasten: error: distributed run failed (a rank died, hung past --timeout, or could not "
               f"connect): {first_line}", file=sys.stderr)
+        _leave_broken_group(3)
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
         _shutdown_distributed()
+
+
+def _leave_broken_group(code: int) -> None:
+    """Exit at once with ``code`` after a peer was lost: tearing down a process group whose peer died can
+    abort the process (SIGABRT in gloo's destructor) instead of returning hasten's exit code. --out was
+    cleaned while the error unwound."""
+    import os
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _shutdown_distributed() -> None:

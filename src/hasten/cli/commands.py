@@ -32,11 +32,11 @@ def rank_of(spec: RunSpec) -> int:
     return dist.get_rank()
 
 
-def quiet_pipeline_loading(spec: RunSpec) -> None:
+def quiet_pipeline_loading(spec: RunSpec | None) -> None:
     """transformers' advice ("requires torchvision ... falling back") is noise on every pipeline run."""
     from hasten.models import is_embedded
 
-    if isinstance(spec.model, str) and not is_embedded(spec.model):
+    if spec is None or isinstance(spec.model, str) and not is_embedded(spec.model):
         try:
             from transformers.utils import logging as transformers_logging
 
@@ -125,7 +125,7 @@ def bench(args: argparse.Namespace) -> int:
                               else "first"})
     cfg = BenchConfig(run=run, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
                       caches=args.caches, progress=not args.no_progress, emulate_latency=args.emulate_latency,
-                      emulate_capacity=args.emulate_capacity, to_end=not args.until_stop)
+                      emulate_capacity=args.emulate_capacity, to_end=not args.until_stop, repeats=args.repeats)
     cfg.validate()  # names, options and numbers: before any model is loaded
     check_out(args.out)
     require_plots()  # before any work: the report's plots need matplotlib
@@ -192,6 +192,7 @@ def make_tiny(args: argparse.Namespace) -> int:
     from hasten.testing.pipelines import save_tiny_pipeline
 
     out = check_out(args.out)
+    quiet_pipeline_loading(None)
     if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
         raise HastenError(f"--out {out} holds files that are not a saved pipeline; give a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,4 +205,20 @@ def make_tiny(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(out)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run ``hasten demo`` (:mod:`hasten.demo`): checks first, then the measurements."""
+    from hasten.checks import check_int
+    from hasten.demo import run_demo
+    from hasten.report import require_plots
+
+    check_int("--batch", args.batch, 1)
+    check_int("--repeats", args.repeats, 1)
+    check_int("--devices", args.devices, 1, allow_none=True)
+    check_out(args.out)
+    require_plots()
+    with OutputFolder(args.out) as out:
+        run_demo(out, args.batch, args.repeats, args.devices, progress=not args.no_progress)
     return 0

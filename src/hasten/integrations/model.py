@@ -10,6 +10,7 @@ the same adapter as ``hasten.accelerate``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,15 @@ def prepare_call(adapter, **call) -> Prepared:
         raise
     except ValueError as err:
         raise HastenError(f"{name}: {err}") from None
+    except RuntimeError as err:  # the latents of the size asked for do not fit (CPU allocator, CUDA OOM)
+        text = str(err)
+        if "alloc" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        sizes = {k: call[k] for k in ("height", "width", "num_frames") if call.get(k) is not None}
+        asked = re.search(r"allocate (\d+) bytes", text)
+        need = f"{int(asked.group(1)) / 2**30:.1f} GiB" if asked else "more memory"
+        raise HastenError(f"{name}: {sizes or 'the call'} needs {need} for its latents alone, more than this machine "
+                          "can allocate; use a smaller size or batch") from None
     scale = prepared.pipeline_scale
     if scale is not None and not bool((scale == 1).all()):
         decode, start, end = prepared.decode, float(scale[0]), float(scale[-1])

@@ -39,7 +39,8 @@ def winner_line(report: TuneReport) -> str:
     """One line on the outcome: the winner, or that no candidate met the target and which came closest."""
     if report.best is not None:
         return f"Winner: `{report.best['tune']['label']}` (best.json)"
-    closest = report.rows[0]
-    return (f"No candidate meets {report.settings['target']}: the closest, `{closest['label']}`, reaches "
+    closest = next(row for row in report.rows if not row["reference"]) if len(report.rows) > 1 else report.rows[0]
+    return (f"No candidate meets {report.settings['target']} (only the sequential reference does): the closest, "
+            f"`{closest['label']}`, reaches "
             f"{closest['psnr']:.1f} dB PSNR, RMSE {closest['rmse']:.3g}; no best.json was written. Loosen the target, "
             "or give more steps or other --methods.")

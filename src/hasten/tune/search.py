@@ -168,7 +168,7 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
         p, r = quality(result.x)
         bookkeeping = max(0.0, result.wall_s - model_s)
         rows.append({
-            "label": c.label, "method": c.method, "steps": c.steps, "cores": c.cores, "options": c.options,
+            "label": c.label, "reference": c is reference, "method": c.method, "steps": c.steps, "cores": c.cores, "options": c.options,
             "cache": c.cache, "stop": c.stop,
             **{k: v for k, v in result.summary().items() if k in ("rounds", "all_rounds", "nfe", "requests")},
             "round_rows": result.round_rows,
@@ -185,8 +185,8 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
         row["rank"] = i
     meeting = [row for row in rows if row["meets"]]
     best = None
-    if meeting:  # the winner: the fastest that meets the target (rows are ranked)
-        winner = meeting[0]
+    if any(not row["reference"] for row in meeting):  # some candidate meets the target (the reference always does)
+        winner = meeting[0]  # the fastest that meets it (rows are ranked); the reference itself where none is faster
         best = {**winner["config"], "tune": {
             "model": getattr(ref_setup.model, "name", model_name), "devices": devices, "target": str(target),
             "label": winner["label"], "predicted_s": winner["predicted_s"],
