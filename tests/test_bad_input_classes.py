@@ -202,3 +202,26 @@ def test_when_rank_0_is_killed_the_survivor_exits_with_hastens_code_and_leaves_n
     assert "hasten: error: distributed run failed" in err or "hasten: interrupted" in err, err[-2000:]
     assert "exitcode  : -6" not in err and "SIGABRT" not in err  # hasten's own exit code, not an abort
     assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
+
+
+def test_a_stalled_rank_on_another_node_leaves_when_the_first_launch_ends(tmp_path):
+    """Rank 0 fails while rank 1 sleeps outside any collective; once node 0's launch (and its rendezvous store)
+    is gone, the watchdog ends rank 1, so node 1's torchrun exits within about --timeout, not after the sleep."""
+    port = _free_port()
+    worker = str(Path(__file__).with_name("stall_worker.py"))
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "--rdzv-conf", "timeout=60", worker, "4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for r in (0, 1)]
+    try:
+        out0 = nodes[0].communicate(timeout=120)
+        ended = time.monotonic()
+        err1 = nodes[1].communicate(timeout=120)[1]
+        waited = time.monotonic() - ended
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    assert nodes[0].returncode != 0 and "rank 0 fails" in out0[0], out0
+    assert nodes[1].returncode != 0 and "rendezvous store has been unreachable" in err1, err1[-2000:]
+    assert waited < 30, waited
