@@ -10,7 +10,8 @@ returns everything the engine needs, before any network call.
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
 * :mod:`.video`: CogVideoX, HunyuanVideo, Wan;
-* :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux).
+* :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
+* :mod:`.reference`: Flux Kontext and Fill.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
                                                 SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
                                                 StableDiffusionInpaintAdapter)
+from hasten.integrations.adapters.reference import FluxFillAdapter, FluxKontextAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
 
@@ -40,6 +42,8 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "StableDiffusionXLInpaintPipeline": SDXLInpaintAdapter,
     "FluxImg2ImgPipeline": FluxImg2ImgAdapter,
     "FluxInpaintPipeline": FluxInpaintAdapter,
+    "FluxKontextPipeline": FluxKontextAdapter,
+    "FluxFillPipeline": FluxFillAdapter,
 }
 
 
