@@ -11,13 +11,16 @@ returns everything the engine needs, before any network call.
 * :mod:`.flow`: Flux, Stable Diffusion 3;
 * :mod:`.video`: CogVideoX, HunyuanVideo, Wan;
 * :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
-* :mod:`.reference`: Flux Kontext and Fill.
+* :mod:`.reference`: Flux Kontext and Fill;
+* :mod:`.control`: ControlNet (SD, SDXL, Flux).
 """
 
 from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
+                                                  StableDiffusionControlNetAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
                                                 SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
@@ -44,6 +47,9 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "FluxInpaintPipeline": FluxInpaintAdapter,
     "FluxKontextPipeline": FluxKontextAdapter,
     "FluxFillPipeline": FluxFillAdapter,
+    "StableDiffusionControlNetPipeline": StableDiffusionControlNetAdapter,
+    "StableDiffusionXLControlNetPipeline": SDXLControlNetAdapter,
+    "FluxControlNetPipeline": FluxControlNetAdapter,
 }
 
 

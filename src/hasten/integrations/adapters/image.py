@@ -29,8 +29,8 @@ from hasten.errors import HastenError
 from hasten.inpaint import KnownRegion
 from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_other_schedulers, _refuse_unknown
 from hasten.integrations.adapters.flow import FluxAdapter
-from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, _refuse_guidance_embedding, unet_call
-from hasten.integrations.denoisers import PipelineDenoiser
+from hasten.integrations.adapters.unet import (SDXLAdapter, StableDiffusionAdapter, _refuse_guidance_embedding,
+                                               unet_denoiser)
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
 
@@ -103,10 +103,9 @@ class StableDiffusionImg2ImgAdapter(StableDiffusionAdapter):
             pipe, plan, num_inference_steps, strength, device,
             lambda view, t: view.prepare_latents(image, t.repeat(prompts * num_images_per_prompt), prompts,
                                                  num_images_per_prompt, dtype, device, generator))
-        unet = pipe.unet
-        denoiser = PipelineDenoiser(unet_call(unet), plan.grid, cond, uncond, guidance_scale, dtype=unet.dtype,
-                                    device=device)
-        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, unet.dtype),
+        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, device=device)
+        return Prepared.from_plan(plan, denoiser, x.float(),
+                                  plan.draw_noise(x.shape, generator, device, pipe.unet.dtype),
                                   self.decoder(output_type, return_dict))
 
 
@@ -159,8 +158,7 @@ def _inpainting(adapter, plan: SchedulerPlan, outputs: tuple, mask: torch.Tensor
         for conditioning in (cond, uncond) if uncond is not None else (cond,):
             conditioning.update(mask=mask, masked=masked)
     unet = adapter.pipe.unet
-    denoiser = PipelineDenoiser(unet_call(unet), plan.grid, cond, uncond, guidance_scale, guidance_rescale,
-                                dtype=unet.dtype, device=device)
+    denoiser = unet_denoiser(unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
     prepared = Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, unet.dtype),
                                   decode)
     if channels == 4:
@@ -225,7 +223,7 @@ class SDXLImg2ImgAdapter(_SDXLImageInput):
         self._conditioning(cond, uncond, height, width, x.shape[0], original_size, crops_coords_top_left,
                            target_size, negative_original_size, negative_crops_coords_top_left, negative_target_size,
                            aesthetic_score, negative_aesthetic_score)
-        denoiser = self._denoiser(plan, cond, uncond, guidance_scale, guidance_rescale, device)
+        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
         return Prepared.from_plan(plan, denoiser, x.float(),
                                   plan.draw_noise(x.shape, generator, device, pipe.unet.dtype),
                                   self.decoder(output_type, return_dict))

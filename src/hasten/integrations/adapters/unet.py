@@ -33,6 +33,13 @@ def unet_call(unet, residuals: Callable | None = None) -> Callable:
     return call
 
 
+def unet_denoiser(unet, grid, cond: dict, uncond: dict | None, guidance_scale: float, guidance_rescale: float = 0.0,
+                  device=None, residuals: Callable | None = None, by_index: dict | None = None) -> PipelineDenoiser:
+    """The denoiser of a conditional UNet (:func:`unet_call`), with batched classifier-free guidance."""
+    return PipelineDenoiser(unet_call(unet, residuals), grid, cond, uncond, guidance_scale, guidance_rescale,
+                            dtype=unet.dtype, device=device, by_index=by_index)
+
+
 def _unet_latents(pipe, plan: SchedulerPlan, n: int, height: int, width: int, dtype, device, generator,
                   latents) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Initial latents (the pipeline's ``prepare_latents``) and step noise for a UNet text-to-image pipeline."""
@@ -123,8 +130,7 @@ class StableDiffusionAdapter(Adapter):
         plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
         n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
         x, noise = _unet_latents(pipe, plan, n, height, width, cond["text"].dtype, device, generator, latents)
-        denoiser = PipelineDenoiser(unet_call(unet), plan.grid, cond, uncond, guidance_scale, guidance_rescale,
-                                    dtype=unet.dtype, device=device)
+        denoiser = unet_denoiser(unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
 
     def _encode_text(self, prompt, negative_prompt, num_images_per_prompt: int, guidance_scale: float, prompt_embeds,
@@ -173,7 +179,7 @@ class SDXLAdapter(Adapter):
         cond["time_ids"] = time_ids
         if uncond is not None:
             uncond["time_ids"] = time_ids
-        denoiser = self._denoiser(plan, cond, uncond, guidance_scale, guidance_rescale, device)
+        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
 
     def _encode_text(self, prompt, prompt_2, negative_prompt, negative_prompt_2, num_images_per_prompt: int,
@@ -199,10 +205,3 @@ class SDXLAdapter(Adapter):
                       else pipe.text_encoder_2.config.projection_dim)
         return pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=dtype,
                                       text_encoder_projection_dim=projection).to(device).repeat(n, 1)
-
-    def _denoiser(self, plan: SchedulerPlan, cond: dict, uncond: dict | None, guidance_scale: float,
-                  guidance_rescale: float, device, residuals: Callable | None = None,
-                  by_index: dict | None = None) -> PipelineDenoiser:
-        unet = self.pipe.unet
-        return PipelineDenoiser(unet_call(unet, residuals), plan.grid, cond, uncond, guidance_scale, guidance_rescale,
-                                dtype=unet.dtype, device=device, by_index=by_index)
