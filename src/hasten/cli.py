@@ -16,6 +16,7 @@ from hasten.methods import BUDGET_OPTION, METHODS
 from hasten.models import MODELS
 from hasten.output import OutputFolder, check_out
 from hasten.steps import SOLVERS
+from hasten.testing.pipelines import KINDS as TINY_KINDS
 
 
 def _int_list(text: str) -> list[int]:
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help,
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`.")
-    t.add_argument("--kind", choices=["ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo"], default="sd", help="pipeline family")
+    t.add_argument("--kind", choices=TINY_KINDS, default="sd", help="pipeline family (and image-input workflow)")
     t.add_argument("--out", required=True, help="folder to save into")
 
     u = sub.add_parser("tune", help="find the fastest configuration that meets a quality target on D devices",

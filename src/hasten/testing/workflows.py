@@ -49,13 +49,15 @@ def workflow_call(kind: str) -> dict:
     return {**base, key: images["control_image"]}
 
 
-def workflow_pipeline(kind: str, seed: int = 0, unet_channels: int = 9):
+def workflow_pipeline(kind: str, seed: int = 0, unet_channels: int = 9, prediction: str = "epsilon",
+                      scheduler_cls=None):
     """The tiny pipeline of a :data:`WORKFLOW_KINDS` entry.
 
     ``unet_channels``: 9 (the inpainting checkpoints' UNet, mask and masked
     image as extra input channels) or 4 (a text-to-image UNet in the inpaint
     pipeline, which then blends the known region back after every step), for
-    ``sd-inpaint`` and ``sdxl-inpaint``.
+    ``sd-inpaint`` and ``sdxl-inpaint``. ``prediction`` and ``scheduler_cls``
+    as for :func:`hasten.testing.pipelines.tiny_pipeline` (the UNet families).
     """
     import diffusers as d
 
@@ -64,7 +66,8 @@ def workflow_pipeline(kind: str, seed: int = 0, unet_channels: int = 9):
     if kind not in WORKFLOW_KINDS:
         raise HastenError(f"unknown tiny workflow pipeline {kind!r}; valid: {', '.join(WORKFLOW_KINDS)}")
     family, workflow = kind.split("-", 1)
-    parts = tiny_pipeline(family, seed=seed).components
+    shared = {} if family == "flux" else {"prediction": prediction, "scheduler_cls": scheduler_cls}
+    parts = tiny_pipeline(family, seed=seed, **shared).components
     torch.manual_seed(seed + 1)
     if workflow == "inpaint" and family != "flux" and unet_channels != 4:
         if unet_channels != 9:
