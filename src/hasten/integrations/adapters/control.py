@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_other_schedulers, _refuse_unknown
+from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_unknown
 from hasten.integrations.adapters.flow import FluxAdapter
 from hasten.integrations.adapters.unet import (SDXLAdapter, StableDiffusionAdapter, _refuse_guidance_embedding,
                                                _unet_latents, unet_denoiser)
@@ -89,6 +89,15 @@ def unet_control_residuals(controlnet) -> Callable:
     return residuals
 
 
+def _unet_control_denoiser(pipe, grid, cond: dict, uncond: dict | None, guidance_scale: float, scale, starts, ends,
+                           device):
+    """The UNet's denoiser with the pipeline's (Multi-)ControlNet, weighted per grid index."""
+    controlnet = pipe.controlnet
+    weights = control_weights(grid.steps, _scales(controlnet, scale, len(_nets(controlnet))), starts, ends, device)
+    return unet_denoiser(pipe.unet, grid, cond, uncond, guidance_scale, 0.0, device,
+                         unet_control_residuals(controlnet), {"control_weight": weights})
+
+
 def _control_images(pipe, image, width, height, n: int, num_images_per_prompt: int) -> list[torch.Tensor]:
     """The control image(s) as the pipeline's ``prepare_image`` makes them (no CFG copy: the denoiser pairs rows)."""
     controlnet = pipe.controlnet
@@ -135,10 +144,8 @@ class StableDiffusionControlNetAdapter(StableDiffusionAdapter):
         plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
         x, noise = _unet_latents(pipe, plan, n, height, width, cond["text"].dtype, device, generator, latents)
         _add_control(cond, uncond, images)
-        weights = control_weights(plan.grid.steps, _scales(controlnet, controlnet_conditioning_scale, count), starts,
-                                  ends, device)
-        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, 0.0, device,
-                                 unet_control_residuals(controlnet), {"control_weight": weights})
+        denoiser = _unet_control_denoiser(pipe, plan.grid, cond, uncond, guidance_scale, controlnet_conditioning_scale,
+                                          starts, ends, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
 
 
@@ -180,10 +187,8 @@ class SDXLControlNetAdapter(SDXLAdapter):
         for conditioning in (cond, uncond) if uncond is not None else (cond,):
             conditioning["time_ids"] = time_ids
         _add_control(cond, uncond, images)
-        weights = control_weights(plan.grid.steps, _scales(controlnet, controlnet_conditioning_scale, count), starts,
-                                  ends, device)
-        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, 0.0, device,
-                                 unet_control_residuals(controlnet), {"control_weight": weights})
+        denoiser = _unet_control_denoiser(pipe, plan.grid, cond, uncond, guidance_scale, controlnet_conditioning_scale,
+                                          starts, ends, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
 
 
@@ -234,29 +239,24 @@ class FluxControlNetAdapter(FluxAdapter):
         from diffusers.pipelines.flux.pipeline_flux_controlnet import retrieve_latents
 
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
+        height, width = self._size(extra, height, width)
         controlnet = pipe.controlnet
         if hasattr(controlnet, "nets"):
             raise HastenError("FluxControlNetPipeline with FluxMultiControlNetModel is not supported; supported: one "
                               "FluxControlNetModel (a union ControlNet takes control_mode)")
         if control_mode is not None and not isinstance(control_mode, int):
             raise HastenError(f"control_mode must be an int or None for one FluxControlNetModel, got {control_mode!r}")
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
         starts, ends = _window(1, control_guidance_start, control_guidance_end)
         pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                           negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                           max_sequence_length=max_sequence_length)
-        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
-        device = pipe._execution_device
-        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
-                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
-                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
-                                                   max_sequence_length)
-        n, channels = _batch_size(prompt, prompt_embeds) * num_images_per_prompt, pipe.transformer.config.in_channels // 4
+        cond, uncond, text_ids, plan, n = self._start(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale, height, width, num_inference_steps,
+            guidance_scale, num_images_per_prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, max_sequence_length)
+        device, channels = pipe._execution_device, pipe.transformer.config.in_channels // 4
         control = pipe.prepare_image(image=control_image, width=width, height=height, batch_size=n,
                                      num_images_per_prompt=num_images_per_prompt, device=device, dtype=pipe.vae.dtype)
         height, width = control.shape[-2:]
@@ -272,7 +272,6 @@ class FluxControlNetAdapter(FluxAdapter):
         for conditioning in (cond, uncond) if uncond is not None else (cond,):
             conditioning.update(extra_cond)
         x, image_ids = pipe.prepare_latents(n, channels, height, width, cond["text"].dtype, device, generator, latents)
-        plan = self._plan(num_inference_steps, x.shape[1], device)
         weights = control_weights(plan.grid.steps, _scales(controlnet, controlnet_conditioning_scale, 1), starts,
                                   ends, device)
         residuals = flux_control_residuals(controlnet, guidance_scale, text_ids, image_ids, device,

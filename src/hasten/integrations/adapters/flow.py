@@ -36,25 +36,19 @@ class FluxAdapter(Adapter):
                 negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                 max_sequence_length: int = 512, **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = self._size(extra, height, width)
         pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                           negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                           max_sequence_length=max_sequence_length)
-        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
+        cond, uncond, text_ids, plan, n = self._start(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale, height, width, num_inference_steps,
+            guidance_scale, num_images_per_prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, max_sequence_length)
         device = pipe._execution_device
-        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
-                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
-                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
-                                                   max_sequence_length)
-        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
         x, image_ids = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width,
                                             cond["text"].dtype, device, generator, latents)
-        plan = self._plan(num_inference_steps, x.shape[1], device)
         denoiser = self._denoiser(plan, cond, uncond, true_cfg_scale if uncond is not None else 1.0, guidance_scale,
                                   text_ids, image_ids, device)
         return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
@@ -72,6 +66,30 @@ class FluxAdapter(Adapter):
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         return plan_scheduler(scheduler)
+
+    def _start(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float, height, width,
+               num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, prompt_embeds,
+               pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
+               max_sequence_length: int) -> tuple[dict, dict | None, Any, SchedulerPlan, int]:
+        """(cond, uncond, text ids, plan, samples): the call's prompt and the plan for its size, before any latents."""
+        pipe = self.pipe
+        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
+        device = pipe._execution_device
+        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
+                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
+                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
+                                                   max_sequence_length)
+        image_seq_len = (int(height) // pipe.vae_scale_factor // 2) * (int(width) // pipe.vae_scale_factor // 2)
+        plan = self._plan(num_inference_steps, image_seq_len, device)
+        return cond, uncond, text_ids, plan, _batch_size(prompt, prompt_embeds) * num_images_per_prompt
+
+    def _size(self, extra: dict, height, width) -> tuple[int, int]:
+        """Refuse what this adapter does not take, then the call's size (the pipeline's default where not given)."""
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        return (height or pipe.default_sample_size * pipe.vae_scale_factor,
+                width or pipe.default_sample_size * pipe.vae_scale_factor)
 
     def _encode_text(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float,
                      num_images_per_prompt: int, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,

@@ -27,7 +27,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.inpaint import KnownRegion
-from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_other_schedulers, _refuse_unknown
+from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_unknown
 from hasten.integrations.adapters.flow import FluxAdapter
 from hasten.integrations.adapters.unet import (SDXLAdapter, StableDiffusionAdapter, _refuse_guidance_embedding,
                                                unet_denoiser)
@@ -281,27 +281,7 @@ class SDXLInpaintAdapter(_SDXLImageInput):
                            guidance_rescale, generator, device, self.decoder(output_type, return_dict))
 
 
-class _FluxImageInput(FluxAdapter):
-    """What Flux's image-to-image and inpaint pipelines share: their size, prompt and plan from the image."""
-
-    def _start(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float, height, width,
-               num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, prompt_embeds,
-               pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
-               max_sequence_length: int) -> tuple[dict, dict | None, Any, SchedulerPlan, int]:
-        """(cond, uncond, text ids, the full plan, samples): everything before the image is encoded."""
-        pipe = self.pipe
-        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
-        device = pipe._execution_device
-        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
-                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
-                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
-                                                   max_sequence_length)
-        image_seq_len = (int(height) // pipe.vae_scale_factor // 2) * (int(width) // pipe.vae_scale_factor // 2)
-        plan = self._plan(num_inference_steps, image_seq_len, device)
-        return cond, uncond, text_ids, plan, _batch_size(prompt, prompt_embeds) * num_images_per_prompt
-
-
-class FluxImg2ImgAdapter(_FluxImageInput):
+class FluxImg2ImgAdapter(FluxAdapter):
     """``FluxImg2ImgPipeline``: the image noised to ``strength`` by ``scale_noise``, then the steps from there."""
 
     def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
@@ -311,10 +291,7 @@ class FluxImg2ImgAdapter(_FluxImageInput):
                 negative_prompt_embeds=None, negative_pooled_prompt_embeds=None, output_type: str = "pil",
                 return_dict: bool = True, max_sequence_length: int = 512, **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = self._size(extra, height, width)
         pipe.check_inputs(prompt, prompt_2, strength, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -336,7 +313,7 @@ class FluxImg2ImgAdapter(_FluxImageInput):
                                   self.decoder(output_type, return_dict, height=height, width=width))
 
 
-class FluxInpaintAdapter(_FluxImageInput):
+class FluxInpaintAdapter(FluxAdapter):
     """``FluxInpaintPipeline``: image-to-image with the known region pasted back after every step."""
 
     def prepare(self, prompt=None, prompt_2=None, negative_prompt=None, negative_prompt_2=None,
@@ -347,10 +324,7 @@ class FluxInpaintAdapter(_FluxImageInput):
                 output_type: str = "pil", return_dict: bool = True, max_sequence_length: int = 512,
                 **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = self._size(extra, height, width)
         pipe.check_inputs(prompt, prompt_2, image, mask_image, strength, height, width, output_type,
                           negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
                           prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,

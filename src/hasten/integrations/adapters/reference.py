@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Prepared, _batch_size, _refuse_other_schedulers, _refuse_unknown
+from hasten.integrations.adapters.base import Prepared, _batch_size
 from hasten.integrations.adapters.flow import FluxAdapter
-from hasten.integrations.adapters.image import _FluxImageInput, start_from_image
+from hasten.integrations.adapters.image import start_from_image
 
 
 class FluxKontextAdapter(FluxAdapter):
@@ -32,9 +32,7 @@ class FluxKontextAdapter(FluxAdapter):
                 max_sequence_length: int = 512, max_area: int = 1024**2, _auto_resize: bool = True,
                 **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height, width = self._size(height, width, max_area)
+        height, width = self._at_area(*self._size(extra, height, width), max_area)
         pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -44,15 +42,13 @@ class FluxKontextAdapter(FluxAdapter):
                 and prompt_embeds.shape != negative_prompt_embeds.shape):
             raise HastenError(f"FluxKontextPipeline: prompt_embeds {tuple(prompt_embeds.shape)} and "
                               f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have the same shape")
-        pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
         pipe._current_timestep = None
+        cond, uncond, text_ids, plan, n = self._start(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale, height, width, num_inference_steps,
+            guidance_scale, num_images_per_prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, max_sequence_length)
         device = pipe._execution_device
-        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
-                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
-                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
-                                                   max_sequence_length)
         image = self._reference(image, _auto_resize)
-        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
         x, reference, ids, reference_ids = pipe.prepare_latents(image, n, pipe.transformer.config.in_channels // 4,
                                                                 height, width, cond["text"].dtype, device,
                                                                 generator, latents)
@@ -60,17 +56,14 @@ class FluxKontextAdapter(FluxAdapter):
             ids = torch.cat([ids, reference_ids], dim=0)  # dim 0 is the token dimension
             for conditioning in (cond, uncond) if uncond is not None else (cond,):
                 conditioning["reference"] = reference
-        plan = self._plan(num_inference_steps, x.shape[1], device)
         denoiser = self._denoiser(plan, cond, uncond, true_cfg_scale if uncond is not None else 1.0, guidance_scale,
                                   text_ids, ids, device)
         return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
                                   self.decoder(output_type, return_dict, height=height, width=width))
 
-    def _size(self, height, width, max_area: int) -> tuple[int, int]:
+    def _at_area(self, height: int, width: int, max_area: int) -> tuple[int, int]:
         """The output size Kontext samples: the requested aspect ratio at ``max_area`` pixels, on its latent grid."""
         pipe = self.pipe
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
         aspect, multiple = width / height, pipe.vae_scale_factor * 2
         width, height = round((max_area * aspect) ** 0.5), round((max_area / aspect) ** 0.5)
         return height // multiple * multiple, width // multiple * multiple
@@ -91,7 +84,7 @@ class FluxKontextAdapter(FluxAdapter):
         return processor.preprocess(processor.resize(image, height, width), height, width)
 
 
-class FluxFillAdapter(_FluxImageInput):
+class FluxFillAdapter(FluxAdapter):
     """``FluxFillPipeline``: masked image latents and the mask as extra transformer channels."""
 
     def prepare(self, prompt=None, prompt_2=None, image=None, mask_image=None, masked_image_latents=None,
@@ -100,10 +93,7 @@ class FluxFillAdapter(_FluxImageInput):
                 prompt_embeds=None, pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                 max_sequence_length: int = 512, **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = self._size(extra, height, width)
         pipe.check_inputs(prompt, prompt_2, strength, height, width, prompt_embeds=prompt_embeds,
                           pooled_prompt_embeds=pooled_prompt_embeds, max_sequence_length=max_sequence_length,
                           image=image, mask_image=mask_image, masked_image_latents=masked_image_latents)
