@@ -217,3 +217,16 @@ def test_a_saved_workflow_pipeline_samples_through_the_api(tmp_path):
     reference = hasten.sample(str(folder), "sequential", steps=10, call=call)
     assert result.steps == reference.steps == 6 and reference.rounds == 6
     assert (result.x - reference.x).abs().max() <= 1e-5
+
+
+def test_a_grid_started_mid_way_keeps_the_model_scales_of_its_first_point():
+    from hasten.grid import Grid
+
+    scheduler = d.DDIMScheduler(timestep_spacing="linspace")  # landing and reading scales differ
+    grid = Grid.from_scheduler(scheduler, 10)
+    tail = grid.starting_at(4)
+    assert tail.steps == 6 and torch.equal(tail.timesteps, grid.timesteps[4:])
+    assert float(tail.alpha[0]) == float(grid.model_alpha[4]) != float(grid.alpha[4])
+    assert torch.equal(tail.alpha[1:], grid.alpha[5:]) and torch.equal(tail.model_sigma, grid.model_sigma[4:])
+    with pytest.raises(HastenError, match="starts at a point 0..9"):
+        grid.starting_at(10)
