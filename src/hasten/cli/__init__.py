@@ -21,9 +21,6 @@ from hasten.methods import METHODS
 
 __all__ = ["BUDGET_ONLY", "build_parser", "main"]
 
-#: pipeline families ``hasten make-tiny`` builds
-TINY_KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
-
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one and the help text does not already say it."""
@@ -135,7 +132,9 @@ def _make_tiny_parser(sub) -> None:
                        description="Build a tiny pipeline from configs with random weights (no download) and "
                                    "save it with save_pretrained, for `hasten sample/bench --model PATH`. An "
                                    "earlier pipeline in --out is replaced whole.")
-    t.add_argument("--kind", choices=list(TINY_KINDS), default="sd", help="pipeline family")
+    from hasten.testing.pipelines import KINDS
+
+    t.add_argument("--kind", choices=list(KINDS), default="sd", help="pipeline family (and image-input workflow)")
     t.add_argument("--out", required=True, help="folder to save into")
 
 

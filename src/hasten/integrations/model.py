@@ -147,8 +147,8 @@ class PipelineModel:
     """``pipe`` called with ``call`` (prompt, guidance_scale, ...), ``batch`` samples, seed ``seed``.
 
     ``grid(steps)`` prepares the call once per step count; ``denoiser(grid)``
-    and ``step(grid)`` find that call by ``grid.steps`` and take only the grid
-    it made. The adapter owns the pipeline's rules for the call (which argument
+    and ``step(grid)`` find the call that made ``grid`` and take only that grid
+    (an image-to-image call's grid holds the steps its ``strength`` runs). The adapter owns the pipeline's rules for the call (which argument
     counts samples, Flux's true CFG).
     """
 
@@ -181,11 +181,11 @@ class PipelineModel:
 
     def _prepared_for(self, grid) -> Prepared:
         """The call prepared for ``grid`` (made by :meth:`grid`), found by its step count."""
-        prepared = self._prepared.get(grid.steps)
-        if prepared is None or prepared.grid is not grid:
-            raise HastenError(f"this grid ({grid.steps} steps) is not one of this pipeline's; take it from "
-                              "model.grid(steps)")
-        return prepared
+        for prepared in self._prepared.values():  # by identity: image-to-image grids run fewer steps than asked
+            if prepared.grid is grid:
+                return prepared
+        raise HastenError(f"this grid ({grid.steps} steps) is not one of this pipeline's; take it from "
+                          "model.grid(steps)")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
