@@ -163,7 +163,7 @@ def iterate(
     stop.check_cores(method.hit_tracks(n))
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
-    x = x.float()
+    x = x.detach().float()  # sampling builds no autograd graph, whatever produced the latents
     finite = FiniteCheck(step, x.device)
     if cache is not None:
         cache.reset(step.grid)

@@ -94,7 +94,8 @@ def prepare_call(adapter, **call) -> Prepared:
     tensor_inputs = call.pop("callback_on_step_end_tensor_inputs", None)
     callback = None if fn is None else StepCallback(adapter.pipe, fn, tensor_inputs)
     try:
-        prepared = adapter.prepare(**call)
+        with torch.no_grad():  # as the pipeline's own __call__: no autograd graph through the VAE or text encoders
+            prepared = adapter.prepare(**call)
     except HastenError:
         raise
     except ValueError as err:
