@@ -26,14 +26,18 @@ class PipelineDenoiser:
     where they do not (text of different lengths, a mask on one side only).
     ``guidance_scale`` may be a function of the rows' model times (CogVideoX's
     dynamic CFG, Wan 2.2's second expert's scale), returning one scale per row.
+    ``by_index``: conditioning that depends on the grid index rather than the
+    sample (ControlNet's guidance window), tensors with one row per grid step,
+    selected per evaluated row and handed to ``call`` with the rest of ``cond``.
     """
 
     needs_sample_ids = True
 
     def __init__(self, call: Callable, grid: Grid, cond: dict, uncond: dict | None = None, guidance_scale: float = 1.0,
                  guidance_rescale: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 guidance_renorm: bool = False):
+                 guidance_renorm: bool = False, by_index: dict[str, torch.Tensor] | None = None):
         self.call, self.grid, self.cond, self.uncond = call, grid, cond, uncond
+        self.by_index = by_index or {}
         self.context: Callable | None = None  # e.g. a diffusers cache hook's ``network.cache_context``
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.guidance_renorm = guidance_renorm
@@ -56,10 +60,11 @@ class PipelineDenoiser:
     def _denoise(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         t = self.times[index.to(self.device)]
         xm = x.to(self.device, self.dtype)
-        pick = _rows(self.cond, sample)
+        at = _rows(self.by_index, index)
+        pick = {**_rows(self.cond, sample), **at}
         if self.uncond is None:
             return self.call(xm, t, pick).float().to(x.device)
-        un = _rows(self.uncond, sample)
+        un = {**_rows(self.uncond, sample), **at}
         if self.joint:
             both = {k: None if pick[k] is None else torch.cat([un[k], pick[k]]) for k in pick}
             out_u, out_c = self.call(torch.cat([xm, xm]), torch.cat([t, t]), both).float().chunk(2)
@@ -78,9 +83,9 @@ class PipelineDenoiser:
         return out.to(x.device)
 
 
-def _rows(cond: dict, sample: torch.Tensor) -> dict:
-    """The entries of ``cond`` for these rows' samples (None entries stay None)."""
-    return {k: None if v is None else v[sample.to(v.device)] for k, v in cond.items()}
+def _rows(entries: dict, rows: torch.Tensor) -> dict:
+    """The rows ``rows`` (sample ids, grid indices) of every entry (None entries stay None)."""
+    return {k: None if v is None else v[rows.to(v.device)] for k, v in entries.items()}
 
 
 def _stackable(cond: dict, uncond: dict) -> bool:

@@ -16,10 +16,11 @@ from hasten.errors import HastenError
 from hasten.integrations.text_encoders import (clip_text, clip_tokenizer, gemma_text, gemma_tokenizer, glm_text,
                                                llama_tokenizer, qwen_tokenizer, qwen_vl_text, t5_text, t5_tokenizer,
                                                umt5_text)
+from hasten.testing.workflows import WORKFLOW_KINDS, workflow_pipeline
 
 KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo", "ltx", "qwenimage",
          "wan22", "wan22-ti2v", "wan-i2v", "wan22-i2v", "chroma", "auraflow",
-         "cogview4", "lumina2", "pixart-sigma", "sana", "hidream")
+         "cogview4", "lumina2", "pixart-sigma", "sana", "hidream") + WORKFLOW_KINDS
 
 
 def tiny_image(size: int = 16):
@@ -97,11 +98,13 @@ def sd_scheduler(prediction: str, **extra):
 
 
 def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
-    """A tiny pipeline: ``ddim``, ``ddpm``, ``sd`` (Stable Diffusion) or ``flux``."""
+    """A tiny pipeline of one of :data:`KINDS` (the image-input ones: :mod:`hasten.testing.workflows`)."""
     import diffusers as d
 
     if kind not in KINDS:
         raise HastenError(f"unknown tiny pipeline {kind!r}; valid: {', '.join(KINDS)}")
+    if kind in WORKFLOW_KINDS:
+        return workflow_pipeline(kind, seed=seed, prediction=prediction, scheduler_cls=scheduler_cls)
     torch.manual_seed(seed)
     if kind == "ddim":
         pipe = d.DDIMPipeline(unet=tiny_unet2d(), scheduler=d.DDIMScheduler(clip_sample=False))

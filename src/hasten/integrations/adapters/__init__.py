@@ -11,17 +11,26 @@ returns everything the engine needs, before any network call.
 * :mod:`.flow`: Flux, Stable Diffusion 3;
 * :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, HiDream);
 * :mod:`.pixart`: PixArt-Σ and Sana (resolution binning, learned sigma);
-* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan.
+* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan;
+* :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
+* :mod:`.reference`: Flux Kontext and Fill;
+* :mod:`.control`: ControlNet (SD, SDXL, Flux).
 """
 
 from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
+                                                  StableDiffusionControlNetAdapter)
 from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
                                               Lumina2Adapter, QwenImageAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
+from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
+                                                SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
+                                                StableDiffusionInpaintAdapter)
 from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
+from hasten.integrations.adapters.reference import FluxFillAdapter, FluxKontextAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
                                                 WanImageToVideoAdapter)
@@ -36,6 +45,17 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
+    "StableDiffusionImg2ImgPipeline": StableDiffusionImg2ImgAdapter,
+    "StableDiffusionInpaintPipeline": StableDiffusionInpaintAdapter,
+    "StableDiffusionXLImg2ImgPipeline": SDXLImg2ImgAdapter,
+    "StableDiffusionXLInpaintPipeline": SDXLInpaintAdapter,
+    "FluxImg2ImgPipeline": FluxImg2ImgAdapter,
+    "FluxInpaintPipeline": FluxInpaintAdapter,
+    "FluxKontextPipeline": FluxKontextAdapter,
+    "FluxFillPipeline": FluxFillAdapter,
+    "StableDiffusionControlNetPipeline": StableDiffusionControlNetAdapter,
+    "StableDiffusionXLControlNetPipeline": SDXLControlNetAdapter,
+    "FluxControlNetPipeline": FluxControlNetAdapter,
     "LTXPipeline": LTXAdapter,
     "QwenImagePipeline": QwenImageAdapter,
     "WanImageToVideoPipeline": WanImageToVideoAdapter,
