@@ -126,8 +126,9 @@ def prepare_call(adapter, **call) -> Prepared:
     return prepared
 
 
-#: the network config entry that fixes the width of the text embeddings it attends to
-TEXT_WIDTH_KEYS = ("cross_attention_dim", "joint_attention_dim", "text_dim", "text_embed_dim")
+#: the network config entry that fixes the width of the text embeddings it takes (caption_channels first: PixArt,
+#: Sana and LTX project their captions to cross_attention_dim)
+TEXT_WIDTH_KEYS = ("caption_channels", "cross_attention_dim", "joint_attention_dim", "text_dim", "text_embed_dim")
 
 
 def _check_text_width(pipe, denoiser, call: dict) -> None:

@@ -9,7 +9,9 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
-* :mod:`.video`: CogVideoX, HunyuanVideo, Wan;
+* :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, HiDream);
+* :mod:`.pixart`: PixArt-Σ and Sana (resolution binning, learned sigma);
+* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan;
 * :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
 * :mod:`.reference`: Flux Kontext and Fill;
 * :mod:`.control`: ControlNet (SD, SDXL, Flux).
@@ -21,13 +23,17 @@ from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
 from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
                                                   StableDiffusionControlNetAdapter)
+from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
+                                              Lumina2Adapter, QwenImageAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
                                                 SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
                                                 StableDiffusionInpaintAdapter)
+from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
 from hasten.integrations.adapters.reference import FluxFillAdapter, FluxKontextAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
-from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
+from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
+                                                WanImageToVideoAdapter)
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "FluxPipeline": FluxAdapter,
@@ -50,6 +56,16 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "StableDiffusionControlNetPipeline": StableDiffusionControlNetAdapter,
     "StableDiffusionXLControlNetPipeline": SDXLControlNetAdapter,
     "FluxControlNetPipeline": FluxControlNetAdapter,
+    "LTXPipeline": LTXAdapter,
+    "QwenImagePipeline": QwenImageAdapter,
+    "WanImageToVideoPipeline": WanImageToVideoAdapter,
+    "ChromaPipeline": ChromaAdapter,
+    "AuraFlowPipeline": AuraFlowAdapter,
+    "CogView4Pipeline": CogView4Adapter,
+    "Lumina2Pipeline": Lumina2Adapter,
+    "PixArtSigmaPipeline": PixArtSigmaAdapter,
+    "SanaPipeline": SanaAdapter,
+    "HiDreamImagePipeline": HiDreamImageAdapter,
 }
 
 
@@ -65,6 +81,8 @@ def adapter_for(pipe) -> Adapter:
     return ADAPTERS[name](pipe)
 
 
-__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "Prepared",
-           "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
-           "adapter_for", "decode_latents"]
+__all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
+           "Decoding", "FluxAdapter", "HiDreamImageAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter",
+           "PixArtSigmaAdapter", "Prepared", "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter",
+           "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter", "WanImageToVideoAdapter", "adapter_for",
+           "decode_latents"]

@@ -17,7 +17,7 @@ import torch
 from hasten.errors import HastenError
 from hasten.grid import Grid
 from hasten.inpaint import KnownRegion, KnownRegionStep
-from hasten.integrations.schedulers import SchedulerPlan
+from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 from hasten.steps import Step, make_step
 
 
@@ -85,7 +85,7 @@ def decode_latents(pipe, decoding: Decoding, z: torch.Tensor, output_type: str =
                    **shape) -> Any:
     """``z`` (final latents, the pipeline's convention) as the pipeline's output for ``output_type``.
 
-    ``shape`` holds what an unscale needs besides the latents (Flux: height, width).
+    ``shape`` holds what an unscale or vae_decode needs besides the latents (Flux: height, width).
     """
     if decoding.postprocess == "pixels":
         out = _pixels(pipe, z, output_type)
@@ -108,7 +108,7 @@ def _through_vae(pipe, decoding: Decoding, z: torch.Tensor, output_type: str, sh
     z = z.to(device, vae.dtype)
     with torch.no_grad():
         if decoding.vae_decode is not None:
-            pixels = decoding.vae_decode(pipe, z)
+            pixels = decoding.vae_decode(pipe, z, **shape)
         else:
             pixels = vae.decode(decoding.unscale(pipe, z, **shape), return_dict=False)[0]
     if decoding.watermark and pipe.watermark is not None:
@@ -136,6 +136,22 @@ def _divide_scaling(pipe, z: torch.Tensor) -> torch.Tensor:
 def _scale_and_shift(pipe, z: torch.Tensor) -> torch.Tensor:
     """The VAE's input of the flow image pipelines (SD3, Flux): ``z / scaling_factor + shift_factor``."""
     return z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+
+
+def _image_size(pipe, height, width, sample_size: int | None = None) -> tuple[int, int]:
+    """The call's size, or the pipeline's default: ``sample_size`` (its ``default_sample_size`` unless given) latents
+    times its ``vae_scale_factor``."""
+    side = (pipe.default_sample_size if sample_size is None else sample_size) * pipe.vae_scale_factor
+    return height or side, width or side
+
+
+def _per_channel_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
+    """The VAE input of the Wan-VAE pipelines (Wan, Qwen-Image): per-channel ``latents_mean`` / ``latents_std``
+    undone."""
+    config = pipe.vae.config
+    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z)
+    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z)
+    return z / inv_std + mean
 
 
 class Adapter:
@@ -167,6 +183,12 @@ class Adapter:
         """Final latents -> this call's output, by the adapter's :class:`Decoding`."""
         return partial(decode_latents, self.pipe, self.decoding, output_type=output_type, return_dict=return_dict,
                        **shape)
+
+    def prepared(self, plan: SchedulerPlan, denoiser, latents: torch.Tensor, generator, decode: Callable,
+                 noise_dtype: torch.dtype | None = None) -> Prepared:
+        """The :class:`Prepared` call: float32 latents, the plan's step noise drawn after them from ``generator``."""
+        noise = plan.draw_noise(latents.shape, generator, latents.device, noise_dtype or latents.dtype)
+        return Prepared.from_plan(plan, denoiser, latents.float(), noise, decode)
 
     def encode(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` (a pipeline's ``encode_prompt``), run once on rank 0 when broadcasting."""
@@ -200,6 +222,41 @@ def _true_cfg(true_cfg_scale: float, negative_prompt, negative_prompt_embeds, ne
     has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
                                                    and negative_pooled_prompt_embeds is not None)
     return true_cfg_scale > 1 and has_negative
+
+
+def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None) -> SchedulerPlan:
+    """The flow transformers' own schedule: sigmas ``linspace(1, 1/N, N)`` (or the call's ``sigmas``), shifted by
+    ``mu`` for the latent sequence length.
+
+    Flux, LTX-Video, Qwen-Image, Chroma and Lumina 2 compute it alike; the
+    pipeline module's own ``calculate_shift`` and ``retrieve_timesteps`` do
+    the work, with the shift settings of the pipeline's scheduler config.
+    """
+    import numpy as np
+
+    module = _pipeline_module(pipe, "calculate_shift")
+    cfg = pipe.scheduler.config
+    if sigmas is None:
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+    mu = module.calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    return pipeline_plan(pipe, steps, device, sigmas=sigmas, mu=mu)
+
+
+def pipeline_plan(pipe, steps: int, device, **schedule) -> SchedulerPlan:
+    """The plan of the schedule a pipeline sets itself: its module's ``retrieve_timesteps(scheduler, steps, device,
+    **schedule)`` (custom ``timesteps`` / ``sigmas`` / ``mu``), then read as it is."""
+    _pipeline_module(pipe, "retrieve_timesteps").retrieve_timesteps(pipe.scheduler, steps, device, **schedule)
+    return plan_scheduler(pipe.scheduler)
+
+
+def _pipeline_module(pipe, name: str):
+    """The module of ``pipe``'s class (or of the diffusers class it derives from) that defines ``name``."""
+    for cls in type(pipe).__mro__:
+        module = importlib.import_module(cls.__module__)
+        if hasattr(module, name):
+            return module
+    raise HastenError(f"{type(pipe).__name__}: no {name} in its pipeline module")
 
 
 def _refuse_unknown(extra: dict, prepare, pipe) -> None:

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import torch
 
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _refuse_other_schedulers,
-                                               _refuse_unknown, _scale_and_shift, _true_cfg)
+                                               _refuse_unknown, _scale_and_shift, _true_cfg,
+                                               shifted_flow_plan)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -56,16 +57,7 @@ class FluxAdapter(Adapter):
 
     def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
         """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length."""
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        scheduler = self.pipe.scheduler
-        cfg = scheduler.config
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-        return plan_scheduler(scheduler)
+        return shifted_flow_plan(self.pipe, steps, image_seq_len, device)
 
     def _start(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float, height, width,
                num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, prompt_embeds,
