@@ -7,7 +7,12 @@ pipeline's own loop on the same seed:
 * ``reproduces``: hasten runs the pipeline's scheduler; max |difference| of the final latents.
 * ``counterpart``: hasten runs the scheduler's first-order counterpart (with a logged notice); the
   difference is measured against the pipeline run with that counterpart.
-* ``refused``: hasten refuses before sampling; the reason is its message.
+* ``refused``: hasten refuses before sampling; the reason is its message (and, where the pipeline's
+  own loop cannot run the scheduler either, its error).
+* ``silent``: the pipeline's own loop raises for this scheduler, yet hasten sampled it. Never allowed.
+
+Every cell first runs ``pipe()`` itself with the scheduler as given, so a scheduler the pipeline
+refuses (or crashes on) is found whatever hasten does with it.
 
 Usage: ``python tools/scheduler_matrix.py [--out docs/SCHEDULERS.md] [--json FILE]``.
 The tests (tests/test_schedulers.py) run the same cells and assert the expected outcome of each.
@@ -41,6 +46,8 @@ FLOW_SCHEDULERS = (
     ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}),
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
                                      "flow_shift": 3.0}),
+    ("EulerDiscreteScheduler", {}),  # VP / VE schedulers users swap in (issue 18)
+    ("EulerAncestralDiscreteScheduler", {}),
 )
 #: options of reproduced VP schedulers worth a cell of their own
 VP_VARIANTS = (
@@ -94,6 +101,19 @@ def _call(kind: str) -> dict:
     return call
 
 
+def _run_pipeline(pipe, scheduler, kind: str, seed: int):
+    """``pipe()`` with ``scheduler`` on the cell's call: its final latents, or its error as one line."""
+    base = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        torch.manual_seed(seed)
+        return _final(pipe(generator=torch.Generator().manual_seed(seed), **_call(kind)))
+    except Exception as err:  # noqa: BLE001 - the pipeline's own loop cannot run this scheduler
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    finally:
+        pipe.scheduler = base
+
+
 def check(kind: str, name: str, options: dict) -> dict:
     """One cell: the outcome, the max difference (or the refusal's message) and the scheduler sampled."""
     import diffusers
@@ -107,30 +127,29 @@ def check(kind: str, name: str, options: dict) -> dict:
     scheduler = cls.from_config(config, **options)  # keyword overrides: a config's _use_default_values ignores dict ones
     if kind == "ddim":  # DDIMPipeline.__init__ turns any scheduler into a DDIMScheduler
         scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
-    pipe.scheduler = scheduler
+    cell = {"family": kind, "scheduler": label(name, options)}
     seed = 3
+    own = _run_pipeline(pipe, type(scheduler).from_config(scheduler.config), kind, seed)
+    pipe.scheduler = scheduler
     try:
         torch.manual_seed(seed)
         ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(seed), **_call(kind))
     except HastenError as err:
-        return {"family": kind, "scheduler": label(name, options), "outcome": "refused", "detail": str(err)}
+        return {**cell, "outcome": "refused", "detail": str(err),
+                **({"pipeline": own} if isinstance(own, str) else {})}
     finally:
         pipe.scheduler = base
-    fresh = type(scheduler).from_config(scheduler.config)
-    sampled, _, replaced = first_order_scheduler(fresh)
-    pipe.scheduler = sampled if replaced else fresh
-    try:
-        torch.manual_seed(seed)
-        theirs = pipe(generator=torch.Generator().manual_seed(seed), **_call(kind))
-    except Exception as err:  # noqa: BLE001 - the pipeline's own loop cannot run this scheduler
-        return {"family": kind, "scheduler": label(name, options), "outcome": "pipeline fails",
-                "detail": f"{type(err).__name__}: {err}".splitlines()[0], "sampled": ours.hasten["scheduler"]}
-    finally:
-        pipe.scheduler = base
-    a, b = _final(ours), _final(theirs)
-    diff = float((a - b).abs().max())
-    return {"family": kind, "scheduler": label(name, options), "outcome": "counterpart" if replaced else "reproduces",
-            "max_diff": diff, "scale": float(b.abs().max()), "sampled": ours.hasten["scheduler"]}
+    if isinstance(own, str):
+        return {**cell, "outcome": "silent", "detail": f"the pipeline itself fails ({own}) but hasten sampled it",
+                "sampled": ours.hasten["scheduler"]}
+    sampled, _, replaced = first_order_scheduler(type(scheduler).from_config(scheduler.config))
+    theirs = _run_pipeline(pipe, sampled, kind, seed) if replaced else own
+    if isinstance(theirs, str):
+        return {**cell, "outcome": "pipeline fails", "detail": theirs, "sampled": ours.hasten["scheduler"]}
+    a = _final(ours)
+    diff = float((a - theirs).abs().max())
+    return {**cell, "outcome": "counterpart" if replaced else "reproduces", "max_diff": diff,
+            "scale": float(theirs.abs().max()), "sampled": ours.hasten["scheduler"]}
 
 
 def matrix(kinds=VP_FAMILIES + FLOW_FAMILIES) -> list[dict]:
@@ -158,7 +177,9 @@ def markdown(rows: list[dict]) -> str:
                     f"counterpart {r['sampled'].split(' ')[0]}, notice logged; reproduces the pipeline run with it "
                     f"(max diff {r['max_diff']:.1e})")
         else:
-            what = f"{r['outcome']}: {r['detail']}".replace("|", "/")
+            what = f"{r['outcome']}: {r['detail']}" + (f" (the pipeline itself: {r['pipeline']})" if "pipeline" in r
+                                                        else "")
+            what = what.replace("|", "/")
         lines.append(f"| {r['family']} | {r['scheduler']} | {what} |")
     return "\n".join(lines)
 

@@ -5,8 +5,8 @@ read after ``set_timesteps`` (``timesteps``, ``alphas_cumprod``,
 ``final_alpha_cumprod``, ``sigmas``). The rule for every scheduler:
 
 * **reproduced** (sequential sampling equals the pipeline's own loop):
-  DDIM and CogVideoXDDIM (``ddim``, landing where their ``step`` lands, with
-  ``clip_sample``), DDPM (``ddpm``, fixed_small variance, ``clip_sample``),
+  DDIM and CogVideoXDDIM (``ddim``, landing where their ``step`` lands; DDIM
+  with ``clip_sample``, which CogVideoXDDIM's step ignores), DDPM (``ddpm``, fixed_small variance, ``clip_sample``),
   Euler (``ddim`` in VP coordinates: deterministic Euler on ``x / alpha``
   against ``sigma / alpha`` is DDIM), EulerAncestral (``ddpm`` in VP
   coordinates: its ``sigma_up`` is the DDPM posterior std), and
@@ -71,7 +71,7 @@ class SchedulerPlan:
         solver: the hasten step (``ddim``, ``ddpm``, ``euler``, ``euler-stochastic``).
         grid: the grid read from ``scheduler``.
         clip: the x0 clamp of ``clip_sample`` (its ``clip_sample_range``), or None.
-        clip_eps: whether the clamped x0 also sets eps (DDPM, CogVideoXDDIM), or the network's eps stays (DDIM).
+        clip_eps: whether the clamped x0 also sets eps (DDPM), or the network's eps stays (DDIM).
         noise: how the pipeline draws step noise: ``"t>0"`` (DDPM: from the call's generator at steps
             with t > 0), ``"every"`` (EulerAncestral: every step, from the generator), ``"global"``
             (flow ``stochastic_sampling``: every step, from torch's global generator), or None.
@@ -146,8 +146,13 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         raise HastenError(f"scheduler {name} is not supported; supported: {SUPPORTED}")
     log.warning("hasten: %s is not a first-order stateless scheduler; sampling with its first-order "
                 "counterpart %s built from the same config%s", name, type(counterpart).__name__,
-                " (clip_sample=True, as the config asks)" if counterpart.config.get("clip_sample") else "")
+                " (clip_sample=True, as the config asks)" if _clips(counterpart) else "")
     return counterpart, solver, name
+
+
+def _clips(scheduler) -> bool:
+    """Whether the scheduler's ``step`` clamps x0: ``clip_sample`` set, except CogVideoXDDIM's (its step never clips)."""
+    return bool(scheduler.config.get("clip_sample")) and type(scheduler).__name__ != "CogVideoXDDIMScheduler"
 
 
 def _check_reproducible(name: str, config) -> None:
@@ -181,7 +186,7 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
                           "FlowMatchEulerDiscreteScheduler")
     grid = Grid.from_scheduler(scheduler)
     name = type(scheduler).__name__
-    clip = float(scheduler.config.get("clip_sample_range", 1.0)) if scheduler.config.get("clip_sample") else None
+    clip = float(scheduler.config.get("clip_sample_range", 1.0)) if _clips(scheduler) else None
     noise = {"DDPMScheduler": "t>0", "EulerAncestralDiscreteScheduler": "every"}.get(name)
     if solver == "euler-stochastic":
         noise = "global"
@@ -191,5 +196,5 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
         scale = torch.ones(grid.steps + 1, dtype=torch.float64)
         # the pipeline's noise, unit noise for the counterpart (flow schedulers have no init_noise_sigma: 1)
         scale[0] = float(getattr(pipe_scheduler, "init_noise_sigma", 1.0))
-    clip_eps = name in ("DDPMScheduler", "CogVideoXDDIMScheduler")
+    clip_eps = name == "DDPMScheduler"
     return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced)

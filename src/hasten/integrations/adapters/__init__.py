@@ -15,7 +15,7 @@ returns everything the engine needs, before any network call.
 from __future__ import annotations
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, bind_call, decode_latents
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
@@ -47,4 +47,4 @@ def adapter_for(pipe) -> Adapter:
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "Decoding", "FluxAdapter", "HunyuanVideoAdapter", "Prepared",
            "SD3Adapter", "SDXLAdapter", "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter",
-           "adapter_for", "decode_latents"]
+           "adapter_for", "bind_call", "decode_latents"]

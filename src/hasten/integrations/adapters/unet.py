@@ -6,7 +6,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
-                                               _refuse_unknown)
+                                               _refuse_unknown, _refuse_unscaled_ve)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -60,10 +60,7 @@ class UnconditionalAdapter(Adapter):
         if eta != 0.0:
             raise HastenError(f"eta={eta} is not supported; hasten's DDIM is eta = 0 (use the DDPM scheduler for "
                               "stochastic sampling)")
-        if float(pipe.scheduler.init_noise_sigma) != 1.0:  # the pipeline itself neither scales noise nor input
-            raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported: the "
-                              "pipeline neither scales its noise nor its model input for this VE scheduler; "
-                              "supported: DDPM, DDIM and other VP schedulers (init_noise_sigma = 1)")
+        _refuse_unscaled_ve(pipe, "DDPM, DDIM and other VP schedulers")
 
     def _latents(self, batch_size: int, generator, device) -> torch.Tensor:
         """Unit noise in the UNet's sample shape, drawn as the pipeline draws it."""

@@ -9,7 +9,8 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
-                                               _refuse_other_schedulers, _refuse_unknown, _true_cfg)
+                                               _refuse_other_schedulers, _refuse_unknown, _refuse_unscaled_ve,
+                                               _true_cfg)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -188,7 +189,9 @@ class WanAdapter(Adapter):
             raise HastenError("Wan 2.2 (two transformers, boundary_ratio, expand_timesteps) is not supported yet; "
                               "supported: Wan 2.1 text-to-video")
         num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
+        _refuse_unscaled_ve(pipe, "FlowMatchEulerDiscrete, or UniPC / DPM-Solver with use_flow_sigmas")
         pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds)
+        num_frames, height, width = self._round_size(num_frames, height, width)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
         device = pipe._execution_device
         cfg = guidance_scale > 1
@@ -208,3 +211,23 @@ class WanAdapter(Adapter):
             guidance_scale, dtype=transformer.dtype, device=device)
         return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
                                   self.decoder(output_type, return_dict))
+
+    def _round_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The size WanPipeline samples: ``num_frames`` of the form 4k + 1, height and width multiples of a patch.
+
+        The pipeline rounds them (with a warning) before preparing latents, and so does hasten.
+        """
+        pipe = self.pipe
+        temporal = pipe.vae_scale_factor_temporal
+        if num_frames % temporal != 1:
+            rounded = num_frames // temporal * temporal + 1
+            log.warning("hasten: WanPipeline needs num_frames - 1 divisible by %d; rounding %d to %d, as the "
+                        "pipeline does", temporal, num_frames, rounded)
+            num_frames = rounded
+        patch = pipe.transformer.config.patch_size
+        h_multiple, w_multiple = pipe.vae_scale_factor_spatial * patch[1], pipe.vae_scale_factor_spatial * patch[2]
+        rounded_h, rounded_w = height // h_multiple * h_multiple, width // w_multiple * w_multiple
+        if (rounded_h, rounded_w) != (height, width):
+            log.warning("hasten: WanPipeline needs height and width in multiples of (%d, %d); adjusting (%d, %d) to "
+                        "(%d, %d), as the pipeline does", h_multiple, w_multiple, height, width, rounded_h, rounded_w)
+        return max(num_frames, 1), rounded_h, rounded_w
