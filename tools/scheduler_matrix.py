@@ -59,7 +59,12 @@ VP_VARIANTS = (
     ("DDPMScheduler", {"variance_type": "fixed_large"}),
     ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
+    ("DPMSolverMultistepScheduler", {"thresholding": True}),
 )
+#: options of one family's own schedulers (CogVideoX's default clip_sample=True, which neither step applies)
+FAMILY_VARIANTS = {"cogvideox": (("CogVideoXDDIMScheduler", {"clip_sample": True}),
+                                 ("CogVideoXDPMScheduler", {"clip_sample": True}))}
 OPTIONAL = {"DPMSolverSDEScheduler": "torchsde"}  # schedulers whose step needs a package hasten does not install
 
 
@@ -71,7 +76,7 @@ def cases(kind: str) -> list[tuple[str, dict]]:
     names = sorted({type(pipe.scheduler).__name__, *(c.__name__ for c in pipe.scheduler.compatibles)})
     if kind == "cogvideox":  # CogVideoX's own second scheduler, not in the compatibles list
         names.append("CogVideoXDPMScheduler")
-    return [(name, {}) for name in names] + list(VP_VARIANTS)
+    return [(name, {}) for name in names] + list(VP_VARIANTS) + list(FAMILY_VARIANTS.get(kind, ()))
 
 
 def label(name: str, options: dict) -> str:

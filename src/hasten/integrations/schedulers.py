@@ -131,6 +131,9 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         return scheduler, solver, None
     from diffusers import CogVideoXDDIMScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if config.get("thresholding"):  # no first-order counterpart thresholds: the notice could not name one
+        raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten would run "
+                          "its first-order counterpart, which does not threshold; use thresholding=False")
     if name == "CogVideoXDPMScheduler":
         counterpart, solver = CogVideoXDDIMScheduler.from_config(config), "ddim"
     elif is_flow(scheduler):
@@ -139,8 +142,7 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(config, **extra), "euler"
     elif hasattr(scheduler, "alphas_cumprod") and ("beta_schedule" in config or config.get("trained_betas")):
         # DDIM's own default clip_sample=True must not slip in from a config that never asked for it
-        counterpart = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)),
-                                                thresholding=False)
+        counterpart = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)))
         solver = "ddim"
     else:
         raise HastenError(f"scheduler {name} is not supported; supported: {SUPPORTED}")

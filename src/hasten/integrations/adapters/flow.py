@@ -69,13 +69,17 @@ class FluxAdapter(Adapter):
                                   self.decoder(output_type, return_dict, height=height, width=width))
 
     def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
-        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length."""
+        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length.
+
+        A scheduler config with ``use_flow_sigmas`` set (one built from a UniPC or DPM-Solver config keeps
+        it) makes FluxPipeline drop its own sigmas and leave them to the scheduler, and so does hasten.
+        """
         import numpy as np
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
         scheduler = self.pipe.scheduler
         cfg = scheduler.config
-        sigmas = np.linspace(1.0, 1 / steps, steps)
+        sigmas = None if cfg.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
         mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
