@@ -46,8 +46,6 @@ FLOW_SCHEDULERS = (
     ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}),
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
                                      "flow_shift": 3.0}),
-    ("EulerDiscreteScheduler", {}),  # VP / VE schedulers users swap in (issue 18)
-    ("EulerAncestralDiscreteScheduler", {}),
 )
 #: options of reproduced VP schedulers worth a cell of their own
 VP_VARIANTS = (
@@ -70,6 +68,10 @@ OPTIONAL = {"DPMSolverSDEScheduler": "torchsde"}  # schedulers whose step needs 
 
 def cases(kind: str) -> list[tuple[str, dict]]:
     """(scheduler class name, config overrides) for a family: its compatibles, then variants."""
+    if kind == "wan":  # the flow pipeline that takes any scheduler: also the VP ones users swap in (issue 18)
+        swapped = sorted({c.__name__ for c in _pipe("sd").scheduler.compatibles} | {"CogVideoXDDIMScheduler",
+                                                                                   "CogVideoXDPMScheduler"})
+        return list(FLOW_SCHEDULERS) + [(name, {}) for name in swapped]
     if kind in FLOW_FAMILIES:
         return list(FLOW_SCHEDULERS)
     pipe = _pipe(kind)

@@ -153,7 +153,7 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
 
 
 def _clips(scheduler) -> bool:
-    """Whether the scheduler's ``step`` clamps x0: ``clip_sample`` set, except CogVideoXDDIM's (its step never clips)."""
+    """Whether the scheduler's ``step`` clamps x0: ``clip_sample`` set, except in CogVideoXDDIM (it never clips)."""
     return bool(scheduler.config.get("clip_sample")) and type(scheduler).__name__ != "CogVideoXDDIMScheduler"
 
 

@@ -12,7 +12,7 @@ from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _bat
                                                _refuse_other_schedulers, _refuse_unknown, _refuse_unscaled_ve,
                                                _true_cfg)
 from hasten.integrations.denoisers import PipelineDenoiser
-from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
+from hasten.integrations.schedulers import SchedulerPlan, is_flow, plan_scheduler
 
 log = logging.getLogger("hasten")
 
@@ -189,7 +189,12 @@ class WanAdapter(Adapter):
             raise HastenError("Wan 2.2 (two transformers, boundary_ratio, expand_timesteps) is not supported yet; "
                               "supported: Wan 2.1 text-to-video")
         num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
-        _refuse_unscaled_ve(pipe, "FlowMatchEulerDiscrete, or UniPC / DPM-Solver with use_flow_sigmas")
+        works = "FlowMatchEulerDiscrete, or UniPC / DPM-Solver with use_flow_sigmas"
+        _refuse_unscaled_ve(pipe, works)
+        if not is_flow(pipe.scheduler):  # DDIM, DDPM, CogVideoX's: the pipeline itself fails on them
+            raise HastenError(f"WanPipeline with {type(pipe.scheduler).__name__} is not supported: Wan is a "
+                              "flow-matching model and this is not a flow scheduler (no use_flow_sigmas, no "
+                              f"flow_prediction); supported: {works}")
         pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds)
         num_frames, height, width = self._round_size(num_frames, height, width)
         pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = guidance_scale, None, False
