@@ -84,6 +84,8 @@ def cases(kind: str) -> list[tuple[str, dict]]:
 def label(name: str, options: dict) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("use_flow_sigmas", "prediction_type",
                                                                           "flow_shift"))
+    if options.get("use_flow_sigmas"):  # beside the same class on a VP config (Wan's swapped-in schedulers)
+        extra = ", ".join(filter(None, ["flow sigmas", extra]))
     return name.removesuffix("Scheduler") + (f" ({extra})" if extra else "")
 
 
