@@ -244,7 +244,7 @@ def test_adaptive_error_estimate_sums_between_calls_and_restarts(problem):
 def test_adaptive_meets_the_issue_target_on_digits():
     """Issue 11: sequential DDIM-50 on digits, >= 3x fewer model calls at PSNR >= 30 dB (docs: 10 calls, 44.8 dB)."""
     from hasten.metrics import psnr
-    from hasten.models import load_model
+    from hasten import load_model
 
     model = load_model("digits")
     ref = hasten.sample(model, "sequential", steps=50, seed=0, batch=4)

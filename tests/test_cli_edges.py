@@ -32,7 +32,7 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_an_out_that_is_a_file_is_refused_before_any_model_call(tmp_path, capsys, monkeypatch):
     loaded = []
-    monkeypatch.setattr("hasten.models.load_model", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("hasten.models.load_embedded", lambda *a, **k: loaded.append(1))
     (tmp_path / "taken").write_text("mine")
     for command in (["sample"], ["bench", "--methods", "sequential"]):
         assert main([*command, "--model", "digits", "--no-progress", "--out", str(tmp_path / "taken")]) == 2

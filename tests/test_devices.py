@@ -192,7 +192,7 @@ def _hub_cache(tmp_path: Path) -> Path:
 
 
 def test_model_sources_are_told_apart_with_clear_refusals(tmp_path):
-    from hasten.integrations.model import model_source
+    from hasten.opening import model_source
 
     (tmp_path / "file.txt").write_text("x")
     assert model_source("digits") == "embedded" and model_source("gmm-flow:shape=4x4") == "embedded"
@@ -233,8 +233,8 @@ def test_local_files_only_refuses_an_uncached_id_before_loading(tmp_path, capsys
 @pytest.mark.parametrize("args, message", [
     (["--device", "cuda"], "--device cuda needs CUDA"),
     (["--dtype", "int4"], "--dtype 'int4' is not supported"),
-    (["--backend", "nccl"], "--backend applies to --executor distributed only"),
-    (["--max-batch", "0"], "max_batch must be an integer >= 1"),
+    (["--backend", "nccl"], "--backend applies to the distributed executor only"),
+    (["--max-batch", "0"], "--max-batch must be an integer >= 1"),
     (["--compile", "--method", "srds"], "compile needs a fixed forward size"),
     (["--compile", "no-such-backend"], "unknown torch.compile backend"),
 ])

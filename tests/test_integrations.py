@@ -184,14 +184,13 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
 
 
 def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
-    import argparse
-
-    from hasten.cli import _model
+    from hasten.assembly import open_for
+    from hasten.cli import build_parser
+    from hasten.cli.options import run_spec
     from hasten.integrations.model import PipelineModel
 
-    args = argparse.Namespace(model=str(saved_sd), prompt="a cat", negative_prompt=None, guidance_scale=None,
-                              height=None, width=None, frames=None, dtype=None, seed=0, local_files_only=False)
-    by_cli = _model(args, 2, torch.device("cpu"))
+    args = build_parser().parse_args(["sample", "--model", str(saved_sd), "--prompt", "a cat", "--batch", "2"])
+    by_cli = open_for(run_spec(args, 4))
     by_api = hasten.load_model(str(saved_sd), call={"prompt": "a cat"}, batch=2)
     assert isinstance(by_api, PipelineModel) and type(by_cli) is type(by_api)
     assert (by_api.name, by_api.call, by_api.batch) == (by_cli.name, by_cli.call, by_cli.batch)
@@ -203,12 +202,13 @@ def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
 def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
     from hasten.assembly import prepare
     from hasten.integrations.model import PipelineModel
+    from hasten.spec import RunSpec
 
     model = PipelineModel(tiny_sd(), {"prompt": "a cat"}, batch=2)
     calls = []
     real = model.adapter.prepare
     model.adapter.prepare = lambda **call: calls.append(call["num_inference_steps"]) or real(**call)
-    s = prepare(model, "sequential", 6, 0, 2)
+    s = prepare(RunSpec.build(model, "sequential", steps=6, seed=0, batch=2))
     assert calls == [6]  # the latents come from the same call as the grid
     assert model.grid(6) is s.step.grid and torch.equal(model.initial_latents(2, 0), s.x) and calls == [6]
     assert model.denoiser(model.grid(4)) is not model.denoiser(model.grid(6)) and calls == [6, 4]
@@ -223,10 +223,11 @@ def test_euler_linspace_latents_keep_the_pipelines_start():
 
     from hasten.assembly import prepare
     from hasten.integrations.model import PipelineModel
+    from hasten.spec import RunSpec
 
     pipe = tiny_sd()
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
-    s = prepare(PipelineModel(pipe, {"prompt": "a cat"}), "sequential", 8, 0, 1)
+    s = prepare(RunSpec.build(PipelineModel(pipe, {"prompt": "a cat"}), "sequential", steps=8, seed=0, batch=1))
     bench_order = PipelineModel(pipe, {"prompt": "a cat"})  # latents asked for before any grid
     assert 0.5 < float(s.x.std()) < 2
     assert torch.allclose(bench_order.initial_latents(1, 0), s.x, atol=1e-6)

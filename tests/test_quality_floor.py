@@ -16,7 +16,8 @@ import pytest
 import hasten
 from hasten.methods import METHODS
 from hasten.metrics import psnr
-from hasten.models import MODELS, load_model
+from hasten import load_model
+from hasten.models import MODELS
 
 FLOOR_DB = {"digits": 30.0, "gmm": 30.0, "gmm-flow": 30.0}
 STEPS, BATCH, SEED = 50, 4, 0

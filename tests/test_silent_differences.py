@@ -184,6 +184,18 @@ def test_flux_leaves_the_sigmas_to_a_scheduler_config_with_use_flow_sigmas():
     assert (ours - theirs).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kind", ["flux-img2img", "flux-kontext"])
+def test_flux_image_input_pipelines_keep_their_sigmas_whatever_the_scheduler_config(kind):
+    """Only FluxPipeline reads use_flow_sigmas; its image-input siblings pass their own sigmas regardless."""
+    from hasten.testing.workflows import workflow_call, workflow_pipeline
+
+    pipe = workflow_pipeline(kind)
+    unipc = diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(unipc.config)
+    ours, theirs = both(pipe, num_inference_steps=4, output_type="latent", **workflow_call(kind))
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
 # ---- 6. notices and refusals that named the wrong thing ----
 
 def test_a_thresholding_multistep_scheduler_is_refused_not_run_without_thresholding():

@@ -170,7 +170,7 @@ def _check_within(measure, attempts: int = 2) -> None:
 
 @pytest.mark.timing
 def test_predicted_wall_matches_measured_batched_one_device():
-    from hasten.models import load_model
+    from hasten import load_model
 
     model = load_model("digits")
 

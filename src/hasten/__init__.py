@@ -23,7 +23,7 @@ _EXPORTS = {
     "Chords": "hasten.methods", "Sequential": "hasten.methods", "make_method": "hasten.methods",
     "continuous_init": "hasten.methods.chords_init", "resolve_init": "hasten.methods.chords_init",
     "Eval": "hasten.rounds", "Hit": "hasten.rounds",
-    "load_model": "hasten.models",
+    "load_model": "hasten.opening", "RunSpec": "hasten.spec", "Sampling": "hasten.spec", "Placement": "hasten.spec",
     "DDIMStep": "hasten.steps", "EulerStep": "hasten.steps", "make_step": "hasten.steps",
     "Stop": "hasten.stopping",
 }

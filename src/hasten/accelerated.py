@@ -12,9 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from hasten.assembly import assemble, build_method, check_executor, default_stop, join, share_conditioning
+from hasten.assembly import assemble, place, share_conditioning
 from hasten.caches import make_cache
-from hasten.checks import check_int
 from hasten.denoise import compile_network
 from hasten.engine import run
 from hasten.errors import HastenError
@@ -22,6 +21,7 @@ from hasten.integrations.adapters import adapter_for, bind_call
 from hasten.integrations.model import prepare_call
 from hasten.methods import Method
 from hasten.rounds import Hit
+from hasten.spec import Placement, Sampling
 
 
 class AcceleratedPipeline:
@@ -32,38 +32,29 @@ class AcceleratedPipeline:
     ``decode(hit.x)`` that turns its latent into the pipeline's output on request.
     """
 
-    def __init__(self, pipe, method: str | Method = "sequential", cache=None, executor: str = "batched",
-                 stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
-                 max_batch: int | None = None, compile: str | None = None, steps: int | None = None, **options):
+    def __init__(self, pipe, sampling: Sampling, placement: Placement | None = None, on_hit: Callable | None = None):
         self.pipe = pipe
-        self.steps = steps  # num_inference_steps when a call does not give it (from a config file)
         self.adapter = adapter_for(pipe)
-        self.cache = make_cache(cache)
-        self.method_spec = (method, cores, options)
-        build_method(method, cores, options, stop=stop)  # validate now, before any call
-        check_executor(executor)
-        check_int("max_batch", max_batch, 1, allow_none=True)
-        self.executor_kind, self.max_batch, self.compile = executor, max_batch, compile
-        share_conditioning(self.adapter, executor)
-        if executor == "distributed":
-            _join_ranks(pipe)
+        self.sampling = sampling  # validated; steps (when set) is num_inference_steps of a call that gives none
+        self.placement = placement or Placement()
+        self.cache = make_cache(sampling.cache)
+        share_conditioning(self.adapter, self.placement.executor)
+        if self.placement.executor == "distributed":
+            _join_ranks(pipe, self.placement)
         self.compile_stats = None
-        if compile is not None:
-            self.compile_stats = compile_network(getattr(pipe, "transformer", None) or pipe.unet, compile)
-        self.stop = stop if stop is not None else default_stop(method)
+        if self.placement.compile is not None:
+            self.compile_stats = compile_network(getattr(pipe, "transformer", None) or pipe.unet,
+                                                 self.placement.compile)
         self.on_hit = on_hit
         self.last_stats: dict | None = None
 
     def __call__(self, *args, **kwargs) -> Any:
         kwargs = bind_call(self.pipe, args, kwargs)
         start = time.perf_counter()
-        if self.steps is not None:
-            kwargs.setdefault("num_inference_steps", self.steps)
+        if self.sampling.steps is not None:
+            kwargs.setdefault("num_inference_steps", self.sampling.steps)
         prepared = prepare_call(self.adapter, **kwargs)
-        method, cores, options = self.method_spec
-        s = assemble(method, prepared.latents, prepared.step(), prepared.denoiser, stop=self.stop, cache=self.cache,
-                     executor=self.executor_kind, cores=cores, max_batch=self.max_batch,
-                     compiled=self.compile is not None, **options)
+        s = assemble(self.sampling, prepared.latents, prepared.step(), prepared.denoiser, self.placement, self.cache)
         step = s.step
         hits: list[Callable[[Hit], None]] = []
         if prepared.callback is not None:
@@ -92,14 +83,15 @@ class AcceleratedPipeline:
         return output
 
 
-def _join_ranks(pipe) -> None:
+def _join_ranks(pipe, placement: Placement) -> None:
     """Join torchrun's process group for a pipeline already placed on a device, and check the placement.
 
     Every rank must hold the pipeline on its own device: ``cuda:LOCAL_RANK``
     (``hasten.init_distributed()`` before ``pipe.to("cuda")`` arranges it).
     """
     placed = torch.device(pipe._execution_device)
-    rank_device = join("distributed", placed.type)
+    rank_device = place(Placement("distributed", device=placed.type, backend=placement.backend,
+                                  timeout=placement.timeout))
     if placed.type == "cuda" and placed.index is not None and placed != rank_device:
         raise HastenError(f"the pipeline is on {placed} but this rank owns {rank_device} (LOCAL_RANK); call "
                           "hasten.init_distributed() before pipe.to('cuda'), or move it with "
@@ -132,12 +124,14 @@ def accelerate(pipe, method: str | Method | None = None, cache=None, executor: s
     other than the file's drops its cores and options). The pipeline's
     scheduler, not the file's ``solver``, decides the step.
     """
-    steps = None
+    keys = {"method": method, "cache": cache, "stop": stop, "cores": cores, "options": options}
     if config is not None:
-        from hasten.tune import merge_config
+        from hasten.config import merged_keys
 
-        merged = merge_config(config, method, cores, options, cache=cache, stop=stop, steps=None)
-        method, cores, options = merged["method"], merged["cores"], merged["options"]
-        cache, stop, steps = merged["cache"], merged["stop"], merged["steps"]
-    return AcceleratedPipeline(pipe, method if method is not None else "sequential", cache, executor, stop, on_hit,
-                               cores, max_batch, compile, steps, **options)
+        merged = merged_keys(config, **keys, model=type(pipe).__name__)
+        keys = {**{k: merged.get(k) for k in Sampling.KEYS}, "solver": None}  # the scheduler decides the step
+    else:
+        keys["method"] = "sequential" if method is None else method
+        keys["steps"] = None
+    return AcceleratedPipeline(pipe, Sampling(**keys), Placement(executor, max_batch=max_batch, compile=compile),
+                               on_hit)

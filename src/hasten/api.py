@@ -1,48 +1,49 @@
 """The Python API: ``hasten.sample`` and ``hasten.stream`` over embedded models, pipeline folders and model ids.
 
-Runs are built by :func:`hasten.assembly.prepare`, the one assembler every surface uses.
+Both build one :class:`~hasten.spec.RunSpec` from their keywords (or take one)
+and run it through the one assembler.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-import torch
-
-from hasten.assembly import prepare
-from hasten.caches import CacheConfig
-from hasten.engine import HitStream, Result, iterate
+from hasten.engine import HitStream, Result
 from hasten.methods import Method
-from hasten.models import EmbeddedModel
 from hasten.rounds import Hit
-from hasten.stopping import Stop
+from hasten.spec import RunSpec
 
-__all__ = ["prepare", "sample", "stream"]
+__all__ = ["sample", "stream"]
+
+SETTINGS_DOC = """
+    Settings (any key of a run description, :class:`hasten.spec.RunSpec`):
+    ``steps`` (50), ``seed`` (0), ``batch`` (1), ``stop`` (``first`` for CHORDS,
+    else ``none``), ``solver`` (``ddim``, ``ddpm``, ``euler``, ...), ``cores``
+    (each method's per-round budget), ``cache`` (``"abcache:2:interval=3"``, a
+    :class:`hasten.caches.CacheConfig`), ``executor`` (``batched`` or
+    ``distributed``), ``device`` (cuda when available, else cpu; ``cuda:LOCAL_RANK``
+    under torchrun), ``dtype``, ``max_batch`` (network rows of one forward),
+    ``compile`` (a ``torch.compile`` backend; every forward padded to one size),
+    ``call`` (a pipeline's call: ``{"prompt": "a cat", "height": 512}``),
+    ``local_files_only``; ``config``: a file written by ``hasten tune`` under
+    these keywords. Any other keyword is an option of the method (``init``,
+    ``speedup``, ``window``, ``tol``, ``rho``, ... see ``hasten.methods.OPTIONS``).
+"""
 
 
-def sample(
-    model: str | EmbeddedModel = "gmm",
-    method: str | Method = "sequential",
-    *,
-    steps: int = 50,
-    seed: int = 0,
-    batch: int = 1,
-    stop: str | Stop | None = None,
-    on_hit: Callable[[Hit], None] | None = None,
-    solver: str | None = None,
-    cores: int | None = None,
-    cache: str | CacheConfig | None = None,
-    executor: str = "batched",
-    progress: bool = False,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    max_batch: int | None = None,
-    compile: str | None = None,
-    call: dict | None = None,
-    local_files_only: bool = False,
-    **options,
-) -> Result:
-    """Sample ``batch`` latents from an embedded model with a method.
+def _spec(model: Any, method: "str | Method | None", default: str, settings: dict) -> RunSpec:
+    """The run: ``model`` itself when it is a RunSpec (with ``method`` and ``settings`` applied), else built."""
+    if isinstance(model, RunSpec):
+        keys = {k: settings.pop(k) for k in list(settings) if k in RunSpec.KEYS}
+        if settings:  # method options, added to the spec's own
+            keys["options"] = {**model.sampling.options, **keys.get("options", {}), **settings}
+        return model.replace(**({} if method is None else {"method": method}), **keys)
+    return RunSpec.build(model, default if method is None else method, **settings)
+
+
+def sample(model: Any = "gmm", method: "str | Method | None" = None, *,
+           on_hit: Callable[[Hit], None] | None = None, progress: bool = False, **settings: Any) -> Result:
+    """Sample ``batch`` latents with a method (default sequential); ``model`` is a spec, an opened model or a RunSpec.
 
     Example::
 
@@ -50,56 +51,19 @@ def sample(
         result.x, result.rounds, result.speedup
 
     ``on_hit`` receives every hit (CHORDS core landing) while sampling runs.
-    ``cores`` and ``options`` (``init``, ``speedup``, ``window``, ``tol``, ``rho``,
-    ...) configure a method given by name (see ``hasten.methods.OPTIONS``);
-    ``solver`` is ``ddim``, ``ddpm`` or ``euler``. ``cache`` is a
-    :class:`hasten.caches.CacheConfig` or a spec (``"abcache:2:interval=3"``,
-    ``"reuse"``); it works with every method.
-
-    ``device`` (default: cuda when available, else cpu; ``cuda:LOCAL_RANK`` under
-    torchrun) and ``dtype`` (default float32; e.g. ``"bfloat16"``) place the
-    model; ``max_batch`` bounds the network rows of one forward; ``compile``
-    names a ``torch.compile`` backend (``"inductor"``) and pads every forward to
-    one size so one graph serves the run.
-
-    ``model`` may also be a diffusers pipeline folder, a Hugging Face model id
-    or ``random:NAME``, called with ``call`` (``{"prompt": "a cat", "height": 512}``),
-    as on the command line.
     """
-    hits = stream(model, method, steps=steps, seed=seed, batch=batch, stop=stop, solver=solver, cores=cores,
-                  cache=cache, executor=executor, progress=progress, device=device, dtype=dtype,
-                  max_batch=max_batch, compile=compile, call=call, local_files_only=local_files_only, **options)
-    for hit in hits:
-        if on_hit is not None:
-            on_hit(hit)
-    return hits.result
+    return _spec(model, method, "sequential", settings).sample(on_hit, progress)
 
 
-def stream(
-    model: str | EmbeddedModel = "gmm",
-    method: str | Method = "chords",
-    *,
-    steps: int = 50,
-    seed: int = 0,
-    batch: int = 1,
-    stop: str | Stop | None = None,
-    solver: str | None = None,
-    cores: int | None = None,
-    cache: str | CacheConfig | None = None,
-    executor: str = "batched",
-    progress: bool = False,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    max_batch: int | None = None,
-    compile: str | None = None,
-    call: dict | None = None,
-    local_files_only: bool = False,
-    **options,
-) -> HitStream:
+def stream(model: Any = "gmm", method: "str | Method | None" = None, *, progress: bool = False,
+           **settings: Any) -> HitStream:
     """Iterate over hits as they land; the stream's ``.result`` is set when it ends.
 
-    Validation happens here, before the first round.
+    Takes what :func:`sample` takes (the method defaults to chords). The run is validated and opened here,
+    before the first round.
     """
-    s = prepare(model, method, steps, seed, batch, stop, solver, cores, cache, executor, device, dtype, max_batch,
-                compile, call, local_files_only, **options)
-    return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache))
+    return _spec(model, method, "chords", settings).stream(progress)
+
+
+sample.__doc__ += SETTINGS_DOC
+stream.__doc__ += SETTINGS_DOC

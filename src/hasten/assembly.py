@@ -1,55 +1,54 @@
-"""The one assembler: every run is built here, whoever asks for it.
+"""The one assembler: every run is built here from its description, whoever asks for it.
 
-``hasten.sample`` / ``hasten.stream`` and the CLI (through :func:`prepare`),
-``hasten.accelerate`` (a pipeline call at a time, through :func:`assemble`),
-``hasten bench`` and ``hasten tune`` all get their method, stop rule, cache and
-executor from :func:`assemble`, which validates the method once, before any
-model call. :func:`join` places this process (its own rank's device under the
-distributed executor) and :func:`share_conditioning` makes rank 0 alone encode
-prompts for a distributed pipeline run.
+:func:`prepare` turns a :class:`~hasten.spec.RunSpec` into a :class:`Setup`
+(model opened, latents, step, method, stop rule, cache, executor): the path
+of ``hasten.sample`` / ``hasten.stream``, the CLI and tune. :func:`assemble`
+does the same around latents, a step and a denoiser that a caller already
+has (``hasten.accelerate`` a pipeline call at a time, ``hasten bench`` a grid
+of runs, a service's batch of requests). :func:`place` joins torchrun's
+process group where the placement asks for it, and :func:`share_conditioning`
+makes rank 0 alone encode prompts for a distributed pipeline run. The
+method, stop rule and cache were validated when the description was built.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from hasten.caches import Cache, CacheConfig, make_cache
+from hasten.caches import Cache, make_cache
 from hasten.denoise import compile_network, denoiser_device
 from hasten.errors import HastenError
-from hasten.executors import EXECUTORS, make_executor
+from hasten.executors import make_executor
 from hasten.executors.base import Executor
-from hasten.methods import Method, make_method
+from hasten.methods import Method
+from hasten.spec import Placement, RunSpec, Sampling
 from hasten.steps import NOISY_SOLVERS, Step, make_step
 from hasten.stopping import Stop
 
 
-def default_stop(method: "str | Method") -> str:
-    """The stop rule a surface uses when none is given: CHORDS streams to its first hit, the rest run to the end."""
-    name = method if isinstance(method, str) else getattr(method, "name", "")
-    return "first" if name == "chords" else "none"
+def place(placement: Placement) -> torch.device:
+    """This process's device; under the distributed executor after joining torchrun's process group.
 
-
-def check_executor(executor: str) -> None:
-    if executor not in EXECUTORS:
-        raise HastenError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-
-
-def join(executor: str, device: "str | torch.device | None" = None, **distributed: Any) -> torch.device:
-    """This process's device; under the distributed executor, after joining torchrun's process group.
-
-    ``distributed``: ``backend`` and ``timeout_s`` for :func:`hasten.executors.distributed.init_distributed`.
+    Each rank of a node then runs with its share of the node's threads.
     """
-    check_executor(executor)
-    if executor == "distributed":
+    if placement.executor == "distributed":
+        import torch.distributed as dist
+
         from hasten.executors.distributed import init_distributed
 
-        return init_distributed(device=device, **distributed)
+        joining = not dist.is_initialized()
+        device = init_distributed(device=placement.device, backend=placement.backend, timeout_s=placement.timeout)
+        if joining:
+            ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+            torch.set_num_threads(max(1, torch.get_num_threads() // ranks_here))
+        return device
     from hasten.devices import resolve_device
 
-    return resolve_device(device)
+    return resolve_device(placement.device)
 
 
 def share_conditioning(holder, executor: str) -> None:
@@ -62,32 +61,16 @@ def share_conditioning(holder, executor: str) -> None:
         adapter.broadcast_conditioning = executor == "distributed"
 
 
-def build_method(method: "str | Method", cores: int | None = None, options: dict | None = None,
-                 steps: int | None = None, stop: "str | Stop | None" = None) -> tuple[Method, Stop]:
-    """The method (by name, or an object as given) and the stop rule, validated for ``steps`` when known."""
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    if isinstance(method, str):
-        method = make_method(method, cores=cores, **options)
-    elif cores is not None or options:
-        raise HastenError("method options go into the method object when a method object is given")
-    stop = Stop.parse(stop)
-    if steps is not None:
-        method.validate(_checked_steps(steps))
-        stop.check_cores(method.hit_tracks(steps))
-    return method, stop
-
-
-def build_executor(denoiser, kind: str, method: Method, steps: int, batch: int, max_batch: int | None = None,
-                   compiled: bool = False) -> Executor:
+def build_executor(denoiser, placement: Placement, method: Method, steps: int, batch: int) -> Executor:
     """The executor of a run; a compiled network pads every forward to the method's widest round."""
-    check_executor(kind)
     width = method.max_width(steps)
-    return make_executor(denoiser, kind, max_batch, compiled, None if width is None else width * batch)
+    return make_executor(denoiser, placement.executor, placement.max_batch, placement.compile is not None,
+                         None if width is None else width * batch)
 
 
 @dataclass
 class Setup:
-    """Everything a run needs, validated: built by :func:`assemble` before any model call."""
+    """Everything a run needs, validated: built by :func:`prepare` or :func:`assemble` before any model call."""
 
     method: Method
     x: torch.Tensor
@@ -98,19 +81,18 @@ class Setup:
     model: Any = None
 
 
-def assemble(method: "str | Method", x: torch.Tensor, step: Step, denoiser, *, stop: "str | Stop | None" = None,
-             cache: "str | CacheConfig | Cache | None" = None, executor: str = "batched", cores: int | None = None,
-             max_batch: int | None = None, compiled: bool = False, model: Any = None, **options: Any) -> Setup:
-    """A run from its latents, step and denoiser: method and stop validated once, cache, executor."""
-    method, stop = build_method(method, cores, options, step.grid.steps, stop)
-    return _complete(method, stop, x, step, denoiser, cache, executor, max_batch, compiled, model)
+def assemble(sampling: Sampling, x: torch.Tensor, step: Step, denoiser, placement: Placement | None = None,
+             cache: Cache | None = None, model: Any = None) -> Setup:
+    """A run around latents, a step and a denoiser: the method (for the step's grid), stop rule, cache, executor.
 
-
-def _complete(method: Method, stop: Stop, x: torch.Tensor, step: Step, denoiser, cache, executor: str,
-              max_batch: int | None, compiled: bool, model: Any) -> Setup:
-    """The rest of a run around a validated method: its cache and executor."""
-    runner = build_executor(denoiser, executor, method, step.grid.steps, x.shape[0], max_batch, compiled)
-    return Setup(method, x, step, runner, stop, make_cache(cache), model)
+    ``cache``: a cache object to use instead of a fresh one from ``sampling.cache``
+    (``hasten.accelerate`` keeps one per wrapped pipeline).
+    """
+    placement = placement or Placement()
+    steps = step.grid.steps
+    method, stop = sampling.build(steps)
+    runner = build_executor(denoiser, placement, method, steps, x.shape[0])
+    return Setup(method, x, step, runner, stop, cache if cache is not None else make_cache(sampling.cache), model)
 
 
 def initial_noise(model, batch: int, seed: int) -> torch.Tensor:
@@ -152,48 +134,46 @@ def model_step(model, grid, solver: str | None, x: torch.Tensor, seed: int) -> S
     return make_step(grid, solver, draw_noise(x, grid.steps, solver, seed))
 
 
-def _checked_steps(steps: int) -> int:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise HastenError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
-
-
 def model_grid(model, steps: int):
     """The model's grid for ``steps`` steps (a scheduler's refusal becomes a HastenError)."""
     try:
         return model.grid(steps)
     except ValueError as err:  # e.g. a scheduler refusing more steps than it was trained with
+        if isinstance(err, HastenError):
+            raise
         raise HastenError(f"steps={steps}: {err}") from None
 
 
-def prepare(model, method, steps, seed, batch, stop=None, solver=None, cores=None, cache=None,
-            executor: str = "batched", device=None, dtype=None, max_batch: int | None = None,
-            compile: str | None = None, call: dict | None = None, local_files_only: bool = False,
-            **options) -> Setup:
-    """Open the model and assemble a run on it (the API's and the CLI's path).
+def open_for(spec: RunSpec, model: Any = None) -> Any:
+    """The model of a run: opened from the spec (placed first), or ``model`` bound to the run's call, batch and seed."""
+    from hasten.opening import bind_model, open_model
 
-    ``model``: an embedded model or pipeline model, or a spec (embedded name, pipeline
-    folder, model id, ``random:NAME``). ``executor``: ``"batched"`` (one forward per
-    round on this process) or ``"distributed"`` (the round spread over the
-    torch.distributed ranks of the current process group; every rank calls this with
-    the same arguments). ``device``/``dtype``: where the model runs and in which dtype
-    (see :mod:`hasten.devices`; an already built model keeps its own). Latents are drawn
-    on the CPU from ``seed`` and moved to the device, so every device and executor
-    starts from the same noise. Method, stop and cache are validated before the model opens.
+    if model is None and not isinstance(spec.model, str):
+        model = spec.model
+    if model is not None:
+        return bind_model(model, spec.call, spec.batch, spec.seed)
+    return open_model(spec.model, place(spec.placement), spec.placement.dtype, spec.batch, spec.seed, spec.call,
+                      spec.local_files_only)
+
+
+def prepare(spec: RunSpec, model: Any = None) -> Setup:
+    """Open the model of ``spec`` (or take ``model``, already opened) and assemble the run on it.
+
+    Latents are drawn on the CPU from the spec's seed and moved to the
+    denoiser's device, so every device and executor starts from the same
+    noise. The description was validated when it was built; the model checks
+    what only it can (a pipeline's call arguments, a scheduler's step limit).
     """
-    check_executor(executor)
-    cache = make_cache(cache)
-    method, stop = build_method(method, cores, options, _checked_steps(steps), stop)
-    if isinstance(model, str):
-        from hasten.integrations.model import open_model
-
-        model = open_model(model, join(executor, device), dtype, batch, seed, call, local_files_only)
-    share_conditioning(model, executor)
-    grid = model_grid(model, steps)
-    x = model_latents(model, batch, seed)  # after the grid: a pipeline's latents come from that same call
+    sampling, placement = spec.sampling, spec.placement
+    if spec.steps is None:
+        raise HastenError("a run needs steps: an integer >= 1")
+    model = open_for(spec, model)
+    share_conditioning(model, placement.executor)
+    grid = model_grid(model, spec.steps)
+    x = model_latents(model, spec.batch, spec.seed)  # after the grid: a pipeline's latents come from that same call
     denoiser = model.denoiser(grid)
     x = x.to(denoiser_device(denoiser))
-    step = model_step(model, grid, solver, x, seed)
-    if compile is not None:
-        compile_network(getattr(model, "network", None), compile)
-    return _complete(method, stop, x, step, denoiser, cache, executor, max_batch, compile is not None, model)
+    step = model_step(model, grid, sampling.solver, x, spec.seed)
+    if placement.compile is not None:
+        compile_network(getattr(model, "network", None), placement.compile)
+    return assemble(sampling, x, step, denoiser, placement, model=model)

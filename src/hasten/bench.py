@@ -9,6 +9,7 @@ Quality is measured against the sequential result of the same seed and grid.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -22,10 +23,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hasten.assembly import assemble, build_method, join, model_latents, model_step, share_conditioning
+from hasten.assembly import assemble, model_grid, model_latents, model_step, open_for, share_conditioning
 from hasten.checks import check_int
 from hasten.denoise import CompileStats, EmulatedDevice, compile_network, denoiser_device
-from hasten.devices import resolve_dtype
 from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.methods import BUDGET_OPTION, Sequential, parse_method_spec
@@ -34,7 +34,7 @@ from hasten.rounds import Eval
 from hasten.caches import make_cache
 from hasten.integrations.hooks import diffusers_cache, hook_config, parse_hook_spec
 from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
-from hasten.models import EmbeddedModel, is_embedded, load_model
+from hasten.models import is_embedded
 from hasten.report import (
     fmt,
     markdown_table,
@@ -44,19 +44,20 @@ from hasten.report import (
     save_hit_grid,
     write_json,
 )
+from hasten.spec import RunSpec, Sampling
 from hasten.steps import SOLVERS
 from hasten.stopping import Stop
 
 COLUMNS = [
     ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
-    ("rounds", "rounds"), ("speedup", "speedup"), ("nfe", "NFE"), ("wall_s", "wall s"),
-    ("wall_speedup", "wall speedup"), ("overhead_ms", "overhead ms/round"), ("rmse", "latent RMSE"),
+    ("rounds", "rounds"), ("speedup", "round speedup (K devices)"), ("nfe", "NFE"), ("wall_s", "wall s"),
+    ("wall_speedup", "wall speedup here"), ("overhead_ms", "overhead ms/round"), ("rmse", "latent RMSE"),
     ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
 ]
 CACHE_COLUMNS = [
     ("method", "method"), ("cache", "cache"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"),
-    ("params", "params"), ("rounds", "model rounds"), ("all_rounds", "all rounds"), ("speedup", "speedup"),
-    ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup"),
+    ("params", "params"), ("rounds", "model rounds"), ("all_rounds", "all rounds"), ("speedup", "round speedup (K devices)"),
+    ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup here"),
     ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("fd", "Frechet dist."),
 ]
 
@@ -79,88 +80,105 @@ def parse_steps(entry: str, default_solver: str | None) -> tuple[str | None, int
 
 @dataclass
 class BenchConfig:
-    """What ``hasten bench`` runs; validated before any model call."""
+    """What ``hasten bench`` runs; validated before any model call.
 
-    model: str | EmbeddedModel = "digits"
+    ``run`` describes what every run shares (model, call, seed, batch, the
+    default solver and stop rule, the placement); ``methods`` x ``cores`` x
+    ``steps`` x ``inits`` x ``caches`` is the grid of runs around it. A list
+    may not be empty or name an entry twice.
+    """
+
+    run: RunSpec = field(default_factory=lambda: RunSpec.build("digits", "sequential", batch=64))
     methods: Sequence[str] = ("sequential", "chords")
     cores: Sequence[int] = (4, 6, 8)
     steps: Sequence[str | int] = ("50",)
     inits: Sequence[str] = ("paper",)
     caches: Sequence[str] = ("none",)
-    stop: str = "first"
-    seed: int = 0
-    batch: int = 64
-    solver: str | None = None
-    executor: str = "batched"
     progress: bool = True
-    max_batch: int | None = None
-    compile: str | None = None
-    device: str | None = None
-    dtype: str | None = None
     emulate_latency: float | None = None
     emulate_capacity: int = 1
     to_end: bool = True
+    repeats: int = 1
     command: str = field(default_factory=lambda: "hasten " + shlex.join(sys.argv[1:]))
 
+    @property
+    def stop(self) -> Stop:
+        """The stop rule CHORDS rows are read at (the run's, ``first`` unless given)."""
+        return Stop.parse(self.run.sampling.stop)
+
     def settings(self) -> list[tuple[str | None, int]]:
-        return [parse_steps(str(e), self.solver) for e in self.steps]
+        return [parse_steps(str(e), self.run.sampling.solver) for e in self.steps]
 
     def runs(self) -> list[tuple]:
-        """Every run besides the reference: (solver, N, method, options, cores, init, cache, run steps).
+        """Every run besides the reference: (solver, N, sampling, init, cache spec, run steps).
 
         A method spec may carry ``steps=M`` to run on M steps (the "fewer steps"
         baseline), still measured against the N-step reference, and ``cache=C``
         (a cache without options: ``none``, ``reuse``) to run with C alone instead
-        of every ``caches`` entry.
+        of every ``caches`` entry. ``sampling`` has no cache where the entry's is
+        one of diffusers' hooks (``diffusers:...``), which the bench attaches itself.
         """
         out = []
+        read_at = str(self.stop) if not self.to_end else "none"
         for solver, n in self.settings():
             for spec in self.methods:
                 name, options = parse_method_spec(spec, extra=ENTRY_OPTIONS)
                 run_steps = options.pop("steps", n)
                 for cache in [options.pop("cache")] if "cache" in options else self.caches:
+                    plain = None if cache.startswith("diffusers:") else cache
                     if name == "sequential":
                         if cache != "none" or run_steps != n:
-                            out.append((solver, n, name, options, None, None, cache, run_steps))
+                            out.append((solver, n, Sampling("sequential", steps=run_steps, solver=solver, cache=plain),
+                                        None, cache, run_steps))
                         continue
                     budget_set = BUDGET_OPTION.get(name) in options  # e.g. parasolver-turbo:rho=8: --cores does not apply
                     for k in ([None] if budget_set else self.cores):
                         for init in (self.inits if name == "chords" and "init" not in options else [None]):
                             opts = {**options, **({"init": init} if init else {})}
-                            out.append((solver, n, name, opts, k, init, cache, run_steps))
+                            stop = read_at if name == "chords" else "none"
+                            sampling = Sampling(name, k, opts, run_steps, solver, stop, plain)
+                            out.append((solver, n, sampling, init, cache, run_steps))
         return out
 
     def validate(self) -> None:
+        for flag, values in (("--methods", self.methods), ("--cores", self.cores), ("--steps", self.steps),
+                             ("--init", self.inits), ("--caches", self.caches)):
+            if not values:
+                raise HastenError(f"{flag} needs at least one value")
+            twice = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if twice:
+                raise HastenError(f"{flag} lists {', '.join(twice)} more than once")
         for i in self.inits:
             if i not in ("paper", "uniform"):
                 raise HastenError(f"init must be 'paper' or 'uniform' in bench, got {i!r}")
-        if not self.steps or not self.cores or not self.inits or not self.methods:
-            raise HastenError("methods, steps, cores and init each need at least one value")
-        if not isinstance(self.batch, int) or self.batch < 1:
-            raise HastenError(f"batch must be an integer >= 1, got {self.batch!r}")
-        check_int("max_batch", self.max_batch, 1, allow_none=True)
+        for k in self.cores:
+            check_int("--cores", k, 1)
+        check_int("--repeats", self.repeats, 1)
         if self.emulate_latency is not None:
             EmulatedDevice(lambda x, i: x, self.emulate_latency, self.emulate_capacity)  # validates both
-        stop = Stop.parse(self.stop)
         for solver, n in self.settings():
             if solver not in (None, *SOLVERS):
                 raise HastenError(f"unknown solver {solver!r} in steps; valid: {', '.join(SOLVERS)}")
             if n < 1:
                 raise HastenError(f"steps must be >= 1, got {n}")
-        for solver, n, name, options, k, _, cache, run_steps in self.runs():
-            if cache.startswith("diffusers:"):
+        model = self.run.model
+        for spec in self.methods:
+            name, options = parse_method_spec(spec, extra=ENTRY_OPTIONS)
+            for cache in [options["cache"]] if "cache" in options else self.caches:
+                if not cache.startswith("diffusers:"):
+                    continue
                 if name != "sequential":
                     raise HastenError(f"diffusers cache hooks serve sequential sampling only, not {name}")
-                pipeline = not is_embedded(self.model) if isinstance(self.model, str) else hasattr(self.model, "adapter")
+                pipeline = not is_embedded(model) if isinstance(model, str) else hasattr(model, "adapter")
                 if not pipeline:
                     raise HastenError("diffusers cache hooks need a diffusers pipeline as --model")
                 hook_name, hook_opts = parse_hook_spec(cache)
                 hook_config(hook_name, hook_opts)
-                continue
-            make_cache(cache)
-            method, _ = build_method(name, k, options, run_steps, stop if name == "chords" else None)
-            if self.compile is not None and method.max_width(run_steps) is None and self.max_batch is None:
-                raise HastenError(f"--compile needs a fixed forward size: {name} without a cores cap has no "
+        for solver, n, sampling, _, cache, run_steps in self.runs():  # building each Sampling validates it
+            method, _ = sampling.build()
+            if self.run.placement.compile is not None and method.max_width(run_steps) is None and \
+                    self.run.placement.max_batch is None:
+                raise HastenError(f"--compile needs a fixed forward size: {sampling.name} without a cores cap has no "
                                   "fixed round width; give --max-batch")
 
 
@@ -214,6 +232,17 @@ def _timed(executor, job: Callable, compiled: CompileStats | None = None):
     }
 
 
+def _median_of(repeats: int, attempt: Callable, wall: Callable) -> tuple:
+    """Run ``attempt`` ``repeats`` times; return the attempt whose ``wall(attempt)`` is the median, and every wall.
+
+    Counts (rounds, NFE) are the same in every attempt; only the timing varies with the machine's load.
+    """
+    attempts = [attempt() for _ in range(repeats)]
+    walls = [wall(a) for a in attempts]
+    order = sorted(range(repeats), key=walls.__getitem__)
+    return attempts[order[(repeats - 1) // 2]], walls
+
+
 def _device_name(device: torch.device) -> str:
     """The accelerator's name (e.g. ``NVIDIA H100 80GB HBM3``), or the CPU's core count."""
     if device.type == "cuda":
@@ -231,13 +260,14 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     their rounds over the ranks; only the caller's rank 0 should pass ``out``.
     """
     cfg.validate()
-    model = cfg.model
-    if isinstance(model, str):
-        device = join(cfg.executor, cfg.device)
-        model = load_model(model, device, resolve_dtype(cfg.dtype, device), batch=cfg.batch, seed=cfg.seed)
-    compiled = None if cfg.compile is None else compile_network(getattr(model, "network", None), cfg.compile)
-    share_conditioning(model, cfg.executor)
-    stop = Stop.parse(cfg.stop)
+    spec, placement = cfg.run, cfg.run.placement
+    batch, seed = spec.batch, spec.seed
+    model = open_for(spec)
+    compiled = None if placement.compile is None else compile_network(getattr(model, "network", None),
+                                                                      placement.compile)
+    share_conditioning(model, placement.executor)
+    stop = cfg.stop
+    alone = dataclasses.replace(placement, executor="batched", backend=None)  # the one-device reference
     decode = model.decode
     features = None
     if model.name == "digits":
@@ -254,19 +284,21 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     scaling: dict[str, list[tuple[int, float, float]]] = {}
     x_init = None
     for solver, n in settings:
-        grid = model.grid(n)
+        grid = model_grid(model, n)
         if x_init is None:  # after the first grid: a pipeline's latents come from that same call
-            x_init = model_latents(model, cfg.batch, cfg.seed)
+            x_init = model_latents(model, batch, seed)
         denoiser = _denoiser(cfg, model, grid)
         x_init = x_init.to(denoiser_device(denoiser))
-        step = model_step(model, grid, solver, x_init, cfg.seed)
-        reference = assemble("sequential", x_init, step, denoiser, max_batch=cfg.max_batch,
-                             compiled=cfg.compile is not None)
+        step = model_step(model, grid, solver, x_init, seed)
+        reference = assemble(Sampling("sequential", steps=n), x_init, step, denoiser, alone)
         _warm_up(reference)
         local = reference.executor
         solver_name = step.name
         gflops = flops_per_evaluation(local.denoiser, x_init) / 1e9 or None  # None: nothing countable (analytic)
-        ref, ref_stats = _timed(local, lambda: run(Sequential(), x_init, step, local), compiled)
+        (ref, ref_stats), ref_walls = _median_of(
+            cfg.repeats, lambda: _timed(local, lambda: run(Sequential(), x_init, step, local), compiled),
+            lambda a: a[0].wall_s)
+        ref_stats["wall_runs_s"] = ref_walls
         ref_images = decode(ref.x)
 
         def quality(x: torch.Tensor, images: torch.Tensor | None) -> dict:
@@ -281,27 +313,38 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                          "nfe": ref.nfe, "gflops": gflops and gflops * ref.nfe, "wall_s": ref.wall_s, "wall_speedup": 1.0,
                          **ref_stats, **quality(ref.x, ref_images)})
         bar.update(1)
-        for _, _, name, options, cores, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
+        for _, _, sampling, init, cache_spec, run_steps in (c for c in configs if c[:2] == (solver, n)):
+            name, cores = sampling.name, sampling.cores
             run_step, run_grid = step, grid
             if run_steps != n:  # fewer steps: its own grid, same initial noise
-                run_grid = model.grid(run_steps)
-                run_step = model_step(model, run_grid, solver, x_init, cfg.seed)
-            read_at = stop if name == "chords" and not cfg.to_end else "none"
+                run_grid = model_grid(model, run_steps)
+                run_step = model_step(model, run_grid, solver, x_init, seed)
             hooked = cache_spec.startswith("diffusers:")
-            s = assemble(name, x_init, run_step, _denoiser(cfg, model, run_grid), stop=read_at,
-                         cache=None if hooked else cache_spec, executor=cfg.executor, cores=cores,
-                         max_batch=cfg.max_batch, compiled=cfg.compile is not None, **options)
+            s = assemble(sampling, x_init, run_step, _denoiser(cfg, model, run_grid), placement)
             _warm_up(s)
             method, run_executor, cache = s.method, s.executor, s.cache
             hook = None
             if hooked:
                 hook_name, hook_opts = parse_hook_spec(cache_spec)
                 hook = diffusers_cache(model.network, run_executor.denoiser, hook_config(hook_name, hook_opts))
-            hits = []
-            with warnings.catch_warnings(record=True) as caught, (hook or nullcontext()):
-                warnings.simplefilter("always")
-                result, run_stats = _timed(run_executor, lambda: run(method, x_init, run_step, run_executor, s.stop,
+
+            def attempt():
+                hits: list = []
+                with warnings.catch_warnings(record=True) as caught, (hook or nullcontext()):
+                    warnings.simplefilter("always")
+                    result, stats = _timed(run_executor, lambda: run(method, x_init, run_step, run_executor, s.stop,
                                                                      on_hit=hits.append, cache=cache), compiled)
+                return result, stats, hits, caught
+
+            def read_at(hits: list) -> int:
+                """The hit the row is read at: where the stop rule stops CHORDS, else the result."""
+                if name != "chords":
+                    return len(hits) - 1
+                return next((i for i, h in enumerate(hits) if stop.reached(h.core, h.residual)), len(hits) - 1)
+
+            (result, run_stats, hits, caught), walls = _median_of(
+                cfg.repeats, attempt, lambda a: a[2][read_at(a[2])].wall_s)
+            run_stats["wall_runs_s"] = walls
             final = result.x
             params = _params(name, method, run_steps) + ("" if run_steps == n else f" steps={run_steps}")
             cache_label = cache_spec if hook is not None else ("none" if cache is None else cache.label())
@@ -312,10 +355,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                 hit_rows.append({"core": h.core, "round": h.round, "nfe": h.nfe, "wall_s": h.wall_s,
                                  "residual": h.residual, "dist_to_final": rmse(h.x, final),
                                  **{k: v for k, v in quality(h.x, images).items() if k != "fd"}})
-            pick = len(hits) - 1
-            if name == "chords":
-                pick = next((i for i, h in enumerate(hits) if stop.reached(h.core, h.residual)), pick)
-            h = hits[pick]
+            h = hits[read_at(hits)]
             row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
                    "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,
                    "nfe": h.nfe, "gflops": None if hook is not None else gflops and gflops * h.nfe, "wall_s": h.wall_s,
@@ -342,8 +382,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             bar.update(1)
     bar.close()
 
-    title = f"{model.name}, batch {cfg.batch}, seed {cfg.seed}"
-    if cfg.executor == "distributed":
+    title = f"{model.name}, batch {batch}, seed {seed}"
+    if placement.executor == "distributed":
         import torch.distributed as dist
 
         title += f", {dist.get_world_size()} ranks ({dist.get_backend()})"
@@ -354,8 +394,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
         c for c in RESOURCE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     table = markdown_table(rows, columns)
     report = {
-        "command": cfg.command, "model": model.name, "seed": cfg.seed, "batch": cfg.batch, "stop": str(stop),
-        "executor": cfg.executor, "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+        "command": cfg.command, "model": model.name, "seed": seed, "batch": batch, "stop": str(stop),
+        "executor": placement.executor, "run": spec.to_dict(), "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "device": str(x_init.device), "device_name": _device_name(x_init.device),
         "emulated_latency_s": cfg.emulate_latency, "emulated_capacity": cfg.emulate_capacity,
         "rows": rows, "runs": runs,
@@ -371,7 +411,11 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     write_json(report, out / "results.json")
     (out / "results.md").write_text(
         f"# hasten bench: {title}\n\nCommand: `{cfg.command}`\n\nCHORDS rows read at stop rule `{stop}`, "
-        f"other methods at their result; quality against sequential sampling of the same seed and solver."
+        f"other methods at their result; quality against sequential sampling of the same seed and solver. "
+        f"*Round speedup* is steps / rounds of model latency: the wall speedup K devices (one per core or "
+        f"window point) would give, not measured here. *Wall s* is measured on this machine with every overhead, "
+        f"{'the median of ' + str(cfg.repeats) + ' runs' if cfg.repeats > 1 else 'one run'} after a warm-up; "
+        f"*wall speedup here* divides the sequential wall time by it."
         f"\n\n{table}\n"
     )
     log(table)

@@ -125,12 +125,21 @@ def stored_dtype(folder: str | Path) -> torch.dtype | None:
 
 
 def _header_dtype(path: Path) -> torch.dtype | None:
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
+    """The most common floating dtype in a safetensors header; a broken file (a cut download) is a HastenError."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if not 0 < size <= path.stat().st_size - 8:
+                raise ValueError(f"its header claims {size} bytes")
+            header = json.loads(fh.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
+        raise HastenError(f"{path} is not a readable safetensors file (truncated or corrupt; download it again): "
+                          f"{err}") from None
     counts: dict[torch.dtype, int] = {}
     for name, entry in header.items():
-        if name != "__metadata__" and entry.get("dtype") in _STORED:
+        if name != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") in _STORED:
             counts[_STORED[entry["dtype"]]] = counts.get(_STORED[entry["dtype"]], 0) + 1
     return max(counts, key=counts.get) if counts else None
 

@@ -58,6 +58,7 @@ class Result:
     requests: int = 0
     cache: dict | None = None
     round_rows: list[int] = field(default_factory=list)
+    run: dict | None = None  # the run description that produced it (``RunSpec.to_dict()``), where one did
 
     @property
     def speedup(self) -> float:
@@ -67,12 +68,17 @@ class Result:
     def summary(self) -> dict:
         """The run's settings and cost, JSON-ready: the one shape the CLI, bench, tune and accelerate report.
 
-        Without the latents; ``hits`` as plain dicts (core, round, nfe, wall_s, residual, all_rounds).
+        Without the latents; ``hits`` as plain dicts (core, round, nfe, wall_s, residual, all_rounds);
+        ``run``, where a run description built it, is that description's dict form
+        (:meth:`hasten.spec.RunSpec.to_dict`), which ``RunSpec.from_dict`` reads back.
         """
-        return {"method": self.method, "steps": self.steps, "params": self.params, "stop": self.stopped_by,
-                "rounds": self.rounds, "all_rounds": self.all_rounds, "nfe": self.nfe, "requests": self.requests,
-                "speedup": self.speedup, "wall_s": self.wall_s, "cache": self.cache,
-                "hits": [vars(h) for h in self.hits]}
+        out = {"method": self.method, "steps": self.steps, "params": self.params, "stop": self.stopped_by,
+               "rounds": self.rounds, "all_rounds": self.all_rounds, "nfe": self.nfe, "requests": self.requests,
+               "speedup": self.speedup, "wall_s": self.wall_s, "cache": self.cache,
+               "hits": [vars(h) for h in self.hits]}
+        if self.run is not None:
+            out["run"] = self.run
+        return out
 
 
 class FiniteCheck:
@@ -157,7 +163,7 @@ def iterate(
     stop.check_cores(method.hit_tracks(n))
     if x.ndim < 2:
         raise HastenError(f"the initial latent must have a batch dimension, got shape {tuple(x.shape)}")
-    x = x.float()
+    x = x.detach().float()  # sampling builds no autograd graph, whatever produced the latents
     finite = FiniteCheck(step, x.device)
     if cache is not None:
         cache.reset(step.grid)
@@ -235,8 +241,9 @@ def run(
 class HitStream(Iterator[Hit]):
     """Iterate over hits as they land; ``.result`` holds the :class:`Result` afterwards."""
 
-    def __init__(self, gen: Generator[Hit, None, Result]):
+    def __init__(self, gen: Generator[Hit, None, Result], spec=None):
         self._gen = gen
+        self.spec = spec  # the RunSpec of the run, recorded on its result
         self.result: Result | None = None
 
     def __iter__(self) -> "HitStream":
@@ -247,4 +254,6 @@ class HitStream(Iterator[Hit]):
             return next(self._gen)
         except StopIteration as done:
             self.result = done.value
+            if self.spec is not None and isinstance(self.spec.sampling.method, str):
+                self.result.run = self.spec.to_dict()
             raise StopIteration from None

@@ -83,6 +83,22 @@ class Grid:
         """Number of steps N."""
         return self.timesteps.shape[0]
 
+    def starting_at(self, start: int) -> "Grid":
+        """The grid of the steps from point ``start`` on: what an image-to-image run walks (``strength``).
+
+        Point ``start`` becomes point 0 and keeps the scales the model reads it
+        with (``model_alpha``, ``model_sigma``): the pipelines noise their image
+        latents to that point's own timestep (``add_noise`` / ``scale_noise``),
+        not to where a DDIM step into it would land. ``steps`` of the result
+        is the number of steps actually run, which every method sees.
+        """
+        if not isinstance(start, int) or not 0 <= start < self.steps:
+            raise HastenError(f"a grid of {self.steps} steps starts at a point 0..{self.steps - 1}, got {start!r}")
+        alpha = torch.cat([self.model_alpha[start:start + 1], self.alpha[start + 1:]])
+        sigma = torch.cat([self.model_sigma[start:start + 1], self.sigma[start + 1:]])
+        return Grid(self.kind, self.prediction, alpha, sigma, self.timesteps[start:], self.model_alpha[start:],
+                    self.model_sigma[start:])
+
     def posterior_std(self, i: int, j: int) -> float:
         """Std of ``q(x_j | x_i, x0)`` for i < j: the DDPM posterior (Ho et al. Eq. 7).
 

@@ -65,9 +65,15 @@ def parse_spec(spec: str, names: dict[str, dict[str, type]], what: str,
     ``positional``: the option a bare first part sets (``abcache:2`` is ``order=2``).
     Dashes in keys read as underscores (``max-iters`` is ``max_iters``).
     """
-    name, *parts = str(spec).strip().split(":")
+    text = str(spec)
+    if not text.strip():
+        raise HastenError(f"{what} must not be empty; valid: {', '.join(names)}")
+    if any(ch.isspace() for ch in text.strip()):
+        raise HastenError(f"{what} {text!r} has a space in it; write it as name:key=value:key=value, no spaces")
+    name, *parts = text.strip().split(":")
     if name not in names:
-        raise HastenError(f"unknown {what} {name!r} in {spec!r}; valid: {', '.join(names)}")
+        where = "" if text.strip() == name else f" in {spec!r}"
+        raise HastenError(f"unknown {what} {name!r}{where}; valid: {', '.join(names)}")
     allowed = names[name]
     options: dict[str, Any] = {}
     for n, part in enumerate(parts):
@@ -78,5 +84,9 @@ def parse_spec(spec: str, names: dict[str, dict[str, type]], what: str,
         if (not eq and key != positional) or key not in allowed:
             valid = ", ".join(allowed) or "none"
             raise HastenError(f"bad option {part!r} for {name} in {spec!r}; use key=value with key in: {valid}")
+        if key in options:
+            raise HastenError(f"option {key} of {name} is given twice in {spec!r}"
+                              + (f" ({positional} is also the bare first part)" if key == positional else "")
+                              + "; give it once")
         options[key] = read_value(name, key, value, allowed[key])
     return name, options

@@ -77,7 +77,7 @@ own history, by grid index, latest value per index.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -137,8 +137,8 @@ class CacheConfig:
         if self.interval is not None and (not isinstance(self.interval, int) or self.interval < 1):
             raise HastenError(f"cache interval must be an integer >= 1, got {self.interval!r}")
         if self.tol is not None:
-            if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol > 0:
-                raise HastenError(f"cache tol must be a number > 0, got {self.tol!r}")
+            if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not 0 < self.tol < math.inf:
+                raise HastenError(f"cache tol must be a number > 0 and finite, got {self.tol!r}")
             if self.interval is not None:
                 raise HastenError("a cache takes either interval (fixed schedule) or tol (adaptive), not both")
         if self.estimate not in ESTIMATES:
@@ -162,6 +162,14 @@ class CacheConfig:
     @property
     def warmup_rounds(self) -> int:
         return self.order if self.warmup is None else self.warmup
+
+    def spec(self) -> str:
+        """The spec string that parses back to this config (``parse_cache_spec(c.spec()) == c``)."""
+        default = CacheConfig()
+        parts = ["reuse" if self.order == 1 else f"abcache:{self.order}"]
+        parts += [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                  if f.name != "order" and getattr(self, f.name) != getattr(default, f.name)]
+        return ":".join(parts)
 
     def label(self, form: str | None = None) -> str:
         """Short description; ``form`` names the form in force when the config leaves it to the grid."""

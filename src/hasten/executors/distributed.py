@@ -73,6 +73,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
         raise HastenError("--backend nccl: this torch build has no NCCL; use --backend gloo")
     kwargs = {"device_id": dev} if backend == "nccl" else {}
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    from hasten.executors.watchdog import watch_launch
+
+    watch_launch(timeout_s)  # a rank outside any collective still leaves when the launch ends elsewhere
     return dev
 
 

@@ -21,13 +21,18 @@ class PipelineDenoiser:
     (``guidance_rescale``, Lin et al. Sec. 3.4, as diffusers' ``rescale_noise_cfg``).
     ``guidance_scale`` may be a function of the rows' model times (CogVideoX's
     dynamic CFG), returning one scale per row.
+    ``by_index``: conditioning that depends on the grid index rather than the
+    sample (ControlNet's guidance window), tensors with one row per grid step,
+    selected per evaluated row and handed to ``call`` with the rest of ``cond``.
     """
 
     needs_sample_ids = True
 
     def __init__(self, call: Callable, grid: Grid, cond: dict, uncond: dict | None = None, guidance_scale: float = 1.0,
-                 guidance_rescale: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 guidance_rescale: float = 0.0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 by_index: dict[str, torch.Tensor] | None = None):
         self.call, self.grid, self.cond, self.uncond = call, grid, cond, uncond
+        self.by_index = by_index or {}
         self.context: Callable | None = None  # e.g. a diffusers cache hook's ``network.cache_context``
         self.guidance_scale, self.guidance_rescale = guidance_scale, guidance_rescale
         self.dtype, self.device = dtype, torch.device(device)
@@ -48,10 +53,11 @@ class PipelineDenoiser:
     def _denoise(self, x: torch.Tensor, index: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         t = self.times[index.to(self.device)]
         xm = x.to(self.device, self.dtype)
-        pick = {k: v[sample.to(v.device)] for k, v in self.cond.items()}
+        at = {k: v[index.to(v.device)] for k, v in self.by_index.items()}
+        pick = {**{k: v[sample.to(v.device)] for k, v in self.cond.items()}, **at}
         if self.uncond is None:
             return self.call(xm, t, pick).float().to(x.device)
-        un = {k: v[sample.to(v.device)] for k, v in self.uncond.items()}
+        un = {**{k: v[sample.to(v.device)] for k, v in self.uncond.items()}, **at}
         both = {k: torch.cat([un[k], pick[k]]) for k in pick}
         out_u, out_c = self.call(torch.cat([xm, xm]), torch.cat([t, t]), both).float().chunk(2)
         scale = self.guidance_scale

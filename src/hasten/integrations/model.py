@@ -23,39 +23,9 @@ from hasten.integrations.callbacks import StepCallback
 from hasten.steps import Step
 
 
-MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def offline() -> bool:
     """Whether the Hugging Face hub is switched off by the environment (``HF_HUB_OFFLINE``)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def model_source(spec: str) -> str:
-    """What ``--model`` names: ``embedded``, ``random`` (``random:NAME``), ``folder`` or ``id``.
-
-    A spec that is neither an embedded name, nor an existing folder, nor
-    shaped like a Hugging Face id (``owner/name``) is refused here, with the
-    reason, before anything is loaded.
-    """
-    from hasten.models import MODELS, is_embedded
-
-    if is_embedded(spec):
-        return "embedded"
-    if spec.startswith("random:"):
-        return "random"
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return "folder"
-    if path.exists():
-        raise HastenError(f"model {spec}: this is a file; give a pipeline folder saved with save_pretrained")
-    if MODEL_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        return "id"
-    if os.sep in spec or spec.startswith((".", "~")):
-        raise HastenError(f"model {spec}: no such folder")
-    raise HastenError(f"model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
-                      "network (random:flux-dev, random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, "
-                      "or a Hugging Face model id (owner/name)")
 
 
 def pipeline_folder(spec: str, local_files_only: bool = False) -> Path:
@@ -64,7 +34,7 @@ def pipeline_folder(spec: str, local_files_only: bool = False) -> Path:
     ``local_files_only`` or ``HF_HUB_OFFLINE=1``: the id must already be in
     the local Hugging Face cache.
     """
-    if model_source(spec) == "folder":
+    if Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser()
     else:
         from diffusers import DiffusionPipeline
@@ -93,7 +63,7 @@ def load_pipeline(spec: Path | str, device: torch.device | str | None = "cpu", d
     """
     spec = str(spec)
     dev = resolve_device(device)
-    if model_source(spec) == "random":
+    if spec.startswith("random:"):
         from hasten.integrations.random_pipelines import parse_random_spec, random_pipeline
 
         parse_random_spec(spec)
@@ -111,32 +81,6 @@ def load_pipeline(spec: Path | str, device: torch.device | str | None = "cpu", d
     return pipe
 
 
-def open_model(spec, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-               batch: int = 1, seed: int = 0, call: dict[str, Any] | None = None, local_files_only: bool = False):
-    """Any ``--model``: an embedded model, or a pipeline (folder, model id, ``random:NAME``) with ``call``.
-
-    The one way a spec becomes a model: ``hasten sample/bench --model`` and
-    ``hasten.sample`` come here, ``hasten.load_model`` for pipelines. ``call`` holds
-    the pipeline's call arguments (prompt, guidance_scale, height, ...); it is
-    refused for embedded models, which take none.
-    """
-    from hasten.models import load_model
-
-    if not isinstance(spec, str):
-        return spec
-    dev = resolve_device(device)
-    if model_source(spec) == "embedded":
-        given = sorted(k for k, v in (call or {}).items() if v is not None)
-        if given:
-            raise HastenError(f"{', '.join(given)} apply to diffusers pipelines (a folder, a model id or "
-                              f"random:NAME), not to the embedded model {spec}")
-        if local_files_only:
-            raise HastenError("local_files_only applies to Hugging Face model ids, not to embedded models")
-        return load_model(spec, dev, resolve_dtype(dtype, dev))
-    pipe = load_pipeline(spec, dev, dtype, local_files_only)
-    return PipelineModel(pipe, call, batch=batch, seed=seed)
-
-
 def prepare_call(adapter, **call) -> Prepared:
     """``adapter.prepare(**call)`` in hasten's latent convention, checked before any network call.
 
@@ -150,11 +94,21 @@ def prepare_call(adapter, **call) -> Prepared:
     tensor_inputs = call.pop("callback_on_step_end_tensor_inputs", None)
     callback = None if fn is None else StepCallback(adapter.pipe, fn, tensor_inputs)
     try:
-        prepared = adapter.prepare(**call)
+        with torch.no_grad():  # as the pipeline's own __call__: no autograd graph through the VAE or text encoders
+            prepared = adapter.prepare(**call)
     except HastenError:
         raise
     except ValueError as err:
         raise HastenError(f"{name}: {err}") from None
+    except RuntimeError as err:  # the latents of the size asked for do not fit (CPU allocator, CUDA OOM)
+        text = str(err)
+        if "alloc" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        sizes = {k: call[k] for k in ("height", "width", "num_frames") if call.get(k) is not None}
+        asked = re.search(r"allocate (\d+) bytes", text)
+        need = f"{int(asked.group(1)) / 2**30:.1f} GiB" if asked else "more memory"
+        raise HastenError(f"{name}: {sizes or 'the call'} needs {need} for its latents alone, more than this machine "
+                          "can allocate; use a smaller size or batch") from None
     scale = prepared.pipeline_scale
     if scale is not None and not bool((scale == 1).all()):
         decode, start, end = prepared.decode, float(scale[0]), float(scale[-1])
@@ -194,8 +148,8 @@ class PipelineModel:
     """``pipe`` called with ``call`` (prompt, guidance_scale, ...), ``batch`` samples, seed ``seed``.
 
     ``grid(steps)`` prepares the call once per step count; ``denoiser(grid)``
-    and ``step(grid)`` find that call by ``grid.steps`` and take only the grid
-    it made. The adapter owns the pipeline's rules for the call (which argument
+    and ``step(grid)`` find the call that made ``grid`` and take only that grid
+    (an image-to-image call's grid holds the steps its ``strength`` runs). The adapter owns the pipeline's rules for the call (which argument
     counts samples, Flux's true CFG).
     """
 
@@ -211,6 +165,13 @@ class PipelineModel:
         self.batch, self.seed = batch, seed
         self._prepared: dict[int, Prepared] = {}  # by step count, in the order prepared
 
+    def bind(self, call: dict[str, Any] | None, batch: int, seed: int) -> "PipelineModel":
+        """This pipeline for another call, batch or seed (itself when nothing changes): one loaded pipeline, many runs."""
+        call = self.adapter.normalize_call({k: v for k, v in (call or {}).items() if v is not None})
+        if (call or self.call) == self.call and (batch, seed) == (self.batch, self.seed):
+            return self
+        return PipelineModel(self.pipe, call or self.call, batch=batch, seed=seed)
+
     def _prepare(self, steps: int) -> Prepared:
         if steps not in self._prepared:
             self._prepared[steps] = prepare_call(self.adapter, num_inference_steps=steps,
@@ -221,11 +182,11 @@ class PipelineModel:
 
     def _prepared_for(self, grid) -> Prepared:
         """The call prepared for ``grid`` (made by :meth:`grid`), found by its step count."""
-        prepared = self._prepared.get(grid.steps)
-        if prepared is None or prepared.grid is not grid:
-            raise HastenError(f"this grid ({grid.steps} steps) is not one of this pipeline's; take it from "
-                              "model.grid(steps)")
-        return prepared
+        for prepared in self._prepared.values():  # by identity: image-to-image grids run fewer steps than asked
+            if prepared.grid is grid:
+                return prepared
+        raise HastenError(f"this grid ({grid.steps} steps) is not one of this pipeline's; take it from "
+                          "model.grid(steps)")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -34,7 +34,7 @@ and for callbacks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -104,10 +104,34 @@ class SchedulerPlan:
                 draws.append(randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype))
         return torch.stack(draws).float()
 
+    @property
+    def keeps_ve_latents(self) -> bool:
+        """Whether the pipeline's latents are VE (``x / alpha``): the Euler family, sampled as itself."""
+        return _keeps_ve_latents(self.scheduler, self.counterpart_of)
+
+    def starting_at(self, start: int) -> "SchedulerPlan":
+        """The plan of the steps from grid point ``start`` on, for a pipeline that starts from its noised image.
+
+        The image-to-image pipelines take ``timesteps[start:]`` (``get_timesteps``
+        with ``strength``) and noise the image latents to the first of them
+        with the scheduler's own ``add_noise`` / ``scale_noise``: VP latents
+        for VP schedulers, ``x / alpha`` for the Euler family. So the first
+        point's latent convention is that of the noised image, not of
+        ``init_noise_sigma`` times noise.
+        """
+        grid = self.grid.starting_at(start)
+        scale = self.pipeline_scale[start:].clone()
+        scale[0] = 1 / float(grid.alpha[0]) if self.keeps_ve_latents else 1.0
+        return replace(self, grid=grid, pipeline_scale=scale)
+
     def describe(self) -> str:
         """One line for notices and the scheduler matrix."""
         own = type(self.scheduler).__name__
         return own if self.counterpart_of is None else f"{own} (first-order counterpart of {self.counterpart_of})"
+
+
+def _keeps_ve_latents(scheduler, counterpart_of: str | None) -> bool:
+    return counterpart_of is None and type(scheduler).__name__.startswith("Euler")
 
 
 def is_flow(scheduler) -> bool:
@@ -192,7 +216,7 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
     noise = {"DDPMScheduler": "t>0", "EulerAncestralDiscreteScheduler": "every"}.get(name)
     if solver == "euler-stochastic":
         noise = "global"
-    if replaced is None and name.startswith("Euler"):
+    if _keeps_ve_latents(scheduler, replaced):
         scale = 1 / grid.alpha  # VE latents: x / alpha
     else:
         scale = torch.ones(grid.steps + 1, dtype=torch.float64)

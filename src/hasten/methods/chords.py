@@ -54,8 +54,8 @@ class Chords:
         cores = 4 if cores is None else cores
         if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
             raise HastenError(f"cores must be an integer >= 1, got {cores!r}")
-        if speedup is not None and not speedup > 1:
-            raise HastenError(f"speedup must be > 1, got {speedup!r}")
+        if speedup is not None and not 1 < speedup < float("inf"):
+            raise HastenError(f"speedup must be > 1 and finite, got {speedup!r}")
         self.n_cores = cores
         self._noted: set[int] = set()  # step counts whose core cap was announced
         self.init = init

@@ -97,6 +97,9 @@ class SlidingWindow:
         scale: ``"posterior"`` (DDPM posterior std of the step into the point,
             ParaDiGMS) or ``"sigma"`` (the point's noise level, ParaSolver).
         subintervals: S coarse points (None: one per step).
+        default_window: the window when ``window`` is None, capped at S (None:
+            the paper's p for the solver). A ``window`` given is capped at S
+            but never silently at the grid: one larger than the steps is refused.
     """
 
     window: int | None = 8
@@ -109,6 +112,7 @@ class SlidingWindow:
     scale: str = "posterior"
     subintervals: int | None = None
     name: str = "sliding-window"
+    default_window: int | None = None
 
     def validate(self, steps: int) -> None:
         check_int("rho", self.rho, 1, allow_none=True)
@@ -117,6 +121,9 @@ class SlidingWindow:
         check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
         check_int("precondition", self.precondition, 0, self.subintervals or steps, allow_none=True)
         check_positive("tol", self.tol, allow_none=True)
+        if self.window is not None and self.window > steps:
+            raise HastenError(f"window={self.window} exceeds the {steps} steps: a window spans grid points of the "
+                              f"run; choose window <= {steps}")
         if self.rho is not None and self.window is not None and self.rho > self.window:
             raise HastenError(f"rho={self.rho} exceeds window={self.window}: rho of the window's points call the "
                               f"model; choose rho <= window (e.g. window={3 * self.rho})")
@@ -131,6 +138,8 @@ class SlidingWindow:
         """The window in force with a step named ``solver`` over ``subintervals`` points."""
         if self.window is not None:
             return self.window
+        if self.default_window is not None:
+            return min(subintervals, self.default_window)
         return min(subintervals, DEFAULT_WINDOW.get(solver, PAPER_WINDOW_ODE))
 
     def precondition_for(self, solver: str) -> int:
@@ -144,10 +153,13 @@ class SlidingWindow:
         return steps
 
     def max_width(self, steps: int) -> int:
-        return min(v for v in (self.window, self.rho, self.subintervals or steps) if v is not None)
+        return min(v for v in (self.window or self.default_window, self.rho, self.subintervals or steps)
+                   if v is not None)
 
     def describe(self, steps: int) -> dict:
-        return {"window": "auto" if self.window is None else self.window, "tol": "auto" if self.tol is None else self.tol,
+        window = self.window if self.window is not None else (
+            "auto" if self.default_window is None else min(self.default_window, self.subintervals or steps))
+        return {"window": window, "tol": "auto" if self.tol is None else self.tol,
                 "rho": self.rho, "precondition": self.precondition, "subintervals": self.subintervals or steps,
                 "max_iters": self.max_iters}
 
@@ -232,25 +244,28 @@ class SlidingWindow:
         return pts[s_total]
 
 
-def ParaDiGMS(window: int = 8, tol: float = 0.1, max_iters: int | None = None) -> SlidingWindow:
-    """ParaDiGMS (Shih et al.): Picard iteration over a sliding window.
+def ParaDiGMS(window: int | None = None, tol: float = 0.1, max_iters: int | None = None) -> SlidingWindow:
+    """ParaDiGMS (Shih et al.): Picard iteration over a sliding window (default 8 points, capped at the steps).
 
     Tolerance per point in units of the DDPM posterior std of its step; points
     start as copies of the initial noise.
     """
     return SlidingWindow(window=window, tol=tol, max_iters=max_iters, newton="identity", init="copy",
-                         scale="posterior", name="paradigms")
+                         scale="posterior", name="paradigms", default_window=8)
 
 
-def ParaSolver(window: int = 16, tol: float | None = None, max_iters: int | None = None, precondition: int = 1,
-               subintervals: int | None = None) -> SlidingWindow:
+def ParaSolver(window: int | None = None, tol: float | None = None, max_iters: int | None = None,
+               precondition: int = 1, subintervals: int | None = None) -> SlidingWindow:
     """ParaSolver (Lu et al. 2025; ParaSolver-Turbo Eq. 4-5): Newton-type updates on sub-intervals.
+
+    Window 16 by default, capped at the sub-intervals.
 
     ``precondition`` M sequential sub-intervals, model-free initialisation
     keeping the last predicted x0 fixed, tolerance in units of sigma.
     """
     return SlidingWindow(window=window, tol=tol, max_iters=max_iters, newton="linear", init="linear",
-                         precondition=precondition, scale="sigma", subintervals=subintervals, name="parasolver")
+                         precondition=precondition, scale="sigma", subintervals=subintervals, name="parasolver",
+                         default_window=16)
 
 
 def ParaSolverTurbo(window: int | None = None, rho: int = 8, tol: float | None = None,

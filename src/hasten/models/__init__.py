@@ -2,6 +2,8 @@
 
 A model spec may carry options as ``name:key=value``: ``gmm-flow:shape=4096x64``
 (the mixture in Flux's packed 1024x1024 latent shape), ``gmm:components=2``.
+Pipelines and every other spec are opened by :mod:`hasten.opening`, which sits
+above this package and the integrations.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ MODELS = ("gmm", "gmm-flow", "digits")
 #: options of the embedded models given as ``name:key=value``
 MODEL_OPTIONS = {"gmm": ("shape", "components", "dim", "seed"), "gmm-flow": ("shape", "components", "dim", "seed"),
                  "digits": ()}
+#: embedded models whose network takes a dtype (the mixtures are exact in float64)
+TAKES_DTYPE = ("digits",)
 
 
 def _parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -25,6 +29,8 @@ def _parse_model_spec(spec: str) -> tuple[str, dict]:
         if not eq or key not in MODEL_OPTIONS.get(name, ()):
             valid = ", ".join(MODEL_OPTIONS.get(name, ())) or "none"
             raise HastenError(f"bad model option {part!r} in {spec!r}; {name} takes: {valid} (as key=value)")
+        if key in options:
+            raise HastenError(f"model option {key} is given twice in {spec!r}; give it once")
         try:
             options[key] = tuple(int(v) for v in value.split("x")) if key == "shape" else int(value)
         except ValueError:
@@ -38,35 +44,38 @@ def is_embedded(spec: str) -> bool:
     return spec.split(":")[0] in MODELS
 
 
-def load_model(name: "str | EmbeddedModel", device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, *, batch: int = 1, seed: int = 0, call: dict | None = None,
-               local_files_only: bool = False) -> EmbeddedModel:
-    """Any ``--model``: an embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``), or ``name`` itself.
-
-    ``device`` (default cpu) is where its latents and network live; ``dtype``
-    the network's dtype (digits only; the mixtures are exact in float64).
-    A pipeline folder, a Hugging Face model id or ``random:NAME`` opens the
-    pipeline called with ``call`` for ``batch`` samples from ``seed``, as
-    ``hasten sample --model`` and ``hasten.sample`` do
-    (:func:`hasten.integrations.model.open_model`).
-    """
-    if not isinstance(name, str):
-        return name
-    device = torch.device(device or "cpu")
-    if not is_embedded(name) or call or local_files_only:  # pipelines, and refusing their options elsewhere
-        from hasten.integrations.model import open_model
-
-        return open_model(name, device, dtype, batch, seed, call, local_files_only)
-    base, options = _parse_model_spec(name)
+def embedded_class(spec: str) -> type:
+    """The class of the embedded model ``spec`` names (imported, not instantiated)."""
+    base = spec.split(":")[0]
     if base in ("gmm", "gmm-flow"):
         from hasten.models.gmm import GaussianMixture
 
-        return GaussianMixture(kind="vp" if base == "gmm" else "flow", device=device, **options)
+        return GaussianMixture
     if base == "digits":
         from hasten.models.digits import DigitsModel
 
-        return DigitsModel(device=device, dtype=dtype or torch.float32)
-    raise HastenError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+        return DigitsModel
+    raise HastenError(f"unknown model {spec!r}; valid: {', '.join(MODELS)}")
 
 
-__all__ = ["EmbeddedModel", "MODELS", "is_embedded", "load_model"]
+def load_embedded(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> EmbeddedModel:
+    """An embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``) on ``device``.
+
+    ``dtype`` is the network's (digits only; None is float32); the mixtures are
+    exact in float64 and refuse any other dtype than float32, which they do not use.
+    """
+    from hasten.devices import parse_dtype
+
+    base, options = _parse_model_spec(spec)
+    cls = embedded_class(base)
+    chosen = parse_dtype(dtype)
+    if base not in TAKES_DTYPE and chosen not in (None, torch.float32):
+        raise HastenError(f"dtype {str(chosen).removeprefix('torch.')} does not apply to {base}: it is computed "
+                          f"exactly in float64; dtype applies to {', '.join(TAKES_DTYPE)} and pipelines")
+    device = torch.device(device)
+    if base in ("gmm", "gmm-flow"):
+        return cls(kind="vp" if base == "gmm" else "flow", device=device, **options)
+    return cls(device=device, dtype=chosen or torch.float32)
+
+
+__all__ = ["EmbeddedModel", "MODELS", "embedded_class", "is_embedded", "load_embedded"]

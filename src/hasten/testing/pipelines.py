@@ -14,8 +14,9 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.text_encoders import clip_text, clip_tokenizer, llama_tokenizer, t5_text, t5_tokenizer
+from hasten.testing.workflows import WORKFLOW_KINDS, workflow_pipeline
 
-KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo")
+KINDS = ("ddim", "ddpm", "sd", "sdxl", "sd3", "flux", "wan", "cogvideox", "hunyuanvideo") + WORKFLOW_KINDS
 #: a small valid call of each tiny pipeline (besides num_inference_steps, generator and output_type)
 TINY_CALLS = {
     "ddim": dict(batch_size=1),
@@ -78,11 +79,13 @@ def cogvideox_scheduler(**overrides):
 
 
 def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
-    """A tiny pipeline: ``ddim``, ``ddpm``, ``sd`` (Stable Diffusion) or ``flux``."""
+    """A tiny pipeline of one of :data:`KINDS` (the image-input ones: :mod:`hasten.testing.workflows`)."""
     import diffusers as d
 
     if kind not in KINDS:
         raise HastenError(f"unknown tiny pipeline {kind!r}; valid: {', '.join(KINDS)}")
+    if kind in WORKFLOW_KINDS:
+        return workflow_pipeline(kind, seed=seed, prediction=prediction, scheduler_cls=scheduler_cls)
     torch.manual_seed(seed)
     if kind == "ddim":
         pipe = d.DDIMPipeline(unet=tiny_unet2d(), scheduler=d.DDIMScheduler(clip_sample=False))

@@ -9,14 +9,23 @@ returns everything the engine needs, before any network call.
   decoder (:class:`Decoding`, :func:`decode_latents`);
 * :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
 * :mod:`.flow`: Flux, Stable Diffusion 3;
-* :mod:`.video`: CogVideoX, HunyuanVideo, Wan.
+* :mod:`.video`: CogVideoX, HunyuanVideo, Wan;
+* :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
+* :mod:`.reference`: Flux Kontext and Fill;
+* :mod:`.control`: ControlNet (SD, SDXL, Flux).
 """
 
 from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, bind_call, decode_latents
+from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
+                                                  StableDiffusionControlNetAdapter)
 from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
+from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
+                                                SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
+                                                StableDiffusionInpaintAdapter)
+from hasten.integrations.adapters.reference import FluxFillAdapter, FluxKontextAdapter
 from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
 from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, WanAdapter
 
@@ -30,6 +39,17 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "DDPMPipeline": UnconditionalAdapter,
     "DDIMPipeline": UnconditionalAdapter,
     "StableDiffusionPipeline": StableDiffusionAdapter,
+    "StableDiffusionImg2ImgPipeline": StableDiffusionImg2ImgAdapter,
+    "StableDiffusionInpaintPipeline": StableDiffusionInpaintAdapter,
+    "StableDiffusionXLImg2ImgPipeline": SDXLImg2ImgAdapter,
+    "StableDiffusionXLInpaintPipeline": SDXLInpaintAdapter,
+    "FluxImg2ImgPipeline": FluxImg2ImgAdapter,
+    "FluxInpaintPipeline": FluxInpaintAdapter,
+    "FluxKontextPipeline": FluxKontextAdapter,
+    "FluxFillPipeline": FluxFillAdapter,
+    "StableDiffusionControlNetPipeline": StableDiffusionControlNetAdapter,
+    "StableDiffusionXLControlNetPipeline": SDXLControlNetAdapter,
+    "FluxControlNetPipeline": FluxControlNetAdapter,
 }
 
 

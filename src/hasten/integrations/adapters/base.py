@@ -16,6 +16,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
+from hasten.inpaint import KnownRegion, KnownRegionStep
 from hasten.integrations.schedulers import SchedulerPlan
 from hasten.steps import Step, make_step
 
@@ -40,6 +41,7 @@ class Prepared:
     pipeline_scale: torch.Tensor | None = None  # x_pipeline = pipeline_scale[i] * x_hasten at grid point i
     scheduler: str = ""  # the scheduler sampled with, for notices and reports
     callback: Any = None  # a StepCallback, set by prepare_call
+    known: KnownRegion | None = None  # an inpainting's known region, blended back after every step
 
     @classmethod
     def from_plan(cls, plan: SchedulerPlan, denoiser, latents: torch.Tensor, noise: torch.Tensor | None,
@@ -48,8 +50,9 @@ class Prepared:
                    plan.pipeline_scale, plan.describe())
 
     def step(self) -> Step:
-        """The hasten step of this call's scheduler."""
-        return make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps)
+        """The hasten step of this call's scheduler (keeping an inpainting's known region where there is one)."""
+        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps)
+        return step if self.known is None else KnownRegionStep(step, self.known)
 
 
 @dataclass(frozen=True)

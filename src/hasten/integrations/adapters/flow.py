@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -36,19 +36,75 @@ class FluxAdapter(Adapter):
                 negative_pooled_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
                 max_sequence_length: int = 512, **extra) -> Prepared:
         pipe = self.pipe
-        _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
-        height = height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = width or pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = self._size(extra, height, width)
         pipe.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                           negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
                           negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                           max_sequence_length=max_sequence_length)
+        cond, uncond, text_ids, plan, n = self._start(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale, height, width, num_inference_steps,
+            guidance_scale, num_images_per_prompt, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,
+            negative_pooled_prompt_embeds, max_sequence_length)
+        device = pipe._execution_device
+        x, image_ids = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width,
+                                            cond["text"].dtype, device, generator, latents)
+        denoiser = self._denoiser(plan, cond, uncond, true_cfg_scale if uncond is not None else 1.0, guidance_scale,
+                                  text_ids, image_ids, device)
+        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
+                                  self.decoder(output_type, return_dict, height=height, width=width))
+
+    def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
+        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length.
+
+        A scheduler config with ``use_flow_sigmas`` set (one built from a UniPC or DPM-Solver config keeps
+        it) makes FluxPipeline drop its own sigmas and leave them to the scheduler, and so does hasten; its
+        image-input siblings (img2img, inpaint, Kontext, Fill, ControlNet) keep theirs.
+        """
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        scheduler = self.pipe.scheduler
+        cfg = scheduler.config
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        if type(self.pipe).__name__ == "FluxPipeline" and cfg.get("use_flow_sigmas"):
+            sigmas = None
+        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        return plan_scheduler(scheduler)
+
+    def _start(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float, height, width,
+               num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, prompt_embeds,
+               pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
+               max_sequence_length: int) -> tuple[dict, dict | None, Any, SchedulerPlan, int]:
+        """(cond, uncond, text ids, plan, samples): the call's prompt and the plan for its size, before any latents."""
+        pipe = self.pipe
         pipe._guidance_scale, pipe._joint_attention_kwargs, pipe._interrupt = guidance_scale, {}, False
         device = pipe._execution_device
+        cond, uncond, text_ids = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale,
+                                                   num_images_per_prompt, prompt_embeds, pooled_prompt_embeds,
+                                                   negative_prompt_embeds, negative_pooled_prompt_embeds,
+                                                   max_sequence_length)
+        image_seq_len = (int(height) // pipe.vae_scale_factor // 2) * (int(width) // pipe.vae_scale_factor // 2)
+        plan = self._plan(num_inference_steps, image_seq_len, device)
+        return cond, uncond, text_ids, plan, _batch_size(prompt, prompt_embeds) * num_images_per_prompt
+
+    def _size(self, extra: dict, height, width) -> tuple[int, int]:
+        """Refuse what this adapter does not take, then the call's size (the pipeline's default where not given)."""
+        pipe = self.pipe
+        _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_other_schedulers(pipe)
+        return (height or pipe.default_sample_size * pipe.vae_scale_factor,
+                width or pipe.default_sample_size * pipe.vae_scale_factor)
+
+    def _encode_text(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float,
+                     num_images_per_prompt: int, prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds,
+                     negative_pooled_prompt_embeds, max_sequence_length: int) -> tuple[dict, dict | None, Any]:
+        """(cond, uncond, text ids): the prompt's embeddings, and the negative prompt's where true CFG guides."""
+        pipe = self.pipe
         guided = _true_cfg(true_cfg_scale, negative_prompt, negative_prompt_embeds, negative_pooled_prompt_embeds)
-        per_prompt = dict(device=device, num_images_per_prompt=num_images_per_prompt,
+        per_prompt = dict(device=pipe._execution_device, num_images_per_prompt=num_images_per_prompt,
                           max_sequence_length=max_sequence_length)
         embeds, pooled, text_ids = self.encode(pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2,
                                                prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -59,47 +115,48 @@ class FluxAdapter(Adapter):
                                              prompt_embeds=negative_prompt_embeds,
                                              pooled_prompt_embeds=negative_pooled_prompt_embeds, **per_prompt)
             uncond = {"text": neg, "pooled": neg_pooled}
-        n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        x, image_ids = pipe.prepare_latents(n, pipe.transformer.config.in_channels // 4, height, width, embeds.dtype,
-                                            device, generator, latents)
-        plan = self._plan(num_inference_steps, x.shape[1], device)
-        denoiser = self._denoiser(plan, {"text": embeds, "pooled": pooled}, uncond,
-                                  true_cfg_scale if guided else 1.0, guidance_scale, text_ids, image_ids, device)
-        return Prepared.from_plan(plan, denoiser, x.float(), plan.draw_noise(x.shape, generator, device, x.dtype),
-                                  self.decoder(output_type, return_dict, height=height, width=width))
-
-    def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
-        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length.
-
-        A scheduler config with ``use_flow_sigmas`` set (one built from a UniPC or DPM-Solver config keeps
-        it) makes FluxPipeline drop its own sigmas and leave them to the scheduler, and so does hasten.
-        """
-        import numpy as np
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
-        scheduler = self.pipe.scheduler
-        cfg = scheduler.config
-        sigmas = None if cfg.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-        return plan_scheduler(scheduler)
+        return {"text": embeds, "pooled": pooled}, uncond, text_ids
 
     def _denoiser(self, plan: SchedulerPlan, cond: dict, uncond: dict | None, scale: float, guidance_scale: float,
-                  text_ids, image_ids, device) -> PipelineDenoiser:
+                  text_ids, image_ids, device, residuals: Callable | None = None,
+                  by_index: dict | None = None) -> PipelineDenoiser:
         """The transformer with its guidance embedding (where it has one) and true CFG between calls."""
         transformer = self.pipe.transformer
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+        call = flux_call(transformer, guidance_scale, text_ids, image_ids, device, residuals)
+        return PipelineDenoiser(call, plan.grid, cond, uncond, scale, dtype=transformer.dtype, device=device,
+                                by_index=by_index)
 
-        def call(xm, t, c):
-            g = None if guidance is None else guidance.expand(xm.shape[0])
-            return transformer(hidden_states=xm, timestep=(t / 1000).to(xm.dtype), guidance=g,
-                               pooled_projections=c["pooled"], encoder_hidden_states=c["text"], txt_ids=text_ids,
-                               img_ids=image_ids, return_dict=False)[0]
 
-        return PipelineDenoiser(call, plan.grid, cond, uncond, scale, dtype=transformer.dtype, device=device)
+def flux_call(transformer, guidance_scale: float, text_ids, image_ids, device,
+              residuals: Callable | None = None) -> Callable:
+    """``call(x, t, cond)`` of a Flux transformer as the Flux pipelines run it.
+
+    ``cond`` holds ``text`` and ``pooled``, and where the pipeline has them
+    ``reference`` (Kontext: the reference image's tokens after the latents'
+    ones, ``image_ids`` covering both; the output is cut back to the latents'
+    tokens) or ``masked`` (Fill: masked image latents and mask as extra
+    channels). ``residuals(x, timestep, cond) -> dict`` adds a ControlNet's
+    block residuals (the transformer's ``controlnet_*`` arguments).
+    """
+    guidance = None
+    if transformer.config.guidance_embeds:
+        guidance = torch.full([1], guidance_scale, device=device, dtype=torch.float32)
+
+    def call(xm, t, c):
+        g = None if guidance is None else guidance.expand(xm.shape[0])
+        timestep = (t / 1000).to(xm.dtype)
+        hidden = xm
+        if "reference" in c:
+            hidden = torch.cat([xm, c["reference"]], dim=1)
+        if "masked" in c:
+            hidden = torch.cat([xm, c["masked"]], dim=2)
+        control = {} if residuals is None else residuals(xm, timestep, c)
+        out = transformer(hidden_states=hidden, timestep=timestep, guidance=g, pooled_projections=c["pooled"],
+                          encoder_hidden_states=c["text"], txt_ids=text_ids, img_ids=image_ids, return_dict=False,
+                          **control)[0]
+        return out[:, :xm.shape[1]]
+
+    return call
 
 
 class SD3Adapter(Adapter):

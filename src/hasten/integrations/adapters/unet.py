@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 
@@ -11,6 +12,33 @@ from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _bat
                                                _refuse_unknown, _refuse_unscaled_ve)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
+
+
+def unet_call(unet, residuals: Callable | None = None) -> Callable:
+    """``call(x, t, cond)`` of a conditional UNet, as the Stable Diffusion family's pipelines run it.
+
+    ``cond`` holds ``text``, and where the pipeline has them ``pooled`` and
+    ``time_ids`` (SDXL's added conditioning), ``mask`` and ``masked`` (an
+    inpainting UNet's extra input channels, after the latents).
+    ``residuals(x, t, cond) -> (down, mid)`` adds a ControlNet's residuals.
+    """
+
+    def call(xm, t, c):
+        added = {"text_embeds": c["pooled"], "time_ids": c["time_ids"]} if "pooled" in c else None
+        down, mid = (None, None) if residuals is None else residuals(xm, t, c)
+        if "mask" in c:
+            xm = torch.cat([xm, c["mask"], c["masked"]], dim=1)
+        return unet(xm, t, encoder_hidden_states=c["text"], added_cond_kwargs=added,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    return call
+
+
+def unet_denoiser(unet, grid, cond: dict, uncond: dict | None, guidance_scale: float, guidance_rescale: float = 0.0,
+                  device=None, residuals: Callable | None = None, by_index: dict | None = None) -> PipelineDenoiser:
+    """The denoiser of a conditional UNet (:func:`unet_call`), with batched classifier-free guidance."""
+    return PipelineDenoiser(unet_call(unet, residuals), grid, cond, uncond, guidance_scale, guidance_rescale,
+                            dtype=unet.dtype, device=device, by_index=by_index)
 
 
 def _unet_latents(pipe, plan: SchedulerPlan, n: int, height: int, width: int, dtype, device, generator,
@@ -102,20 +130,24 @@ class StableDiffusionAdapter(Adapter):
         pipe._cross_attention_kwargs, pipe._interrupt = None, False
         pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
         _refuse_guidance_embedding(unet)
-        cfg = guidance_scale > 1
         device = pipe._execution_device
-        cond, uncond = self.encode(pipe.encode_prompt, prompt, device, num_images_per_prompt, cfg, negative_prompt,
-                                   prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                                   clip_skip=clip_skip)
+        cond, uncond = self._encode_text(prompt, negative_prompt, num_images_per_prompt, guidance_scale, prompt_embeds,
+                                         negative_prompt_embeds, clip_skip)
         plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
         n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
-        x, noise = _unet_latents(pipe, plan, n, height, width, cond.dtype, device, generator, latents)
-        denoiser = PipelineDenoiser(
-            lambda xm, t, c: unet(xm, t, encoder_hidden_states=c["text"]).sample, plan.grid,
-            {"text": cond}, {"text": uncond} if cfg else None, guidance_scale, guidance_rescale,
-            dtype=unet.dtype, device=device,
-        )
+        x, noise = _unet_latents(pipe, plan, n, height, width, cond["text"].dtype, device, generator, latents)
+        denoiser = unet_denoiser(unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
+
+    def _encode_text(self, prompt, negative_prompt, num_images_per_prompt: int, guidance_scale: float, prompt_embeds,
+                     negative_prompt_embeds, clip_skip) -> tuple[dict, dict | None]:
+        """The prompt's conditioning and, with classifier-free guidance (scale > 1), the negative one."""
+        pipe = self.pipe
+        cfg = guidance_scale > 1
+        cond, uncond = self.encode(pipe.encode_prompt, prompt, pipe._execution_device, num_images_per_prompt, cfg,
+                                   negative_prompt, prompt_embeds=prompt_embeds,
+                                   negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        return {"text": cond}, ({"text": uncond} if cfg else None)
 
 
 class SDXLAdapter(Adapter):
@@ -141,23 +173,35 @@ class SDXLAdapter(Adapter):
         pipe._cross_attention_kwargs, pipe._denoising_end, pipe._interrupt = None, None, False
         _refuse_guidance_embedding(pipe.unet)
         device = pipe._execution_device
-        cfg = guidance_scale > 1
-        embeds, neg, pooled, neg_pooled = self.encode(
-            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, device=device,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=cfg,
-            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            clip_skip=clip_skip)
+        cond, uncond = self._encode_text(prompt, prompt_2, negative_prompt, negative_prompt_2, num_images_per_prompt,
+                                         guidance_scale, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+                                         negative_pooled_prompt_embeds, clip_skip)
+        embeds, pooled = cond["text"], cond["pooled"]
         plan = plan_scheduler(pipe.scheduler, num_inference_steps, device)
         n = _batch_size(prompt, prompt_embeds) * num_images_per_prompt
         x, noise = _unet_latents(pipe, plan, n, height, width, embeds.dtype, device, generator, latents)
         time_ids = self._time_ids(original_size or (height, width), crops_coords_top_left,
                                   target_size or (height, width), pooled, embeds.dtype, device, n)
-        denoiser = self._denoiser(plan, {"text": embeds, "pooled": pooled, "time_ids": time_ids},
-                                  {"text": neg, "pooled": neg_pooled, "time_ids": time_ids} if cfg else None,
-                                  guidance_scale, guidance_rescale, device)
+        cond["time_ids"] = time_ids
+        if uncond is not None:
+            uncond["time_ids"] = time_ids
+        denoiser = unet_denoiser(pipe.unet, plan.grid, cond, uncond, guidance_scale, guidance_rescale, device)
         return Prepared.from_plan(plan, denoiser, x.float(), noise, self.decoder(output_type, return_dict))
+
+    def _encode_text(self, prompt, prompt_2, negative_prompt, negative_prompt_2, num_images_per_prompt: int,
+                     guidance_scale: float, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
+                     negative_pooled_prompt_embeds, clip_skip) -> tuple[dict, dict | None]:
+        """Both text encoders' conditioning (embeddings, pooled) and, with guidance (scale > 1), the negative one."""
+        pipe = self.pipe
+        cfg = guidance_scale > 1
+        embeds, neg, pooled, neg_pooled = self.encode(
+            pipe.encode_prompt, prompt=prompt, prompt_2=prompt_2, device=pipe._execution_device,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            clip_skip=clip_skip)
+        return {"text": embeds, "pooled": pooled}, ({"text": neg, "pooled": neg_pooled} if cfg else None)
 
     def _time_ids(self, original_size, crops_coords_top_left, target_size, pooled: torch.Tensor, dtype, device,
                   n: int) -> torch.Tensor:
@@ -167,14 +211,3 @@ class SDXLAdapter(Adapter):
                       else pipe.text_encoder_2.config.projection_dim)
         return pipe._get_add_time_ids(original_size, crops_coords_top_left, target_size, dtype=dtype,
                                       text_encoder_projection_dim=projection).to(device).repeat(n, 1)
-
-    def _denoiser(self, plan: SchedulerPlan, cond: dict, uncond: dict | None, guidance_scale: float,
-                  guidance_rescale: float, device) -> PipelineDenoiser:
-        unet = self.pipe.unet
-
-        def call(xm, t, c):
-            return unet(xm, t, encoder_hidden_states=c["text"],
-                        added_cond_kwargs={"text_embeds": c["pooled"], "time_ids": c["time_ids"]}).sample
-
-        return PipelineDenoiser(call, plan.grid, cond, uncond, guidance_scale, guidance_rescale, dtype=unet.dtype,
-                                device=device)

@@ -1,0 +1,124 @@
+"""Opening any ``--model`` spec: embedded models and diffusers pipelines, above both.
+
+``hasten.models`` knows the embedded models, ``hasten.integrations.model`` the
+pipelines; neither imports the other. What a spec names is decided here
+(:func:`model_source`), and :func:`open_model` turns it into a model for a
+run: an embedded model, or a pipeline called with the run's prompt, size,
+batch and seed. :func:`bind_model` gives an already opened model a run's call
+(a prompt for ``digits-cond``, a new pipeline call on the loaded pipeline), so
+a service keeps one model loaded for many requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hasten.errors import HastenError
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def model_source(spec: str) -> str:
+    """What ``--model`` names: ``embedded``, ``random`` (``random:NAME``), ``folder`` or ``id``.
+
+    A spec that is neither an embedded name, nor an existing folder, nor
+    shaped like a Hugging Face id (``owner/name``) is refused here, with the
+    reason, before anything is loaded.
+    """
+    from hasten.models import MODELS, is_embedded
+
+    if is_embedded(spec):
+        return "embedded"
+    if spec.startswith("random:"):
+        return "random"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.exists():
+        raise HastenError(f"model {spec}: this is a file; give a pipeline folder saved with save_pretrained")
+    if MODEL_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return "id"
+    if os.sep in spec or spec.startswith((".", "~")):
+        raise HastenError(f"model {spec}: no such folder")
+    raise HastenError(f"model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
+                      "network (random:flux-dev, random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, "
+                      "or a Hugging Face model id (owner/name)")
+
+
+def bind_model(model: Any, call: dict[str, Any] | None = None, batch: int = 1, seed: int = 0) -> Any:
+    """``model`` (already opened) for a run with ``call``, ``batch`` samples and ``seed``.
+
+    A pipeline model is re-bound to the call on the same loaded pipeline; a
+    model that takes a prompt (``with_call``, e.g. ``digits-cond``) gets a view
+    sharing its network; any other model refuses call arguments.
+    """
+    from hasten.integrations.model import PipelineModel
+
+    call = {k: v for k, v in (call or {}).items() if v is not None}
+    if isinstance(model, PipelineModel):
+        return model.bind(call, batch, seed)
+    if not call:
+        return model
+    keys = getattr(model, "CALL_KEYS", None)
+    if keys is None or not hasattr(model, "with_call"):
+        raise HastenError(f"{', '.join(sorted(call))} apply to diffusers pipelines (a folder, a model id or "
+                          f"random:NAME), not to the embedded model {getattr(model, 'name', model)}")
+    unknown = sorted(set(call) - set(keys))
+    if unknown:
+        raise HastenError(f"the embedded model {model.name} takes {', '.join(keys)}, not {', '.join(unknown)}")
+    return model.with_call(call)
+
+
+def open_model(spec: Any, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
+               batch: int = 1, seed: int = 0, call: dict[str, Any] | None = None, local_files_only: bool = False):
+    """Any ``--model``: an embedded model, or a pipeline (folder, model id, ``random:NAME``) called with ``call``.
+
+    The one way a spec becomes a model (``hasten sample/bench --model``,
+    ``hasten.sample``, ``hasten.load_model``). ``call`` holds the pipeline's
+    call arguments (prompt, guidance_scale, height, ...); embedded models take
+    only those they declare (``CALL_KEYS``). A model object is bound to the call.
+    """
+    from hasten.devices import resolve_device, resolve_dtype
+
+    if not isinstance(spec, str):
+        return bind_model(spec, call, batch, seed)
+    dev = resolve_device(device)
+    if model_source(spec) == "embedded":
+        from hasten.models import load_embedded
+
+        if local_files_only:
+            raise HastenError("local_files_only applies to Hugging Face model ids, not to embedded models")
+        given = {k: v for k, v in (call or {}).items() if v is not None}
+        if given and not hasattr(_embedded_class(spec), "with_call"):  # refused before the weights load
+            raise HastenError(f"{', '.join(sorted(given))} apply to diffusers pipelines (a folder, a model id or "
+                              f"random:NAME), not to the embedded model {spec}")
+        return bind_model(load_embedded(spec, dev, resolve_dtype(dtype, dev)), given, batch, seed)
+    from hasten.integrations.model import PipelineModel, load_pipeline
+
+    pipe = load_pipeline(spec, dev, dtype, local_files_only)
+    return PipelineModel(pipe, call, batch=batch, seed=seed)
+
+
+def _embedded_class(spec: str):
+    from hasten.models import embedded_class
+
+    return embedded_class(spec)
+
+
+def load_model(name: Any, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None, *,
+               batch: int = 1, seed: int = 0, call: dict | None = None, local_files_only: bool = False):
+    """Any model spec opened (``hasten.load_model``): ``digits``, ``gmm-flow:shape=4096x64``, a pipeline folder, ...
+
+    ``device`` (default cpu) is where its latents and network live; ``dtype``
+    the network's dtype. A pipeline is opened for ``call`` with ``batch``
+    samples from ``seed``. A model object is returned as it is (bound to ``call``
+    when one is given).
+    """
+    if not isinstance(name, str):
+        return bind_model(name, call, batch, seed) if call else name
+    return open_model(name, device or "cpu", dtype, batch, seed, call, local_files_only)

@@ -1,0 +1,46 @@
+"""What ``hasten tune`` writes: ``tune.json``, ``best.json``, ``tune.md`` and ``pareto.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hasten.config import save_config
+from hasten.tune.search import TuneReport
+
+
+COLUMNS = [("rank", "#"), ("label", "configuration"), ("predicted_s", "predicted wall s"),
+           ("predicted_speedup", "pred. speedup"), ("measured_s", "measured s (here, D=1)"), ("rounds", "rounds"),
+           ("nfe", "NFE"), ("psnr", "PSNR dB"), ("rmse", "RMSE"), ("meets", "meets target")]
+
+
+def write_report(report: TuneReport, out, command: str = "") -> None:
+    """``tune.json`` (every row and the curves), ``best.json`` (the winner's config), ``tune.md`` and ``pareto.png``.
+
+    Without a winner (no candidate meets the target) there is no ``best.json``,
+    and ``tune.md`` says so.
+    ``out``: a folder path, or a :class:`hasten.output.OutputFolder` (files land when it commits).
+    """
+    from hasten.output import OutputFolder
+    from hasten.report import markdown_table, plot_tune_front, write_json
+
+    out = out if isinstance(out, OutputFolder) else Path(out)
+    write_json({"command": command, **report.to_dict()}, out / "tune.json")
+    if report.best is not None:
+        save_config(report.best, out / "best.json")
+    s = report.settings
+    title = (f"hasten tune: {s['model']}, {s['devices']} device(s), target {s['target']}, "
+             f"{s['solver']}-{s['steps']}, batch {s['batch']}")
+    (out / "tune.md").write_text(f"# {title}\n\nCommand: `{command}`\n\n{markdown_table(report.rows, COLUMNS)}\n\n"
+                                 f"{winner_line(report)}\n")
+    plot_tune_front(report.rows, out / "pareto.png", title)
+
+
+def winner_line(report: TuneReport) -> str:
+    """One line on the outcome: the winner, or that no candidate met the target and which came closest."""
+    if report.best is not None:
+        return f"Winner: `{report.best['tune']['label']}` (best.json)"
+    closest = next(row for row in report.rows if not row["reference"]) if len(report.rows) > 1 else report.rows[0]
+    return (f"No candidate meets {report.settings['target']} (only the sequential reference does): the closest, "
+            f"`{closest['label']}`, reaches "
+            f"{closest['psnr']:.1f} dB PSNR, RMSE {closest['rmse']:.3g}; no best.json was written. Loosen the target, "
+            "or give more steps or other --methods.")
