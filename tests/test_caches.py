@@ -191,8 +191,11 @@ def test_bad_cache_specs_and_unservable_grids():
         parse_cache_spec("abcache:2:speed=3")
     zero_snr = Grid.vp(torch.linspace(0.99, 0.0, 1000), torch.tensor([999, 500]), 1.0)
     with pytest.raises(HastenError, match="abcache form 'eps' needs alpha > 0 .* use form 'index'"):
-        ABCache(CacheConfig()).reset(zero_snr)
+        ABCache(CacheConfig(form="eps")).reset(zero_snr)
     ABCache(CacheConfig(form="index")).reset(zero_snr)  # the step index needs no lambda
+    default = ABCache(CacheConfig())
+    default.reset(zero_snr)  # the default works on every grid: it takes index where lambda is undefined
+    assert default.form == "index"
 
 
 # ---- adaptive mode (tol instead of interval; issue 11 part 2) ----

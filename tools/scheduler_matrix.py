@@ -7,7 +7,12 @@ pipeline's own loop on the same seed:
 * ``reproduces``: hasten runs the pipeline's scheduler; max |difference| of the final latents.
 * ``counterpart``: hasten runs the scheduler's first-order counterpart (with a logged notice); the
   difference is measured against the pipeline run with that counterpart.
-* ``refused``: hasten refuses before sampling; the reason is its message.
+* ``refused``: hasten refuses before sampling; the reason is its message (and, where the pipeline's
+  own loop cannot run the scheduler either, its error).
+* ``silent``: the pipeline's own loop raises for this scheduler, yet hasten sampled it. Never allowed.
+
+Every cell first runs ``pipe()`` itself with the scheduler as given, so a scheduler the pipeline
+refuses (or crashes on) is found whatever hasten does with it.
 
 Usage: ``python tools/scheduler_matrix.py [--out docs/SCHEDULERS.md] [--json FILE]``.
 The tests (tests/test_schedulers.py) run the same cells and assert the expected outcome of each.
@@ -52,24 +57,35 @@ VP_VARIANTS = (
     ("DDPMScheduler", {"variance_type": "fixed_large"}),
     ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
+    ("DPMSolverMultistepScheduler", {"thresholding": True}),
 )
+#: options of one family's own schedulers (CogVideoX's default clip_sample=True, which neither step applies)
+FAMILY_VARIANTS = {"cogvideox": (("CogVideoXDDIMScheduler", {"clip_sample": True}),
+                                 ("CogVideoXDPMScheduler", {"clip_sample": True}))}
 OPTIONAL = {"DPMSolverSDEScheduler": "torchsde"}  # schedulers whose step needs a package hasten does not install
 
 
 def cases(kind: str) -> list[tuple[str, dict]]:
     """(scheduler class name, config overrides) for a family: its compatibles, then variants."""
+    if kind == "wan":  # the flow pipeline that takes any scheduler: also the VP ones users swap in (issue 18)
+        swapped = sorted({c.__name__ for c in _pipe("sd").scheduler.compatibles} | {"CogVideoXDDIMScheduler",
+                                                                                   "CogVideoXDPMScheduler"})
+        return list(FLOW_SCHEDULERS) + [(name, {}) for name in swapped]
     if kind in FLOW_FAMILIES:
         return list(FLOW_SCHEDULERS)
     pipe = _pipe(kind)
     names = sorted({type(pipe.scheduler).__name__, *(c.__name__ for c in pipe.scheduler.compatibles)})
     if kind == "cogvideox":  # CogVideoX's own second scheduler, not in the compatibles list
         names.append("CogVideoXDPMScheduler")
-    return [(name, {}) for name in names] + list(VP_VARIANTS)
+    return [(name, {}) for name in names] + list(VP_VARIANTS) + list(FAMILY_VARIANTS.get(kind, ()))
 
 
 def label(name: str, options: dict) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in options.items() if k not in ("use_flow_sigmas", "prediction_type",
                                                                           "flow_shift"))
+    if options.get("use_flow_sigmas"):  # beside the same class on a VP config (Wan's swapped-in schedulers)
+        extra = ", ".join(filter(None, ["flow sigmas", extra]))
     return name.removesuffix("Scheduler") + (f" ({extra})" if extra else "")
 
 
@@ -94,6 +110,19 @@ def _call(kind: str) -> dict:
     return call
 
 
+def _run_pipeline(pipe, scheduler, kind: str, seed: int):
+    """``pipe()`` with ``scheduler`` on the cell's call: its final latents, or its error as one line."""
+    base = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        torch.manual_seed(seed)
+        return _final(pipe(generator=torch.Generator().manual_seed(seed), **_call(kind)))
+    except Exception as err:  # noqa: BLE001 - the pipeline's own loop cannot run this scheduler
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    finally:
+        pipe.scheduler = base
+
+
 def check(kind: str, name: str, options: dict) -> dict:
     """One cell: the outcome, the max difference (or the refusal's message) and the scheduler sampled."""
     import diffusers
@@ -107,30 +136,29 @@ def check(kind: str, name: str, options: dict) -> dict:
     scheduler = cls.from_config(config, **options)  # keyword overrides: a config's _use_default_values ignores dict ones
     if kind == "ddim":  # DDIMPipeline.__init__ turns any scheduler into a DDIMScheduler
         scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
-    pipe.scheduler = scheduler
+    cell = {"family": kind, "scheduler": label(name, options)}
     seed = 3
+    own = _run_pipeline(pipe, type(scheduler).from_config(scheduler.config), kind, seed)
+    pipe.scheduler = scheduler
     try:
         torch.manual_seed(seed)
         ours = hasten.accelerate(pipe)(generator=torch.Generator().manual_seed(seed), **_call(kind))
     except HastenError as err:
-        return {"family": kind, "scheduler": label(name, options), "outcome": "refused", "detail": str(err)}
+        return {**cell, "outcome": "refused", "detail": str(err),
+                **({"pipeline": own} if isinstance(own, str) else {})}
     finally:
         pipe.scheduler = base
-    fresh = type(scheduler).from_config(scheduler.config)
-    sampled, _, replaced = first_order_scheduler(fresh)
-    pipe.scheduler = sampled if replaced else fresh
-    try:
-        torch.manual_seed(seed)
-        theirs = pipe(generator=torch.Generator().manual_seed(seed), **_call(kind))
-    except Exception as err:  # noqa: BLE001 - the pipeline's own loop cannot run this scheduler
-        return {"family": kind, "scheduler": label(name, options), "outcome": "pipeline fails",
-                "detail": f"{type(err).__name__}: {err}".splitlines()[0], "sampled": ours.hasten["scheduler"]}
-    finally:
-        pipe.scheduler = base
-    a, b = _final(ours), _final(theirs)
-    diff = float((a - b).abs().max())
-    return {"family": kind, "scheduler": label(name, options), "outcome": "counterpart" if replaced else "reproduces",
-            "max_diff": diff, "scale": float(b.abs().max()), "sampled": ours.hasten["scheduler"]}
+    if isinstance(own, str):
+        return {**cell, "outcome": "silent", "detail": f"the pipeline itself fails ({own}) but hasten sampled it",
+                "sampled": ours.hasten["scheduler"]}
+    sampled, _, replaced = first_order_scheduler(type(scheduler).from_config(scheduler.config))
+    theirs = _run_pipeline(pipe, sampled, kind, seed) if replaced else own
+    if isinstance(theirs, str):
+        return {**cell, "outcome": "pipeline fails", "detail": theirs, "sampled": ours.hasten["scheduler"]}
+    a = _final(ours)
+    diff = float((a - theirs).abs().max())
+    return {**cell, "outcome": "counterpart" if replaced else "reproduces", "max_diff": diff,
+            "scale": float(theirs.abs().max()), "sampled": ours.hasten["scheduler"]}
 
 
 def matrix(kinds=VP_FAMILIES + FLOW_FAMILIES) -> list[dict]:
@@ -158,7 +186,9 @@ def markdown(rows: list[dict]) -> str:
                     f"counterpart {r['sampled'].split(' ')[0]}, notice logged; reproduces the pipeline run with it "
                     f"(max diff {r['max_diff']:.1e})")
         else:
-            what = f"{r['outcome']}: {r['detail']}".replace("|", "/")
+            what = f"{r['outcome']}: {r['detail']}" + (f" (the pipeline itself: {r['pipeline']})" if "pipeline" in r
+                                                        else "")
+            what = what.replace("|", "/")
         lines.append(f"| {r['family']} | {r['scheduler']} | {what} |")
     return "\n".join(lines)
 

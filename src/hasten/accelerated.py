@@ -17,7 +17,7 @@ from hasten.caches import make_cache
 from hasten.denoise import compile_network
 from hasten.engine import run
 from hasten.errors import HastenError
-from hasten.integrations.adapters import adapter_for
+from hasten.integrations.adapters import adapter_for, bind_call
 from hasten.integrations.model import prepare_call
 from hasten.methods import Method
 from hasten.rounds import Hit
@@ -49,8 +49,7 @@ class AcceleratedPipeline:
         self.last_stats: dict | None = None
 
     def __call__(self, *args, **kwargs) -> Any:
-        if args:
-            kwargs = {"prompt": args[0], **kwargs} if "prompt" not in kwargs else kwargs
+        kwargs = bind_call(self.pipe, args, kwargs)
         start = time.perf_counter()
         if self.sampling.steps is not None:
             kwargs.setdefault("num_inference_steps", self.sampling.steps)

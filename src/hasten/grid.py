@@ -144,7 +144,7 @@ class Grid:
           ``t - T // N`` (or ``final_alpha_cumprod`` below 0), as their ``step``
           does; the next point is read at the next grid timestep.
         * DDPM: grid point to grid point (its ``previous_timestep``).
-        * Euler / EulerAncestral (VE ``sigmas``): the VP grid with
+        * Euler / EulerAncestral (VE ``sigmas``, the first N + 1): the VP grid with
           ``alpha = 1 / sqrt(1 + sigma^2)``, ``sigma_vp = sigma * alpha``: in VP
           coordinates deterministic Euler is DDIM and ancestral Euler is DDPM.
         * FlowMatchEulerDiscrete: its ``sigmas``.
@@ -159,7 +159,9 @@ class Grid:
         name, config = type(scheduler).__name__, scheduler.config
         timesteps = scheduler.timesteps.detach().cpu()
         if name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
-            ve = scheduler.sigmas.detach().cpu().double()
+            # the points the pipeline's loop visits: interpolation_type="log_linear" makes one sigma more than
+            # the timesteps need, and the loop stops at sigmas[N] (sigma_min) without reaching the appended 0
+            ve = scheduler.sigmas.detach().cpu().double()[: len(timesteps) + 1]
             alpha = 1 / (1 + ve**2).sqrt()
             return cls("vp", config.prediction_type, alpha, ve * alpha, timesteps.double())
         if "FlowMatch" in name and hasattr(scheduler, "sigmas"):

@@ -13,7 +13,11 @@ returned dict. hasten honours that contract where it fits:
   It may read the latents but not edit them: returning other latents is an error.
 
 Only ``"latents"`` is passed (in the pipeline's own latent convention); other
-tensor names are refused before sampling.
+tensor names are refused before sampling. A diffusers ``PipelineCallback``
+(or ``MultiPipelineCallbacks``) names its own tensors, and the pipeline then
+passes those whatever ``callback_on_step_end_tensor_inputs`` says; hasten reads
+them the same way, so diffusers' CFG cutoff callbacks (``prompt_embeds``, ...)
+are refused before any network call rather than failing mid-sampling.
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ class StepCallback:
     def __init__(self, pipe, fn: Callable, tensor_inputs=None):
         if not callable(fn):
             raise HastenError(f"callback_on_step_end must be callable, got {type(fn).__name__}")
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        if isinstance(fn, (PipelineCallback, MultiPipelineCallbacks)):  # the pipeline's own rule
+            tensor_inputs = fn.tensor_inputs
+            source = f"{type(fn).__name__}.tensor_inputs"
+        else:
+            source = "callback_on_step_end_tensor_inputs"
         names = ["latents"] if tensor_inputs is None else list(tensor_inputs)
         if any(name != "latents" for name in names):
-            raise HastenError(f"callback_on_step_end_tensor_inputs: hasten passes 'latents' only, got {names}")
+            raise HastenError(f"{source}: hasten passes 'latents' only, got {names} (a callback that edits the "
+                              "conditioning, such as diffusers' CFG cutoff callbacks, is not supported); use a "
+                              "callback on 'latents'")
         self.pipe, self.fn, self.names = pipe, fn, names
         self.grid: Grid | None = None
         self.scale: torch.Tensor | None = None  # x_pipeline = scale[i] * x_hasten

@@ -5,8 +5,8 @@ read after ``set_timesteps`` (``timesteps``, ``alphas_cumprod``,
 ``final_alpha_cumprod``, ``sigmas``). The rule for every scheduler:
 
 * **reproduced** (sequential sampling equals the pipeline's own loop):
-  DDIM and CogVideoXDDIM (``ddim``, landing where their ``step`` lands, with
-  ``clip_sample``), DDPM (``ddpm``, fixed_small variance, ``clip_sample``),
+  DDIM and CogVideoXDDIM (``ddim``, landing where their ``step`` lands; DDIM
+  with ``clip_sample``, which CogVideoXDDIM's step ignores), DDPM (``ddpm``, fixed_small variance, ``clip_sample``),
   Euler (``ddim`` in VP coordinates: deterministic Euler on ``x / alpha``
   against ``sigma / alpha`` is DDIM), EulerAncestral (``ddpm`` in VP
   coordinates: its ``sigma_up`` is the DDPM posterior std), and
@@ -71,7 +71,7 @@ class SchedulerPlan:
         solver: the hasten step (``ddim``, ``ddpm``, ``euler``, ``euler-stochastic``).
         grid: the grid read from ``scheduler``.
         clip: the x0 clamp of ``clip_sample`` (its ``clip_sample_range``), or None.
-        clip_eps: whether the clamped x0 also sets eps (DDPM, CogVideoXDDIM), or the network's eps stays (DDIM).
+        clip_eps: whether the clamped x0 also sets eps (DDPM), or the network's eps stays (DDIM).
         noise: how the pipeline draws step noise: ``"t>0"`` (DDPM: from the call's generator at steps
             with t > 0), ``"every"`` (EulerAncestral: every step, from the generator), ``"global"``
             (flow ``stochastic_sampling``: every step, from torch's global generator), or None.
@@ -155,6 +155,9 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         return scheduler, solver, None
     from diffusers import CogVideoXDDIMScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if config.get("thresholding"):  # no first-order counterpart thresholds: the notice could not name one
+        raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten would run "
+                          "its first-order counterpart, which does not threshold; use thresholding=False")
     if name == "CogVideoXDPMScheduler":
         counterpart, solver = CogVideoXDDIMScheduler.from_config(config), "ddim"
     elif is_flow(scheduler):
@@ -163,15 +166,19 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         counterpart, solver = FlowMatchEulerDiscreteScheduler.from_config(config, **extra), "euler"
     elif hasattr(scheduler, "alphas_cumprod") and ("beta_schedule" in config or config.get("trained_betas")):
         # DDIM's own default clip_sample=True must not slip in from a config that never asked for it
-        counterpart = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)),
-                                                thresholding=False)
+        counterpart = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)))
         solver = "ddim"
     else:
         raise HastenError(f"scheduler {name} is not supported; supported: {SUPPORTED}")
     log.warning("hasten: %s is not a first-order stateless scheduler; sampling with its first-order "
                 "counterpart %s built from the same config%s", name, type(counterpart).__name__,
-                " (clip_sample=True, as the config asks)" if counterpart.config.get("clip_sample") else "")
+                " (clip_sample=True, as the config asks)" if _clips(counterpart) else "")
     return counterpart, solver, name
+
+
+def _clips(scheduler) -> bool:
+    """Whether the scheduler's ``step`` clamps x0: ``clip_sample`` set, except in CogVideoXDDIM (it never clips)."""
+    return bool(scheduler.config.get("clip_sample")) and type(scheduler).__name__ != "CogVideoXDDIMScheduler"
 
 
 def _check_reproducible(name: str, config) -> None:
@@ -205,7 +212,7 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
                           "FlowMatchEulerDiscreteScheduler")
     grid = Grid.from_scheduler(scheduler)
     name = type(scheduler).__name__
-    clip = float(scheduler.config.get("clip_sample_range", 1.0)) if scheduler.config.get("clip_sample") else None
+    clip = float(scheduler.config.get("clip_sample_range", 1.0)) if _clips(scheduler) else None
     noise = {"DDPMScheduler": "t>0", "EulerAncestralDiscreteScheduler": "every"}.get(name)
     if solver == "euler-stochastic":
         noise = "global"
@@ -215,5 +222,5 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
         scale = torch.ones(grid.steps + 1, dtype=torch.float64)
         # the pipeline's noise, unit noise for the counterpart (flow schedulers have no init_noise_sigma: 1)
         scale[0] = float(getattr(pipe_scheduler, "init_noise_sigma", 1.0))
-    clip_eps = name in ("DDPMScheduler", "CogVideoXDDIMScheduler")
+    clip_eps = name == "DDPMScheduler"
     return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced)

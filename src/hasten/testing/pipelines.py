@@ -97,6 +97,19 @@ def sd_scheduler(prediction: str, **extra):
                          set_alpha_to_one=False, prediction_type=prediction, steps_offset=1, **extra)
 
 
+def cogvideox_scheduler(**overrides):
+    """CogVideoX's released scheduler (THUDM/CogVideoX-2b): v-prediction on a zero-terminal-SNR, trailing grid.
+
+    alpha = 0 at its first point, so lambda = log(alpha / sigma) is undefined there.
+    """
+    from diffusers import CogVideoXDDIMScheduler
+
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+                  snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing")
+    return CogVideoXDDIMScheduler(**{**config, **overrides})
+
+
 def tiny_pipeline(kind: str, prediction: str = "epsilon", scheduler_cls=None, seed: int = 0):
     """A tiny pipeline of one of :data:`KINDS` (the image-input ones: :mod:`hasten.testing.workflows`)."""
     import diffusers as d

@@ -20,7 +20,7 @@ returns everything the engine needs, before any network call.
 from __future__ import annotations
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, decode_latents
+from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, bind_call, decode_latents
 from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
                                                   StableDiffusionControlNetAdapter)
 from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
@@ -85,4 +85,4 @@ __all__ = ["ADAPTERS", "Adapter", "AuraFlowAdapter", "ChromaAdapter", "CogVideoX
            "Decoding", "FluxAdapter", "HiDreamImageAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Lumina2Adapter",
            "PixArtSigmaAdapter", "Prepared", "QwenImageAdapter", "SD3Adapter", "SDXLAdapter", "SanaAdapter",
            "StableDiffusionAdapter", "UnconditionalAdapter", "WanAdapter", "WanImageToVideoAdapter", "adapter_for",
-           "decode_latents"]
+           "bind_call", "decode_latents"]

@@ -210,6 +210,38 @@ class Adapter:
         return to_device(box[0])
 
 
+def bind_call(pipe, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments by name, bound as the pipeline's own ``__call__`` binds them.
+
+    Positional arguments take the signature's order (``fast("a cat", 32, 32)`` is prompt, height,
+    width on Stable Diffusion, prompt, prompt_2, negative_prompt on Flux); too many, or one given
+    twice, is the pipeline's own TypeError, raised as a HastenError. Keywords the signature does not
+    name pass through, for the adapter to take or refuse.
+    """
+    signature = inspect.signature(pipe.__call__)
+    params = signature.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {k: v for k, v in kwargs.items() if takes_any or k in params}
+    try:
+        bound = signature.bind(*args, **named)
+    except TypeError as err:
+        order = [k for k, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        raise HastenError(f"{type(pipe).__name__} call: {err} (positional order: {', '.join(order[:6])}, ...)") \
+            from None
+    call = {k: v for k, v in kwargs.items() if k not in named}
+    for name, value in bound.arguments.items():
+        kind = params[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise HastenError(f"{type(pipe).__name__} call: {len(value)} extra positional arguments "
+                                  f"({name}) are not supported by hasten; pass them by name")
+        else:
+            call[name] = value
+    return call
+
+
 def _batch_size(prompt, prompt_embeds) -> int:
     """Prompts in the call: from the prompt (string or list) or, without one, from its embeddings."""
     if prompt is not None:
@@ -224,19 +256,22 @@ def _true_cfg(true_cfg_scale: float, negative_prompt, negative_prompt_embeds, ne
     return true_cfg_scale > 1 and has_negative
 
 
-def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None) -> SchedulerPlan:
+def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None,
+                      own_sigmas: bool = True) -> SchedulerPlan:
     """The flow transformers' own schedule: sigmas ``linspace(1, 1/N, N)`` (or the call's ``sigmas``), shifted by
     ``mu`` for the latent sequence length.
 
     Flux, LTX-Video, Qwen-Image, Chroma and Lumina 2 compute it alike; the
     pipeline module's own ``calculate_shift`` and ``retrieve_timesteps`` do
     the work, with the shift settings of the pipeline's scheduler config.
+    ``own_sigmas=False``: the pipeline leaves the sigmas to its scheduler (FluxPipeline
+    with a ``use_flow_sigmas`` config).
     """
     import numpy as np
 
     module = _pipeline_module(pipe, "calculate_shift")
     cfg = pipe.scheduler.config
-    if sigmas is None:
+    if sigmas is None and own_sigmas:
         sigmas = np.linspace(1.0, 1 / steps, steps)
     mu = module.calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
@@ -289,3 +324,16 @@ def _refuse_other_schedulers(pipe) -> None:
     if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
         raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported; "
                           "supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling)")
+
+
+def _refuse_unscaled_ve(pipe, supported: str) -> None:
+    """Refuse a VE scheduler (Euler family, Heun, LMS, KDPM2, ...) in a pipeline that samples it unscaled.
+
+    DDPMPipeline, DDIMPipeline and WanPipeline neither scale their noise by ``init_noise_sigma`` nor
+    call ``scale_model_input``; ``supported`` names what works in that pipeline.
+    """
+    scheduler = pipe.scheduler
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+        raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported: the pipeline "
+                          "neither scales its noise nor its model input for this VE scheduler; supported: "
+                          f"{supported} (init_noise_sigma = 1)")

@@ -56,8 +56,14 @@ class FluxAdapter(Adapter):
                                   self.decoder(output_type, return_dict, height=height, width=width))
 
     def _plan(self, steps: int, image_seq_len: int, device) -> SchedulerPlan:
-        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length."""
-        return shifted_flow_plan(self.pipe, steps, image_seq_len, device)
+        """The pipeline's sigmas, shifted by ``mu`` for the image's sequence length.
+
+        A scheduler config with ``use_flow_sigmas`` set (one built from a UniPC or DPM-Solver config keeps
+        it) makes FluxPipeline drop its own sigmas and leave them to the scheduler, and so does hasten; its
+        image-input siblings (img2img, inpaint, Kontext, Fill, ControlNet) keep theirs.
+        """
+        own = not (type(self.pipe).__name__ == "FluxPipeline" and self.pipe.scheduler.config.get("use_flow_sigmas"))
+        return shifted_flow_plan(self.pipe, steps, image_seq_len, device, own_sigmas=own)
 
     def _start(self, prompt, prompt_2, negative_prompt, negative_prompt_2, true_cfg_scale: float, height, width,
                num_inference_steps: int, guidance_scale: float, num_images_per_prompt: int, prompt_embeds,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
-                                               _refuse_unknown)
+                                               _refuse_unknown, _refuse_unscaled_ve)
 from hasten.integrations.denoisers import PipelineDenoiser
 from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
 
@@ -84,15 +85,20 @@ class UnconditionalAdapter(Adapter):
         return Prepared.from_plan(plan, denoiser, latents, noise, self.decoder(output_type, return_dict))
 
     def _check_call(self, eta: float) -> None:
-        """Refuse stochastic DDIM and the VE schedulers these pipelines do not scale for."""
+        """Refuse stochastic DDIM, VE schedulers (these pipelines do not scale for them), and what DDPMPipeline
+        cannot run."""
         pipe = self.pipe
         if eta != 0.0:
             raise HastenError(f"eta={eta} is not supported; hasten's DDIM is eta = 0 (use the DDPM scheduler for "
                               "stochastic sampling)")
-        if float(pipe.scheduler.init_noise_sigma) != 1.0:  # the pipeline itself neither scales noise nor input
-            raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported: the "
-                              "pipeline neither scales its noise nor its model input for this VE scheduler; "
-                              "supported: DDPM, DDIM and other VP schedulers (init_noise_sigma = 1)")
+        _refuse_unscaled_ve(pipe, "DDPM, DDIM and other VP schedulers")
+        name = type(pipe.scheduler).__name__
+        takes_generator = "generator" in inspect.signature(pipe.scheduler.step).parameters
+        if type(pipe).__name__ == "DDPMPipeline" and not takes_generator:
+            raise HastenError(f"DDPMPipeline with {name} is not supported: the pipeline calls scheduler.step(..., "
+                              f"generator=...), which {name}.step does not take (DDPMPipeline itself raises "
+                              "TypeError); supported: schedulers whose step takes a generator, such as DDPM, DDIM or "
+                              "DPMSolverMultistep")
 
     def _latents(self, batch_size: int, generator, device) -> torch.Tensor:
         """Unit noise in the UNet's sample shape, drawn as the pipeline draws it."""

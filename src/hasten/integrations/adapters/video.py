@@ -10,10 +10,10 @@ import torch
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import (Adapter, Decoding, Prepared, _batch_size, _divide_scaling,
                                                _per_channel_unscale,
-                                               _refuse_other_schedulers, _refuse_unknown, _true_cfg,
-                                               shifted_flow_plan)
+                                               _refuse_other_schedulers, _refuse_unknown, _refuse_unscaled_ve,
+                                               _true_cfg, shifted_flow_plan)
 from hasten.integrations.denoisers import PipelineDenoiser, switch_at
-from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
+from hasten.integrations.schedulers import SchedulerPlan, is_flow, plan_scheduler
 
 log = logging.getLogger("hasten")
 
@@ -255,9 +255,11 @@ class WanAdapter(Adapter):
                 max_sequence_length: int = 512, num_images_per_prompt: int | None = None, **extra) -> Prepared:
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_non_flow_wan(pipe)
         num_videos_per_prompt = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
         pipe.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds, None,
                           guidance_scale_2)
+        num_frames, height, width = _wan_sizes(pipe, num_frames, height, width)
         guidance_scale_2 = _wan_guidance(pipe, guidance_scale, guidance_scale_2)
         device = pipe._execution_device
         network = pipe.transformer
@@ -275,15 +277,37 @@ class WanAdapter(Adapter):
                                   self.decoder(output_type, return_dict))
 
 
+def _refuse_non_flow_wan(pipe) -> None:
+    """The Wan pipelines neither scale their noise nor their model input, and need a flow scheduler.
+
+    A VE scheduler (Euler, EulerAncestral, ...) would be sampled unscaled; DDIM,
+    DDPM and CogVideoX's schedulers make the pipeline itself fail. Both are
+    refused before any network call.
+    """
+    works = "FlowMatchEulerDiscrete, or UniPC / DPM-Solver with use_flow_sigmas"
+    _refuse_unscaled_ve(pipe, works)
+    if not is_flow(pipe.scheduler):
+        raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported: Wan is a "
+                          "flow-matching model and this is not a flow scheduler (no use_flow_sigmas, no "
+                          f"flow_prediction); supported: {works}")
+
+
 def _wan_sizes(pipe, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """Frames rounded to ``4k + 1`` and the size to the patch grid, as the Wan pipelines round them (with a warning)."""
     temporal = pipe.vae_scale_factor_temporal
     if num_frames % temporal != 1:
-        log.warning("hasten: num_frames - 1 must be divisible by %d; rounding as the pipeline does", temporal)
-        num_frames = num_frames // temporal * temporal + 1
+        rounded = num_frames // temporal * temporal + 1
+        log.warning("hasten: %s needs num_frames - 1 divisible by %d; rounding %d to %d, as the pipeline does",
+                    type(pipe).__name__, temporal, num_frames, rounded)
+        num_frames = rounded
     patch = pipe.transformer.config.patch_size
     h_multiple, w_multiple = pipe.vae_scale_factor_spatial * patch[1], pipe.vae_scale_factor_spatial * patch[2]
-    return max(num_frames, 1), height // h_multiple * h_multiple, width // w_multiple * w_multiple
+    rounded_h, rounded_w = height // h_multiple * h_multiple, width // w_multiple * w_multiple
+    if (rounded_h, rounded_w) != (height, width):
+        log.warning("hasten: %s needs height and width in multiples of (%d, %d); adjusting (%d, %d) to (%d, %d), as "
+                    "the pipeline does", type(pipe).__name__, h_multiple, w_multiple, height, width, rounded_h,
+                    rounded_w)
+    return max(num_frames, 1), rounded_h, rounded_w
 
 
 class WanImageToVideoAdapter(Adapter):
@@ -305,6 +329,7 @@ class WanImageToVideoAdapter(Adapter):
                 num_images_per_prompt: int | None = None, **extra) -> Prepared:
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
+        _refuse_non_flow_wan(pipe)
         n_videos = _videos_per_prompt(num_videos_per_prompt, num_images_per_prompt)
         pipe.check_inputs(prompt, negative_prompt, image, height, width, prompt_embeds, negative_prompt_embeds,
                           image_embeds, None, guidance_scale_2)
