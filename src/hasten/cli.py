@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune`` and ``hasten make-tiny``."""
+"""Command line: ``hasten sample``, ``hasten bench``, ``hasten tune``, ``hasten serve`` and ``hasten make-tiny``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hasten.errors import HastenError
 from hasten.methods import BUDGET_OPTION, METHODS
 from hasten.models import MODELS
 from hasten.output import OutputFolder, check_out
+from hasten.serve.cli import add_serve_parser, run_serve
 from hasten.steps import SOLVERS
 
 
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows one emulated device runs in one latency (1: a saturated device)")
     b.add_argument("--out", default="report", help="report folder (files of an earlier run there are replaced)")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    add_serve_parser(sub)
     return parser
 
 
@@ -435,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "tune":
             return _tune(args)
+        if args.command == "serve":
+            return run_serve(args)
         return _bench(args)
     except HastenError as err:
         print(f"hasten: error: {err}", file=sys.stderr)
