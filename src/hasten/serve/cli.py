@@ -56,6 +56,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (default: automatic)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds any rank waits for the others; a lost "
                    "rank fails the in-flight requests within it and the server exits 3")
+    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds the other ranks wait for rank 0 "
+                   "to start serving (loading a model takes each rank its own time)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     p.add_argument("--dtype", help="network dtype: float32, bfloat16 or float16")
     return p

@@ -3,6 +3,8 @@
 Rank 0 tells the other ranks what to do through :class:`Control`, one
 collective at a time, each under the process group's timeout (``--timeout``):
 
+* at the start, the other ranks wait (on torchrun's store, up to ``--start-timeout``) until rank 0
+  serves, since ranks finish loading a model at different times;
 * a *command* every time rank 0's worker has something to say, and a heartbeat at
   least every ``timeout / 4`` seconds when idle: an all-reduce of a code
   (``IDLE``, ``RUN``, ``STOP``), then for ``RUN`` the run's description
@@ -18,7 +20,9 @@ The other ranks run :func:`follow` until ``STOP`` and exit 0, or fail with the c
 
 from __future__ import annotations
 
+import datetime
 import logging
+import sys
 
 import torch
 import torch.distributed as dist
@@ -26,6 +30,8 @@ import torch.distributed as dist
 log = logging.getLogger("hasten.serve")
 
 IDLE, RUN, STOP = 0, 1, 2
+#: the store key rank 0 sets once it serves; the start is bounded by its own timeout, not --timeout
+READY_KEY = "hasten/serve/ready"
 
 
 class Control:
@@ -36,6 +42,14 @@ class Control:
         self.world = dist.get_world_size()
         nccl = dist.get_backend() == "nccl"
         self.device = device if nccl else torch.device("cpu")
+
+    def ready(self) -> None:
+        """Rank 0: the HTTP front is up; the others may start following (the heartbeats begin now)."""
+        dist.distributed_c10d._get_default_store().set(READY_KEY, "1")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Other ranks: wait for rank 0's front, however long its start takes (a big model loads unevenly)."""
+        dist.distributed_c10d._get_default_store().wait([READY_KEY], datetime.timedelta(seconds=timeout_s))
 
     def command(self, code: int, payload: dict | None = None) -> None:
         """Rank 0: send ``code`` (and, for RUN, the run's description) to every rank."""
@@ -62,7 +76,7 @@ class Control:
         return bool(flag.item())
 
 
-def follow(served, control: Control, execute) -> int:
+def follow(served, control: Control, execute, start_timeout_s: float) -> int:
     """A rank other than 0: run what rank 0 says until it says STOP; 0 then.
 
     ``execute(served, payload, control)`` runs one request's method (as rank 0 does), without answering.
@@ -72,6 +86,7 @@ def follow(served, control: Control, execute) -> int:
     from hasten.errors import HastenError
     from hasten.serve.runner import RunCancelled
 
+    control.wait_ready(start_timeout_s)
     while True:
         code, payload = control.receive()
         if code == STOP:
@@ -80,4 +95,4 @@ def follow(served, control: Control, execute) -> int:
             try:
                 execute(served, payload, control)
             except (HastenError, RunCancelled) as err:
-                log.info("rank %d: run ended: %s", control.rank, err)
+                print(f"hasten serve: rank {control.rank}: run ended: {err}", file=sys.stderr, flush=True)

@@ -128,6 +128,8 @@ class Runner:
                 self.metrics.hits.inc()
 
         try:
+            if self.control is not None:
+                self.control.command(RUN, spec)  # every rank builds the same run from the same description
             setup, result = execute(self.served, spec, self.control, should_stop=should_stop, on_hit=on_hit)
         except RunCancelled:
             self._count("cancelled", jobs)

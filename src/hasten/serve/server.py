@@ -67,7 +67,8 @@ def _settings(args):
                              ("--max-seed", args.max_seed, 0), ("--port", args.port, 0)):
         if value is not None and value < low:
             raise HastenError(f"{flag} must be an integer >= {low}, got {value}")
-    for flag, value in (("--request-timeout", args.request_timeout), ("--timeout", args.timeout)):
+    for flag, value in (("--request-timeout", args.request_timeout), ("--timeout", args.timeout),
+                        ("--start-timeout", args.start_timeout)):
         if not (value > 0 and value < float("inf")):
             raise HastenError(f"{flag} must be a number of seconds > 0, got {value}")
     try:
@@ -115,7 +116,7 @@ def serve(args) -> int:
         if dist.get_rank() != 0:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun forwards it to every rank; rank 0 decides
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            return follow(served, control, execute_follower)
+            return follow(served, control, execute_follower, args.start_timeout)
     return _front(args, served, defaults, limits, api_key, control)
 
 
@@ -167,6 +168,8 @@ def _front(args, served, defaults, limits, api_key, control) -> int:
 
     worker = threading.Thread(target=scheduler.worker, args=(run, idle, heartbeat, drained), name="hasten-runs",
                               daemon=True)
+    if control is not None:
+        control.ready()
     worker.start()
     print(f"hasten serve: {served.name} on http://{args.host}:{server.config.port}/ ({world} rank"
           f"{'s' if world > 1 else ''}, method {defaults.method}, preview {args.preview}"
