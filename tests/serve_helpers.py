@@ -56,8 +56,9 @@ class Server:
                 return
             except httpx.HTTPError:
                 time.sleep(0.3)
+        output = self.output()
         self.stop()
-        raise RuntimeError(f"the server did not start within {wait_s} s:\n{self.output()}")
+        raise RuntimeError(f"the server did not start within {wait_s} s:\n{output}")
 
     def output(self) -> str:
         self.log.flush()

@@ -22,6 +22,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="the model served: an embedded model, a diffusers "
                    "pipeline folder, a model id or random:NAME (as hasten sample --model); fixed for the "
                    "server's life")
+    p.add_argument("--size", metavar="WxH", help="pipelines: the image size of a request that gives none (default: "
+                   "the pipeline's own)")
+    p.add_argument("--frames", type=int, help="video pipelines: frames of every clip (default: the pipeline's own)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless told otherwise)")
     p.add_argument("--port", type=int, default=8000, help="port to bind")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set HASTEN_API_KEY, which "

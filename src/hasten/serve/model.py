@@ -20,18 +20,22 @@ from hasten.errors import HastenError
 class ServedModel:
     """The one model a server serves, with what a request may ask of it."""
 
-    def __init__(self, spec: str, device: torch.device, dtype: str | None = None):
+    def __init__(self, spec: str, device: torch.device, dtype: str | None = None, base_call: dict | None = None):
         from hasten.integrations.model import PipelineModel, load_pipeline, model_source, open_model
 
         self.spec = spec
+        #: the operator's call for every request of a pipeline (--size, --frames), a request's own over it
+        self.base_call = {k: v for k, v in (base_call or {}).items() if v is not None}
         self.is_pipeline = model_source(spec) != "embedded"
         if self.is_pipeline:
             self.pipe = load_pipeline(spec, device, dtype)
             self._pipeline_model = PipelineModel
-            self.model = PipelineModel(self.pipe, {"prompt": ""})
+            self.model = PipelineModel(self.pipe, {"prompt": "", **self.base_call})
             self.call_keys: tuple[str, ...] = ("prompt", "guidance_scale", "height", "width")
             self.name = Path(spec).name if model_source(spec) == "folder" else spec  # a folder's name, not its path
         else:
+            if self.base_call:
+                raise HastenError(f"--size / --frames apply to pipelines, not to the embedded model {spec}")
             self.model = open_model(spec, device, dtype)
             self.call_keys = tuple(getattr(self.model, "CALL_KEYS", ()))
             self.name = self.model.name
@@ -77,7 +81,7 @@ class ServedModel:
         """The model for one run: ``call`` (prompt(s), guidance, size) on ``batch`` samples from ``seed``."""
         given = {k: v for k, v in call.items() if v is not None and v != ""}
         if self.is_pipeline:
-            return self._pipeline_model(self.pipe, {"prompt": "", **given}, batch=batch, seed=seed)
+            return self._pipeline_model(self.pipe, {"prompt": "", **self.base_call, **given}, batch=batch, seed=seed)
         refused = sorted(k for k in given if k not in self.call_keys)
         if refused:
             raise HastenError(f"{', '.join(refused)}: the served model {self.name} does not take it")

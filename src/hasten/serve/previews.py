@@ -72,7 +72,7 @@ class LinearPreview:
         if images.shape[0] != FIT_SAMPLES:
             raise HastenError("--preview approx: the decoder returns frames per latent; use --preview full or none")
         h, w = latent_shape[1:]
-        self.image_size = tuple(images.shape[2:])
+        self.scale = (images.shape[2] // h, images.shape[3] // w)  # image pixels per latent pixel
         small = torch.nn.functional.adaptive_avg_pool2d(images, (h, w))
         inputs = torch.cat([z, torch.ones_like(z[:, :1])], 1).permute(0, 2, 3, 1).reshape(-1, latent_shape[0] + 1)
         target = small.permute(0, 2, 3, 1).reshape(-1, images.shape[1])
@@ -83,7 +83,8 @@ class LinearPreview:
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(z.device)
         rgb = torch.einsum("bchw,cd->bdhw", z.float(), weight[:-1]) + weight[-1].view(1, -1, 1, 1)
-        return torch.nn.functional.interpolate(rgb, size=self.image_size, mode="nearest").clamp(0, 1).cpu()
+        size = (z.shape[2] * self.scale[0], z.shape[3] * self.scale[1])
+        return torch.nn.functional.interpolate(rgb, size=size, mode="nearest").clamp(0, 1).cpu()
 
 
 class Previewer:

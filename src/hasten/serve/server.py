@@ -81,6 +81,21 @@ def _settings(args):
     return defaults, limits
 
 
+def _base_call(args) -> dict:
+    """``--size`` and ``--frames`` as a pipeline call."""
+    call = {}
+    if args.size is not None:
+        width, sep, height = args.size.partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise HastenError(f"--size must be WIDTHxHEIGHT, e.g. 512x512; got {args.size!r}")
+        call["width"], call["height"] = int(width), int(height)
+    if args.frames is not None:
+        if args.frames < 1:
+            raise HastenError(f"--frames must be an integer >= 1, got {args.frames}")
+        call["num_frames"] = args.frames
+    return call
+
+
 def serve(args) -> int:
     """Run ``hasten serve``; returns the exit code."""
     from dataclasses import replace
@@ -101,7 +116,7 @@ def serve(args) -> int:
         if args.backend is not None:
             raise HastenError("--backend applies to --executor distributed only")
         device = join("batched", args.device)
-    served = ServedModel(args.model, device, args.dtype)
+    served = ServedModel(args.model, device, args.dtype, _base_call(args))
     limits = replace(limits, run=replace(limits.run, max_steps=min(limits.run.max_steps, served.max_steps)))
     if defaults.steps > limits.run.max_steps:
         raise HastenError(f"--steps {defaults.steps} is above --max-steps / the model's {limits.run.max_steps}")
