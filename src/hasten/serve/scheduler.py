@@ -58,7 +58,7 @@ class Job:
 
     @property
     def live(self) -> bool:
-        """Still wanted: not finished, its client there, before its deadline."""
+        """Still wanted: not finished and its client still there (a deadline finishes it)."""
         return not (self.finished or self.gone.is_set())
 
     @property
