@@ -96,6 +96,12 @@ class Server:
         return self.proc.returncode
 
 
+def metric(server: Server, name: str) -> float:
+    """The sum of /metrics samples whose line starts with ``name`` (labels included in it, if given)."""
+    lines = httpx.get(server.url + "/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+
 def sse_events(response: httpx.Response):
     """(event name, data) of each server-sent event of a streamed response, as they arrive."""
     name, data = None, []

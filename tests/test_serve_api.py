@@ -15,7 +15,7 @@ pytest.importorskip("uvicorn")
 import hasten  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from serve_helpers import Server, latents, png_pixels, sse_events  # noqa: E402
+from serve_helpers import Server, metric, latents, png_pixels, sse_events  # noqa: E402
 
 KEY = "test-key-0123456789"
 
@@ -28,13 +28,6 @@ def server():
     assert s.stop() == 0, s.output()
 
 
-def _metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 BAD = [  # (body, field the error must name)
@@ -102,7 +95,7 @@ BAD = [  # (body, field the error must name)
 
 def test_forty_bad_requests_are_refused_naming_the_field_before_any_work(server):
     assert len(BAD) >= 40
-    runs_before = _metric(server, "hasten_run_rounds_count")
+    runs_before = metric(server, "hasten_run_rounds_count")
     for body, field in BAD:
         reply = server.post(body, KEY)
         assert reply.status_code == 400, (body, reply.text)
@@ -114,8 +107,8 @@ def test_forty_bad_requests_are_refused_naming_the_field_before_any_work(server)
     assert not_json.status_code == 400 and not_json.json()["error"]["param"] == "body"
     huge = server.post({"prompt": "x" * 70_000}, KEY)
     assert huge.status_code == 413 and huge.json()["error"]["param"] == "body"
-    assert _metric(server, "hasten_run_rounds_count") == runs_before  # no run started for any of them
-    assert _metric(server, 'hasten_requests_total{path="/v1/images/generations",status="400"}') >= len(BAD)
+    assert metric(server, "hasten_run_rounds_count") == runs_before  # no run started for any of them
+    assert metric(server, 'hasten_requests_total{path="/v1/images/generations",status="400"}') >= len(BAD)
 
 
 def test_auth_guards_v1_only_and_compares_the_whole_key(server):
@@ -223,7 +216,7 @@ def test_health_models_and_metrics_report_the_service(server):
     for name in ("hasten_requests_total", "hasten_queue_depth", "hasten_request_latency_seconds_bucket",
                  "hasten_run_rounds_bucket", "hasten_run_nfe_bucket", "hasten_preview_seconds_bucket"):
         assert name in text, name
-    assert _metric(server, 'hasten_requests_total{path="/v1/images/generations",status="200"}') >= 1
+    assert metric(server, 'hasten_requests_total{path="/v1/images/generations",status="200"}') >= 1
 
 
 def test_the_page_is_plain_html_with_its_own_script_only(server):

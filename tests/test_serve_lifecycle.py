@@ -13,14 +13,11 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 sys.path.insert(0, os.path.dirname(__file__))
-from serve_helpers import Server, sse_events  # noqa: E402
+from serve_helpers import Server, metric, sse_events  # noqa: E402
 
 LONG = {"prompt": "", "seed": 0, "stream": True, "hasten": {"method": "sequential", "steps": 1000}}
 
 
-def _metric(server, name: str) -> float:
-    lines = httpx.get(server.url + "/metrics").text.splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
 
 
 def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_the_device():
@@ -44,8 +41,8 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_the_device():
                 freed_s = time.monotonic() - left
         # 1000 steps take several seconds here; a cancelled run stops at its next round
         assert freed_s < 3.0, freed_s
-        assert _metric(server, "hasten_cancelled_requests_total") == 1
-        assert _metric(server, 'hasten_requests_total{path="/v1/images/generations",status="429"}') == 1
+        assert metric(server, "hasten_cancelled_requests_total") == 1
+        assert metric(server, 'hasten_requests_total{path="/v1/images/generations",status="429"}') == 1
         assert server.health()["running"] == 0
     finally:
         assert server.stop() == 0, server.output()
