@@ -13,7 +13,7 @@ $(BIN)/hasten: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench,serve,test]"
 	touch $@
 
 install: $(BIN)/hasten

@@ -1,4 +1,4 @@
-"""Command line: ``hasten sample``, ``bench``, ``tune``, ``demo`` and ``make-tiny``.
+"""Command line: ``hasten sample``, ``bench``, ``tune``, ``demo``, ``serve`` and ``make-tiny``.
 
 The options the commands share are declared once (:mod:`hasten.cli.options`);
 each command's parser adds the groups it takes and then its own flags. What
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _bench_parser(sub)
     _demo_parser(sub)
+    from hasten.serve.cli import add_serve_parser
+
+    add_serve_parser(sub, _Help)
     return parser
 
 
@@ -206,6 +209,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.tune(args)
     if args.command == "demo":
         return commands.demo(args)
+    if args.command == "serve":
+        from hasten.serve.cli import run_serve
+
+        return run_serve(args)
     return commands.bench(args)
 
 

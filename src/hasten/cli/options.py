@@ -94,22 +94,33 @@ def add_run_options(p: argparse.ArgumentParser, batch_default: int, stop: bool =
     """``--seed``, ``--batch``, ``--solver``, ``--stop`` (where the command takes one), ``--no-progress``."""
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (torch.Generator), 0..2**63-1")
     p.add_argument("--batch", type=int, help=f"number of samples drawn together (default: {batch_default})")
+    add_solver_option(p)
+    if stop:
+        add_stop_option(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_solver_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=list(SOLVERS),
                    help="step; default ddim for VP models, euler for flow models; ddpm (VP) and "
                         "euler-stochastic (flow) draw every step's noise once before sampling, so parallel "
                         "methods converge to the sequential run of the same draws")
-    if stop:
-        p.add_argument("--stop", help="when a streaming method stops: first (fastest core), core:K (after core K "
-                       "lands; 1 = slowest = sequential result), residual:TOL (relative change between "
-                       "consecutive hits <= TOL), none (run to the end)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_stop_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--stop", default=default,
+                   help="when a streaming method stops: first (fastest core), core:K (after core K "
+                        "lands; 1 = slowest = sequential result), residual:TOL (relative change between "
+                        "consecutive hits <= TOL), none (run to the end)"
+                        + ("" if default is None else f" (default: {default})"))
 
 
 def add_placement_options(p: argparse.ArgumentParser, timeout: float = 30.0, executor: bool = True,
-                          compile: bool = True, executor_help: str | None = None) -> None:
-    """``--max-batch`` and, where the command takes them, ``--compile``, ``--executor``, ``--backend``, ``--timeout``."""
-    p.add_argument("--max-batch", type=int, help="most network rows in one forward (a round larger than this "
-                   "runs in chunks; with classifier-free guidance each sample is two rows)")
+                          compile: bool = True, executor_help: str | None = None, max_batch: bool = True) -> None:
+    """``--max-batch``, ``--compile``, ``--executor``, ``--backend``, ``--timeout``, where the command takes them."""
+    if max_batch:
+        p.add_argument("--max-batch", type=int, help="most network rows in one forward (a round larger than this "
+                       "runs in chunks; with classifier-free guidance each sample is two rows)")
     if compile:
         p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                        help="torch.compile the network (backend, default inductor); every forward is padded to one "

@@ -1,0 +1,205 @@
+"""The ASGI app (Starlette): the OpenAI-compatible images API, models, health, metrics and the page.
+
+Routes: ``POST /v1/images/generations``, ``GET /v1/models``, ``GET /health``,
+``GET /metrics``, ``GET /`` (the page) and ``GET /app.js``. With an API key,
+``/v1/*`` needs ``Authorization: Bearer KEY`` (compared in constant time).
+Bodies are capped at :data:`MAX_BODY` bytes and validated whole before a
+job is queued (:mod:`hasten.serve.request`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from hasten.serve import events
+from hasten.serve.request import Limits, parse_request
+from hasten.serve.runs import FieldError, RunSettings
+from hasten.serve.scheduler import Draining, Job, QueueFull, Scheduler
+
+MAX_BODY = 64 * 1024
+#: the page's security policy: its own script only, images from data: URLs, nothing inline
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@dataclass
+class Service:
+    """What the app serves with: the model, defaults and limits, the queue, metrics, and the rank count."""
+
+    served: object
+    defaults: RunSettings
+    limits: Limits
+    scheduler: Scheduler
+    metrics: object
+    api_key: str | None = None
+    request_timeout: float = 300.0
+    world_size: int = 1
+    preview: str = "full"
+
+
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("hasten.serve").joinpath("static", name).read_bytes()
+
+
+class CountRequests:
+    """ASGI middleware: every HTTP answer counted by path and status (streamed ones included)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+KNOWN_PATHS = ("/", "/app.js", "/style.css", "/health", "/metrics", "/v1/models", "/v1/images/generations")
+
+
+def create_app(service: Service) -> Starlette:
+    page = _asset("index.html")
+    assets = {"/app.js": (_asset("app.js"), "text/javascript"), "/style.css": (_asset("style.css"), "text/css")}
+    key = service.api_key.encode() if service.api_key else None
+
+    def authorised(request: Request) -> bool:
+        if key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode("utf-8", "replace"), b"Bearer " + key)
+
+    def refuse_auth() -> JSONResponse:
+        return _error(401, "missing or wrong API key: send Authorization: Bearer KEY", "authorization",
+                      headers={"WWW-Authenticate": "Bearer"})
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": CSP})
+
+    async def asset(request: Request) -> Response:
+        body, kind = assets[request.url.path]
+        return Response(body, media_type=kind)
+
+    async def health(request: Request) -> JSONResponse:
+        scheduler = service.scheduler
+        status = "draining" if scheduler.draining else "ok"
+        return JSONResponse({"status": status, "model": service.served.name, "queue": scheduler.depth(),
+                             "running": len(scheduler.running), "world_size": service.world_size,
+                             "needs_key": key is not None, "preview": service.preview,
+                             "defaults": service.defaults.to_dict(), "size": "%dx%d" % service.served.size},
+                            status_code=503 if scheduler.draining else 200)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def models(request: Request) -> JSONResponse:
+        if not authorised(request):
+            return refuse_auth()
+        return JSONResponse({"object": "list", "data": [{"id": service.served.name, "object": "model",
+                                                         "created": 0, "owned_by": "hasten"}]})
+
+    async def generations(request: Request) -> Response:
+        if not authorised(request):
+            return refuse_auth()
+        if service.scheduler.draining:
+            return _error(503, "the server is shutting down", kind="server_error")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _error(413, f"the body is over {MAX_BODY} bytes", "body")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "the body must be JSON", "body")
+        try:
+            image_request = parse_request(data, service.served, service.defaults, service.limits)
+        except FieldError as err:
+            return _error(400, str(err), err.field)
+        job = Job(image_request, asyncio.get_running_loop())
+        job.deadline = job.received + service.request_timeout
+        try:
+            service.scheduler.submit(job)
+        except QueueFull as err:
+            return _error(429, str(err), kind="rate_limit_error", headers={"Retry-After": str(err.retry_after)})
+        except Draining:
+            return _error(503, "the server is shutting down", kind="server_error")
+        if image_request.stream:
+            return StreamingResponse(_stream(job, service), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return await _answer(job, request, service)
+
+    routes = [Route("/", index), Route("/app.js", asset), Route("/style.css", asset), Route("/health", health),
+              Route("/metrics", metrics), Route("/v1/models", models),
+              Route("/v1/images/generations", generations, methods=["POST"])]
+    app = Starlette(routes=routes)
+    app.add_middleware(CountRequests, metrics=service.metrics)
+    return app
+
+
+async def _answer(job: Job, request: Request, service: Service) -> Response:
+    """Wait for a non-streamed job's end; a client that leaves cancels it."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.gone.set()
+                    return Response(status_code=499)
+                continue
+            kind = event[0]
+            if kind == "done":
+                service.metrics.latency.labels("false").observe(time.monotonic() - job.received)
+                return JSONResponse(events.response(job, event[1]))
+            if kind == "error":
+                _, status, err_kind, message = event
+                return _error(status, message, kind=err_kind)
+    finally:
+        job.gone.set()
+
+
+async def _stream(job: Job, service: Service):
+    """The job's events as server-sent events; leaving (the client closing) cancels its run at the next round."""
+    first = True
+    try:
+        while True:
+            event = await job.events.get()
+            kind = event[0]
+            if first and kind in ("partial", "done"):
+                service.metrics.first_image.observe(time.monotonic() - job.received)
+                first = False
+            if kind == "partial":
+                yield events.sse(event[1])
+            elif kind == "done":
+                for index, png in enumerate(event[1]["pngs"]):
+                    yield events.sse(events.completed(job, png, index, event[1]))
+                service.metrics.latency.labels("true").observe(time.monotonic() - job.received)
+                return
+            elif kind == "error":
+                _, status, err_kind, message = event
+                yield events.sse(events.error_body(status, err_kind, message), "error")
+                return
+    finally:
+        job.gone.set()
