@@ -37,7 +37,7 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--model", "digits")
+    s = Server()  # the default model: the conditional digits, which takes a digit as its prompt
     yield s
     assert s.stop() == 0, s.output()
 
@@ -50,8 +50,10 @@ def test_the_page_generates_shows_previews_then_the_exact_final(browser, server,
     page.fill("#cores", "6")
     page.fill("#steps", "50")
     page.fill("#seed", "3")
+    page.fill("#prompt", "7")
     page.click("#generate")
     page.wait_for_selector("figure.final", timeout=60_000)
+    assert page.inner_text("#shown-prompt") == "7"
     figures = page.eval_on_selector_all("#previews figure", "fs => fs.map(f => [f.className, f.innerText])")
     kinds = [kind for kind, _ in figures]
     assert kinds.count("preview") >= 2 and kinds[-1] == "final" and kinds.count("final") == 1, figures
@@ -75,7 +77,7 @@ def test_a_prompt_is_shown_as_text_never_as_html(browser, server):
     attack = '<img src=x id=injected onerror="document.title=\'pwned\'">'
     page.fill("#prompt", attack)
     page.click("#generate")
-    page.wait_for_selector("#status.error")  # digits is unconditional: the server refuses the prompt
+    page.wait_for_selector("#status.error")  # not a digit: the server refuses the prompt
     assert page.inner_text("#shown-prompt") == attack
     assert page.query_selector("#injected") is None and page.title() != "pwned"
     assert "prompt" in page.inner_text("#status")

@@ -1,6 +1,7 @@
 """hasten serve on diffusers pipelines: prompts, sizes, approximate previews, video clips; and the conditional digits."""
 
 import base64
+import concurrent.futures
 import io
 import os
 import sys
@@ -14,7 +15,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("transformers")
 
 import hasten  # noqa: E402
-from hasten.models import MODELS  # noqa: E402
 from hasten.testing.pipelines import save_tiny_pipeline  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -62,9 +62,8 @@ def test_a_video_pipeline_answers_with_one_animated_png_per_sample(tmp_path):
         assert server.stop() == 0, server.output()
 
 
-@pytest.mark.skipif("digits-cond" not in MODELS, reason="the conditional digits model has not landed on this branch")
-def test_the_conditional_digits_model_takes_a_digit_prompt():
-    server = Server("--model", "digits-cond", "--steps", "20", "--cores", "3")
+def test_the_conditional_digits_model_takes_a_digit_prompt_alone_or_batched_with_others():
+    server = Server("--model", "digits-cond", "--steps", "20", "--cores", "3", "--max-batch", "8", "--queue", "8")
     try:
         reply = server.post({"prompt": "7", "n": 2, "seed": 5, "hasten": {"latents": True}})
         assert reply.status_code == 200, reply.text
@@ -72,7 +71,26 @@ def test_the_conditional_digits_model_takes_a_digit_prompt():
                             call={"prompt": "7"})
         got = torch.stack([latents(d) for d in reply.json()["data"]])
         assert (got - ref.x).abs().max() <= 1e-5
-        refused = server.post({"prompt": "a cat"})
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt"
+        for bad in ("a cat", "<b>7</b>"):
+            refused = server.post({"prompt": bad})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt"
+        # requests with different digits (and none) queued together run as one batch, each its own prompt's result
+        slow = {"prompt": "1", "seed": 0, "hasten": {"method": "sequential", "steps": 600}}
+        quick = [{"prompt": p, "seed": s, "n": 1 + s % 2, "hasten": {"cores": 2, "steps": 10, "latents": True,
+                                                                     "guidance_scale": 3.0}}
+                 for p, s in (("2", 31), ("", 32), ("9", 33))]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            first = pool.submit(server.post, slow)
+            server.wait_for(lambda h: h["running"] == 1, what="the slow request running")
+            futures = [pool.submit(server.post, body) for body in quick]
+            server.wait_for(lambda h: h["queue"] == 3 or h["running"] > 1, what="the quick requests queued")
+            replies = [f.result() for f in futures]
+            assert first.result().status_code == 200
+        assert [r.json()["hasten"]["cost"]["batch_requests"] for r in replies] == [3, 3, 3]
+        for body, reply in zip(quick, replies):
+            ref = hasten.sample("digits-cond", "chords", cores=2, steps=10, seed=body["seed"], batch=body["n"],
+                                stop="none", call={"prompt": body["prompt"], "guidance_scale": 3.0})
+            got = torch.stack([latents(d) for d in reply.json()["data"]])
+            assert (got - ref.x).abs().max() <= 1e-5, body
     finally:
         assert server.stop() == 0, server.output()

@@ -71,7 +71,7 @@ def bind_model(model: Any, call: dict[str, Any] | None = None, batch: int = 1, s
     unknown = sorted(set(call) - set(keys))
     if unknown:
         raise HastenError(f"the embedded model {model.name} takes {', '.join(keys)}, not {', '.join(unknown)}")
-    return model.with_call(call)
+    return model.with_call(call, batch)
 
 
 def open_model(spec: Any, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,

@@ -1,4 +1,5 @@
-"""Embedded models: ``gmm`` / ``gmm-flow`` (exact, analytic) and ``digits`` (a small trained DDPM).
+"""Embedded models: ``gmm`` / ``gmm-flow`` (exact, analytic), ``digits`` (a small trained DDPM) and
+``digits-cond`` (the same, conditioned on a digit prompt, with classifier-free guidance).
 
 A model spec may carry options as ``name:key=value``: ``gmm-flow:shape=4096x64``
 (the mixture in Flux's packed 1024x1024 latent shape), ``gmm:components=2``.
@@ -13,12 +14,12 @@ import torch
 from hasten.errors import HastenError
 from hasten.models.base import EmbeddedModel
 
-MODELS = ("gmm", "gmm-flow", "digits")
+MODELS = ("gmm", "gmm-flow", "digits", "digits-cond")
 #: options of the embedded models given as ``name:key=value``
 MODEL_OPTIONS = {"gmm": ("shape", "components", "dim", "seed"), "gmm-flow": ("shape", "components", "dim", "seed"),
-                 "digits": ()}
+                 "digits": (), "digits-cond": ()}
 #: embedded models whose network takes a dtype (the mixtures are exact in float64)
-TAKES_DTYPE = ("digits",)
+TAKES_DTYPE = ("digits", "digits-cond")
 
 
 def _parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -55,13 +56,17 @@ def embedded_class(spec: str) -> type:
         from hasten.models.digits import DigitsModel
 
         return DigitsModel
+    if base == "digits-cond":
+        from hasten.models.digits_cond import DigitsCondModel
+
+        return DigitsCondModel
     raise HastenError(f"unknown model {spec!r}; valid: {', '.join(MODELS)}")
 
 
 def load_embedded(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> EmbeddedModel:
-    """An embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``) on ``device``.
+    """An embedded model by spec (``gmm``, ``gmm-flow:shape=4096x64``, ``digits``, ``digits-cond``) on ``device``.
 
-    ``dtype`` is the network's (digits only; None is float32); the mixtures are
+    ``dtype`` is the network's (the digits models only; None is float32); the mixtures are
     exact in float64 and refuse any other dtype than float32, which they do not use.
     """
     from hasten.devices import parse_dtype

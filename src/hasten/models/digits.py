@@ -1,7 +1,10 @@
-"""The embedded ``digits`` model: a small DDPM trained on scikit-learn's digits.
+"""The embedded ``digits`` models: small DDPMs trained on scikit-learn's digits.
 
-The weights ship with the package (``weights/digits_unet.safetensors``, about
-2.5 MB); ``python tools/train_digits.py`` (in the repository) reproduces them.
+``digits`` is unconditional; ``digits-cond`` is class-conditional with
+classifier-free guidance (its prompt is a digit, or empty for unconditional).
+The weights ship with the package (``weights/digits_unet.safetensors`` and
+``weights/digits_cond_unet.safetensors``, about 2.5 MB each);
+``python tools/train_digits.py [--conditional]`` (in the repository) reproduces them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 import torch
 
 WEIGHTS_PATH = Path(__file__).with_name("weights") / "digits_unet.safetensors"
+COND_WEIGHTS_PATH = Path(__file__).with_name("weights") / "digits_cond_unet.safetensors"
 IMAGE_SIZE = 16
 
 UNET_CONFIG = dict(
@@ -24,6 +28,10 @@ UNET_CONFIG = dict(
     up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
 )
 
+#: the conditional network: the same UNet with a class embedding; class 10 is "no digit" (classifier-free guidance)
+NULL_CLASS = 10
+COND_UNET_CONFIG = dict(UNET_CONFIG, num_class_embeds=NULL_CLASS + 1)
+
 TRAIN_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_schedule="squaredcos_cap_v2",
@@ -33,11 +41,34 @@ TRAIN_SCHEDULER_CONFIG = dict(
 
 def load_digit_images() -> torch.Tensor:
     """scikit-learn's 1797 digits as a float32 tensor (n, 1, 16, 16) in [-1, 1]."""
+    return load_digits_with_labels()[0]
+
+
+def load_digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 digits (n, 1, 16, 16) in [-1, 1] and their labels (n,) in 0..9."""
     from sklearn.datasets import load_digits
 
-    raw = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 16.0
+    data = load_digits()
+    raw = torch.from_numpy(data.images).float().unsqueeze(1) / 16.0
     up = torch.nn.functional.interpolate(raw, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-    return (up.clamp(0, 1) * 2 - 1).contiguous()
+    return (up.clamp(0, 1) * 2 - 1).contiguous(), torch.from_numpy(data.target).long()
+
+
+def _load_unet(config: dict, path: Path, device, dtype, train_flag: str):
+    """A UNet2DModel of ``config`` with the weights at ``path``, on ``device`` in ``dtype``, for inference."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from hasten.errors import HastenError
+
+    if not path.is_file():
+        raise HastenError(f"digits weights not found at {path}; reproduce them with "
+                          f"`python tools/train_digits.py{train_flag}` from the repository")
+    unet = UNet2DModel(**config)
+    unet.load_state_dict(load_file(str(path)))
+    # torch's own .to: diffusers' override warns about float32 modules this network does not have
+    torch.nn.Module.to(unet, device, dtype).eval().requires_grad_(False)
+    return unet
 
 
 class DigitsModel:
@@ -55,20 +86,7 @@ class DigitsModel:
 
     def __init__(self, weights: Path | str = WEIGHTS_PATH, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
-        from diffusers import UNet2DModel
-        from safetensors.torch import load_file
-
-        from hasten.errors import HastenError
-
-        path = Path(weights)
-        if not path.is_file():
-            raise HastenError(
-                f"digits weights not found at {path}; reproduce them with `python tools/train_digits.py` from the repository"
-            )
-        self.unet = UNet2DModel(**UNET_CONFIG)
-        self.unet.load_state_dict(load_file(str(path)))
-        # torch's own .to: diffusers' override warns about float32 modules this network does not have
-        torch.nn.Module.to(self.unet, device, dtype).eval().requires_grad_(False)
+        self.unet = _load_unet(UNET_CONFIG, Path(weights), device, dtype, "")
         self.device = torch.device(device)
 
     @property

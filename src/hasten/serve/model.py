@@ -87,7 +87,7 @@ class ServedModel:
         refused = sorted(k for k in given if k not in self.call_keys)
         if refused:
             raise HastenError(f"{', '.join(refused)}: the served model {self.name} does not take it")
-        return self.model.with_call(given) if given else self.model
+        return self.model.with_call(given, batch) if given else self.model
 
     def check_prompt(self, prompt: str) -> None:
         """Refuse a prompt the model cannot take, before any work (the conditional model checks its own)."""
