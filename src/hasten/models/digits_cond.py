@@ -63,8 +63,8 @@ class DigitsCondModel(DigitsModel):
         """A view sharing this network, for ``call``'s prompt(s) and guidance scale; ``batch`` checks a list prompt."""
         unknown = sorted(set(call) - set(self.CALL_KEYS))
         if unknown:
-            raise HastenError(f"the embedded model {self.name} takes {', '.join(self.CALL_KEYS)}, "
-                              f"not {', '.join(unknown)}")
+            raise HastenError(f"{', '.join(unknown)} apply to diffusers pipelines; the embedded model {self.name} "
+                              f"takes {' and '.join(self.CALL_KEYS)}")
         view = DigitsCondModel(_unet=self.unet)
         prompt = call.get("prompt", "")
         if isinstance(prompt, (list, tuple)):
