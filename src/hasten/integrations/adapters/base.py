@@ -42,16 +42,17 @@ class Prepared:
     scheduler: str = ""  # the scheduler sampled with, for notices and reports
     callback: Any = None  # a StepCallback, set by prepare_call
     known: KnownRegion | None = None  # an inpainting's known region, blended back after every step
+    schedule: Any = None  # a multistep solver's per-point orders (hasten.multistep.MultistepSchedule)
 
     @classmethod
     def from_plan(cls, plan: SchedulerPlan, denoiser, latents: torch.Tensor, noise: torch.Tensor | None,
                   decode: Callable) -> "Prepared":
         return cls(plan.grid, plan.solver, denoiser, latents, noise, decode, plan.clip, plan.clip_eps,
-                   plan.pipeline_scale, plan.describe())
+                   plan.pipeline_scale, plan.describe(), schedule=plan.schedule)
 
     def step(self) -> Step:
         """The hasten step of this call's scheduler (keeping an inpainting's known region where there is one)."""
-        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps)
+        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps, self.schedule)
         return step if self.known is None else KnownRegionStep(step, self.known)
 
 
