@@ -36,6 +36,8 @@ CONFIGS = {
     "sdxl-dpm++2m-karras": ("sdxl", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
     "wan-unipc-flow-shift": ("wan", "UniPCMultistepScheduler", FLOW),
     "wan-dpm++2m-flow-shift": ("wan", "DPMSolverMultistepScheduler", FLOW),
+    "sd3-dpm++2m-flow-shift": ("sd3", "DPMSolverMultistepScheduler", FLOW),  # SD3 leaves the sigmas to the scheduler
+    "sd3-unipc-flow-shift": ("sd3", "UniPCMultistepScheduler", FLOW),
 }
 SOLVER = {"DPMSolverMultistepScheduler": "dpm++2m", "UniPCMultistepScheduler": "unipc"}
 
@@ -149,7 +151,7 @@ METHODS = [("chords", {"cores": 3}), ("paradigms", {"cores": 4, "tol": 1e-6}),
            ("parasolver", {"cores": 4, "tol": 1e-6}), ("parasolver-turbo", {"cores": 2, "tol": 1e-6})]
 
 
-@pytest.mark.parametrize("config", ["sd-dpm++2m", "sd-unipc", "wan-unipc-flow-shift"])
+@pytest.mark.parametrize("config", ["sd-dpm++2m", "sd-unipc", "wan-unipc-flow-shift", "sd3-dpm++2m-flow-shift"])
 @pytest.mark.parametrize("method,options", METHODS, ids=[m for m, _ in METHODS])
 def test_every_method_converges_to_the_sequential_multistep_trajectory(config, method, options):
     seq, _ = sequential(config)
@@ -185,6 +187,15 @@ def test_the_default_ab_cache_runs_on_multistep_steps(config):
     assert close(every.hasten["latents"], seq.hasten["latents"], 1e-6)  # caching nothing changes nothing
     cached = hasten.accelerate(pipe, cache="abcache")(generator=seeded(), **call)
     assert cached.hasten["nfe"] < STEPS and bool(torch.isfinite(cached.hasten["latents"]).all())
+
+
+def test_flux_still_refuses_them_by_name():
+    """FluxPipeline sets its own sigmas (and mu) for FlowMatchEuler; a multistep scheduler there is refused."""
+    pipe = tiny_pipeline("flux")
+    pipe.scheduler = diffusers.UniPCMultistepScheduler(**FLOW)
+    with pytest.raises(HastenError, match="FluxPipeline with UniPCMultistepScheduler is not supported; supported: "
+                                          "FlowMatchEulerDiscreteScheduler"):
+        hasten.accelerate(pipe)(generator=seeded(), **TINY_CALLS["flux"], num_inference_steps=STEPS)
 
 
 def test_srds_refuses_multistep_steps_by_name():
