@@ -82,9 +82,11 @@ class MultistepSchedule:
 
 
 def _lambda(grid: Grid, k: int) -> float:
-    """log-SNR ``log(alpha_k / sigma_k)`` of point k (+inf where sigma is 0, the clean end)."""
+    """log-SNR ``log(alpha_k / sigma_k)`` of point k (+inf where sigma is 0, the clean end; -inf where alpha is)."""
     a, s = float(grid.alpha[k]), float(grid.sigma[k])
-    return math.inf if s == 0 else math.log(a) - math.log(s)
+    if s == 0 or a == 0:
+        return math.inf if s == 0 else -math.inf
+    return math.log(a) - math.log(s)
 
 
 def _exp_neg_h(grid: Grid, i: int, j: int) -> float:
