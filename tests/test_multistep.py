@@ -223,3 +223,19 @@ def test_substituted_schedulers_log_a_notice_naming_their_true_counterpart(name,
     assert f"sampling with its first-order counterpart {counterpart} built from the same config" in caplog.text
     plan = plan_scheduler(scheduler, STEPS)
     assert plan.schedule is None and plan.describe() == f"{counterpart} (first-order counterpart of {name})"
+
+
+@pytest.mark.parametrize("kind", ["sd-img2img", "sd-inpaint"])
+def test_unipc_mid_grid_reproduces_image_to_image_and_inpainting(kind):
+    """strength < 1 starts mid-grid: the schedule is sliced (the first step run corrects nothing, as
+    set_begin_index leaves no last_sample); inpainting blends through KnownRegionStep with the history kept."""
+    from hasten.testing.workflows import workflow_call, workflow_pipeline
+
+    pipe = workflow_pipeline(kind, unet_channels=4, scheduler_cls=diffusers.UniPCMultistepScheduler)
+    call = dict(workflow_call(kind), num_inference_steps=10, strength=0.7, guidance_scale=3.0, output_type="latent")
+    ours = hasten.accelerate(pipe)(generator=seeded(), **call)
+    assert ours.hasten["solver"] == "unipc" and ours.hasten["steps"] == 7
+    theirs = pipe(generator=seeded(), **call).images
+    assert close(ours.images, theirs, 1e-5)
+    turbo = hasten.accelerate(pipe, "parasolver-turbo", cores=2, tol=1e-6, stop="none")(generator=seeded(), **call)
+    assert close(turbo.images, theirs, 1e-5)
