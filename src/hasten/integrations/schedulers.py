@@ -189,7 +189,10 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     if name in REFUSED:
         raise HastenError(f"{name} is not supported: {REFUSED[name]}; supported: {SUPPORTED}")
     solver, why = multistep_solver(scheduler)
-    if solver is not None and not config.get("thresholding"):
+    if solver is not None:
+        if config.get("thresholding"):
+            raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten's "
+                              f"multistep step {solver!r} does not threshold; use thresholding=False")
         return scheduler, solver, None
     if name in REPRODUCED:
         _check_reproducible(name, config)
