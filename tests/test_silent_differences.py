@@ -201,8 +201,8 @@ def test_flux_image_input_pipelines_keep_their_sigmas_whatever_the_scheduler_con
 def test_a_thresholding_multistep_scheduler_is_refused_not_run_without_thresholding():
     pipe = pipe_of("sd")
     pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.own_scheduler.config, thresholding=True)
-    with pytest.raises(HastenError, match="DPMSolverMultistepScheduler with thresholding=True .* counterpart, which "
-                                          "does not threshold; use thresholding=False"):
+    with pytest.raises(HastenError, match="DPMSolverMultistepScheduler with thresholding=True .* multistep step "
+                                          "'dpm\\+\\+2m' does not threshold; use thresholding=False"):
         hasten.accelerate(pipe)("a cat", num_inference_steps=2, output_type="latent")
 
 

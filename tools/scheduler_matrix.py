@@ -4,7 +4,7 @@ For each tiny pipeline (diffusers' dummy-component pattern, random weights,
 offline) and each scheduler, sequential hasten sampling is compared with the
 pipeline's own loop on the same seed:
 
-* ``reproduces``: hasten runs the pipeline's scheduler; max |difference| of the final latents.
+* ``reproduces``: hasten runs the pipeline's scheduler (multistep ones included); max |difference| of the final latents.
 * ``counterpart``: hasten runs the scheduler's first-order counterpart (with a logged notice); the
   difference is measured against the pipeline run with that counterpart.
 * ``refused``: hasten refuses before sampling; the reason is its message (and, where the pipeline's

@@ -164,6 +164,13 @@ class Grid:
             ve = scheduler.sigmas.detach().cpu().double()[: len(timesteps) + 1]
             alpha = 1 / (1 + ve**2).sqrt()
             return cls("vp", config.prediction_type, alpha, ve * alpha, timesteps.double())
+        if name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+            # their N + 1 sigmas (the last is 0 or sigma_min), read as their _sigma_to_alpha_sigma_t does
+            sig = scheduler.sigmas.detach().cpu().float()[: len(timesteps) + 1]
+            if config.get("use_flow_sigmas"):
+                return cls.flow(sig, timesteps)
+            alpha = 1 / ((sig**2 + 1) ** 0.5)  # in float32, as they compute it: coefficients then round alike
+            return cls("vp", config.prediction_type, alpha.double(), (sig * alpha).double(), timesteps.double())
         if "FlowMatch" in name and hasattr(scheduler, "sigmas"):
             return cls.flow(scheduler.sigmas.detach().cpu(), timesteps)
         if not hasattr(scheduler, "alphas_cumprod"):

@@ -54,13 +54,13 @@ class KnownRegionStep:
     def __init__(self, step: Step, region: KnownRegion):
         self.inner, self.region = step, region
         self.name, self.grid = step.name, step.grid
-        for attr in ("clip", "noise"):  # read by predicted_x0 and the callback wrapper
+        for attr in ("clip", "noise", "memory", "data"):  # read by predicted_x0, the callback wrapper, remember
             if hasattr(step, attr):
                 setattr(self, attr, getattr(step, attr))
         self.repaint = region.mask.float()
         self.keep = 1 - self.repaint
 
     def __call__(self, x: torch.Tensor, output: torch.Tensor, i: int, j: int,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
-        moved = self.inner(x, output, i, j, noise)
+                 noise: torch.Tensor | None = None, history: tuple = ()) -> torch.Tensor:
+        moved = self.inner(x, output, i, j, noise, history)
         return self.keep * self.region.at(self.grid, j) + self.repaint * moved

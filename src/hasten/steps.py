@@ -1,8 +1,10 @@
 """Stateless first-order steps between any two grid points i -> j.
 
-A step is ``step(x, output, i, j, noise=None) -> x_j``; it is linear in
-``(x, output)`` and always computed in float32, whatever the model's dtype.
-CHORDS' coarse jumps and rectification (Eq. 3-4) are built from it.
+A step is ``step(x, output, i, j, noise=None, history=()) -> x_j``; it is
+linear in ``(x, output)`` and always computed in float32, whatever the model's
+dtype. CHORDS' coarse jumps and rectification (Eq. 3-4) are built from it.
+``history`` (the data predictions of the previous points) is read only by the
+multistep steps of :mod:`hasten.multistep`; the first-order steps here ignore it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from hasten.parameterisation import output_for_x0, predict_x0_eps
 
 
 class Step(Protocol):
-    """``step(x, output, i, j, noise=None)``: move ``x`` from grid point i to j."""
+    """``step(x, output, i, j, noise=None, history=())``: move ``x`` from grid point i to j."""
 
     name: str
     grid: Grid
 
     def __call__(
-        self, x: torch.Tensor, output: torch.Tensor, i: int, j: int, noise: torch.Tensor | None = None
+        self, x: torch.Tensor, output: torch.Tensor, i: int, j: int, noise: torch.Tensor | None = None,
+        history: tuple = (),
     ) -> torch.Tensor: ...
 
 
@@ -39,7 +42,7 @@ class DDIMStep:
     def __init__(self, grid: Grid, clip: float | None = None, clip_eps: bool = False) -> None:
         self.grid, self.clip, self.clip_eps = grid, clip, clip_eps
 
-    def __call__(self, x, output, i, j, noise=None):
+    def __call__(self, x, output, i, j, noise=None, history=()):
         x, output = x.float(), output.float()
         x0, eps = predict_x0_eps(self.grid, x, output, i, self.clip, self.clip_eps)
         return float(self.grid.alpha[j]) * x0 + float(self.grid.sigma[j]) * eps
@@ -67,7 +70,7 @@ class DDPMStep:
         self.grid, self.clip = grid, clip
         self.noise = noise.float()
 
-    def __call__(self, x, output, i, j, noise=None):
+    def __call__(self, x, output, i, j, noise=None, history=()):
         x, output = x.float(), output.float()
         x0, eps = predict_x0_eps(self.grid, x, output, i, self.clip)
         s = self.grid.posterior_std(i, j)
@@ -86,7 +89,7 @@ class EulerStep:
             raise HastenError(f"solver 'euler' needs a flow-matching grid, got a {grid.kind} grid; use 'ddim'")
         self.grid = grid
 
-    def __call__(self, x, output, i, j, noise=None):
+    def __call__(self, x, output, i, j, noise=None, history=()):
         ds = float(self.grid.sigma[j]) - float(self.grid.sigma[i])
         return x.float() + ds * output.float()
 
@@ -111,25 +114,36 @@ class StochasticEulerStep:
                               f"got {None if noise is None else tuple(noise.shape)}")
         self.grid, self.noise = grid, noise.float()
 
-    def __call__(self, x, output, i, j, noise=None):
+    def __call__(self, x, output, i, j, noise=None, history=()):
         sj = float(self.grid.sigma[j])
         x0 = x.float() - float(self.grid.sigma[i]) * output.float()
         return (1 - sj) * x0 + sj * (self.noise[i] if noise is None else noise)
 
 
 SOLVERS = ("ddim", "ddpm", "euler", "euler-stochastic")
-NOISY_SOLVERS = ("ddpm", "euler-stochastic")  # steps that take noise drawn before sampling
+NOISY_SOLVERS = ("ddpm", "euler-stochastic", "dpm++2m-sde")  # steps that take noise drawn before sampling
 
 
 def make_step(grid: Grid, solver: str | None = None, noise: torch.Tensor | None = None,
-              clip: float | None = None, clip_eps: bool = False) -> Step:
+              clip: float | None = None, clip_eps: bool = False, schedule=None) -> Step:
     """The step named ``solver``, or the natural one for the grid (ddim for VP, euler for flow).
 
     ``ddpm`` and ``euler-stochastic`` need ``noise`` of shape (N, B, ...),
     drawn before sampling starts. ``clip`` clamps the x0 estimate of the VP
     steps (diffusers' ``clip_sample_range``); ``clip_eps`` makes ddim recompute
-    eps from the clamped x0 (CogVideoXDDIM), as ddpm always does.
+    eps from the clamped x0 (CogVideoXDDIM), as ddpm always does. The multistep
+    solvers of a pipeline's scheduler (``dpm++2m``, ``dpm++2m-sde``, ``unipc``)
+    need its ``schedule`` (:class:`hasten.multistep.MultistepSchedule`).
     """
+    from hasten.multistep import MULTISTEP_SOLVERS, DPMSolverPPStep, UniPCStep
+
+    if solver in MULTISTEP_SOLVERS:
+        if schedule is None:
+            raise HastenError(f"solver {solver!r} is a pipeline scheduler's multistep solver and needs its schedule; "
+                              f"valid solvers without one: {', '.join(SOLVERS)}")
+        if solver == "unipc":
+            return UniPCStep(grid, schedule)
+        return DPMSolverPPStep(grid, schedule, sde=solver == "dpm++2m-sde", noise=noise)
     if solver is None:
         solver = "euler" if grid.kind == "flow" else "ddim"
     if clip is not None and solver not in ("ddim", "ddpm"):

@@ -74,16 +74,18 @@ class StepCallback:
         class CallbackStep:
             name, grid = step.name, step.grid
 
-            def __call__(self, x, output, i, j, noise=None):
-                x_next = step(x, output, i, j, noise)
+            def __call__(self, x, output, i, j, noise=None, history=()):
+                x_next = step(x, output, i, j, noise, history)
                 scale = float(callback.scale[j])
                 result = callback._call(i, callback.grid.timesteps[i], x_next * scale)
                 edited = result.get("latents")
                 return x_next if edited is None else edited.to(x_next.device).float() / scale
 
-        for attr in ("clip", "noise"):
+        for attr in ("clip", "noise", "memory"):
             if hasattr(step, attr):
                 setattr(CallbackStep, attr, getattr(step, attr))
+        if hasattr(step, "data"):
+            CallbackStep.data = staticmethod(step.data)
         return CallbackStep()
 
     def on_hit(self, number: int, hit: Hit) -> None:

@@ -11,11 +11,18 @@ read after ``set_timesteps`` (``timesteps``, ``alphas_cumprod``,
   against ``sigma / alpha`` is DDIM), EulerAncestral (``ddpm`` in VP
   coordinates: its ``sigma_up`` is the DDPM posterior std), and
   FlowMatchEulerDiscrete (``euler``; ``euler-stochastic`` with
-  ``stochastic_sampling``). The stochastic ones get their noise drawn before
+  ``stochastic_sampling``), and the multistep DPMSolverMultistep
+  (``dpm++2m`` / ``dpm++2m-sde``: DPM-Solver++ of order 1-2, midpoint or heun,
+  any sigma schedule, VP or ``use_flow_sigmas``) and UniPCMultistep (``unipc``:
+  bh1 / bh2 with its corrector, ``predict_x0``, no ``solver_p``), as the
+  stateless multistep steps of :mod:`hasten.multistep` with the per-point
+  orders of their ``step`` (:class:`~hasten.multistep.MultistepSchedule`).
+  The stochastic ones get their noise drawn before
   sampling, in the order and from the generator the pipeline would use.
-* **first-order counterpart, with a logged notice**: multistep and
-  higher-order schedulers (DPM-Solver, UniPC, DEIS, PNDM, LMS, Heun, KDPM2,
-  ...) run as the first-order scheduler built from the same config: DDIM for
+* **first-order counterpart, with a logged notice naming it and why**: the
+  other multistep and higher-order schedulers (DPM-Solver of order 3 or on
+  noise prediction, DEIS, PNDM, LMS, Heun, KDPM2, CogVideoXDPM, ...) run as the
+  first-order scheduler built from the same config: DDIM for
   VP models (``clip_sample`` only if the config asks for it),
   FlowMatchEulerDiscrete for flow models, CogVideoXDDIM for CogVideoXDPM
   (keeping ``snr_shift_scale``). Sequential sampling then equals the pipeline
@@ -41,6 +48,7 @@ import torch
 
 from hasten.errors import HastenError
 from hasten.grid import Grid
+from hasten.multistep import MultistepSchedule
 
 log = logging.getLogger("hasten")
 
@@ -58,8 +66,11 @@ REFUSED = {
     "CosineDPMSolverMultistepScheduler": "EDM-preconditioned (no beta schedule to build a first-order counterpart "
                                          "from)",
 }
-SUPPORTED = ("DDIM, DDPM, Euler, EulerAncestral, FlowMatchEulerDiscrete and CogVideoXDDIM (reproduced); "
-             "multistep VP and flow schedulers (run as their first-order counterpart)")
+SUPPORTED = ("DDIM, DDPM, Euler, EulerAncestral, FlowMatchEulerDiscrete, CogVideoXDDIM, DPMSolverMultistep "
+             "(DPM-Solver++ 1-2M, SDE) and UniPCMultistep (reproduced); other multistep VP and flow schedulers "
+             "(run as their first-order counterpart)")
+#: multistep schedulers hasten reproduces with a stateless multistep step (where :func:`multistep_solver` says so)
+MULTISTEP = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
 @dataclass
@@ -77,6 +88,7 @@ class SchedulerPlan:
             (flow ``stochastic_sampling``: every step, from torch's global generator), or None.
         pipeline_scale: float64 (N + 1,): ``x_pipeline = pipeline_scale[i] * x_hasten`` at point i.
         counterpart_of: the pipeline's scheduler name when ``scheduler`` replaces it.
+        schedule: the per-point orders of a multistep solver (``dpm++2m``, ``unipc``), else None.
     """
 
     scheduler: Any
@@ -87,6 +99,7 @@ class SchedulerPlan:
     noise: str | None = None
     pipeline_scale: torch.Tensor | None = None
     counterpart_of: str | None = None
+    schedule: MultistepSchedule | None = None
 
     def draw_noise(self, shape, generator, device, dtype) -> torch.Tensor | None:
         """Every step's noise (N, *shape) in the pipeline's own order, or None for a deterministic step."""
@@ -100,6 +113,8 @@ class SchedulerPlan:
                 draws.append(torch.zeros(shape, device=device, dtype=dtype))
             elif self.noise == "global":  # FlowMatchEulerDiscreteScheduler.step: no generator, float32 sample
                 draws.append(randn_tensor(shape, generator=None, device=torch.device(device), dtype=torch.float32))
+            elif self.noise == "float32":  # DPMSolverMultistepScheduler.step (SDE): the generator, float32
+                draws.append(randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32))
             else:
                 draws.append(randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype))
         return torch.stack(draws).float()
@@ -122,7 +137,8 @@ class SchedulerPlan:
         grid = self.grid.starting_at(start)
         scale = self.pipeline_scale[start:].clone()
         scale[0] = 1 / float(grid.alpha[0]) if self.keeps_ve_latents else 1.0
-        return replace(self, grid=grid, pipeline_scale=scale)
+        schedule = None if self.schedule is None else self.schedule.starting_at(start)
+        return replace(self, grid=grid, pipeline_scale=scale, schedule=schedule)
 
     def describe(self) -> str:
         """One line for notices and the scheduler matrix."""
@@ -141,12 +157,43 @@ def is_flow(scheduler) -> bool:
             or config.get("prediction_type") == "flow_prediction")
 
 
+def multistep_solver(scheduler) -> tuple[str | None, str]:
+    """(hasten's multistep solver for ``scheduler`` or None, why not): DPM-Solver++ 1-2M and UniPC are reproduced."""
+    name, config = type(scheduler).__name__, scheduler.config
+    if name not in MULTISTEP:
+        return None, "a multistep or higher-order scheduler hasten does not implement"
+    flow_sigmas, flow_pred = bool(config.get("use_flow_sigmas")), config.get("prediction_type") == "flow_prediction"
+    if flow_sigmas != flow_pred:
+        return None, "use_flow_sigmas and prediction_type='flow_prediction' are set apart"
+    if name == "DPMSolverMultistepScheduler":
+        if config.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++"):
+            return None, f"algorithm_type={config.algorithm_type!r} (reproduced: dpmsolver++, sde-dpmsolver++)"
+        if config.solver_order > 2:
+            return None, f"solver_order={config.solver_order} (reproduced: 1, 2)"
+        if config.get("variance_type") is not None:
+            return None, f"variance_type={config.variance_type!r} (reproduced: None)"
+        return ("dpm++2m-sde" if config.algorithm_type == "sde-dpmsolver++" else "dpm++2m"), ""
+    if not config.predict_x0:
+        return None, "predict_x0=False (reproduced: predict_x0=True)"
+    if getattr(scheduler, "solver_p", None) is not None:
+        return None, "a solver_p predictor (reproduced: UniPC's own)"
+    if config.solver_type not in ("bh1", "bh2"):
+        return None, f"solver_type={config.solver_type!r} (reproduced: bh1, bh2)"
+    return "unipc", ""
+
+
 def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     """(scheduler, solver, replaced name): the pipeline's own if hasten reproduces it, else its counterpart."""
     name = type(scheduler).__name__
     config = scheduler.config
     if name in REFUSED:
         raise HastenError(f"{name} is not supported: {REFUSED[name]}; supported: {SUPPORTED}")
+    solver, why = multistep_solver(scheduler)
+    if solver is not None:
+        if config.get("thresholding"):
+            raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten's "
+                              f"multistep step {solver!r} does not threshold; use thresholding=False")
+        return scheduler, solver, None
     if name in REPRODUCED:
         _check_reproducible(name, config)
         solver = REPRODUCED[name]
@@ -170,8 +217,8 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
         solver = "ddim"
     else:
         raise HastenError(f"scheduler {name} is not supported; supported: {SUPPORTED}")
-    log.warning("hasten: %s is not a first-order stateless scheduler; sampling with its first-order "
-                "counterpart %s built from the same config%s", name, type(counterpart).__name__,
+    log.warning("hasten: %s is not reproduced (%s); sampling with its first-order counterpart %s built from the "
+                "same config%s", name, why, type(counterpart).__name__,
                 " (clip_sample=True, as the config asks)" if _clips(counterpart) else "")
     return counterpart, solver, name
 
@@ -216,6 +263,13 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
     noise = {"DDPMScheduler": "t>0", "EulerAncestralDiscreteScheduler": "every"}.get(name)
     if solver == "euler-stochastic":
         noise = "global"
+    if solver == "dpm++2m-sde":
+        noise = "float32"
+    schedule = None
+    if solver in ("dpm++2m", "dpm++2m-sde"):
+        schedule = MultistepSchedule.dpm_solver(scheduler.config, grid.steps)
+    elif solver == "unipc":
+        schedule = MultistepSchedule.unipc(scheduler.config, grid.steps)
     if _keeps_ve_latents(scheduler, replaced):
         scale = 1 / grid.alpha  # VE latents: x / alpha
     else:
@@ -223,4 +277,4 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
         # the pipeline's noise, unit noise for the counterpart (flow schedulers have no init_noise_sigma: 1)
         scale[0] = float(getattr(pipe_scheduler, "init_noise_sigma", 1.0))
     clip_eps = name == "DDPMScheduler"
-    return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced)
+    return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced, schedule)

@@ -16,6 +16,13 @@ both outputs at b were computed anyway.
 
 Core 1 is never rectified, so run to the end it reproduces sequential sampling.
 Memory: O(K) latents (current, begin state and begin output per core).
+
+Multistep steps (:mod:`hasten.multistep`): every core carries the history of
+its own fine steps, so core 1 is the sequential multistep trajectory. A
+coarse jump is a first-order step and restarts the history of the cores it
+moves (their next fine step warms up as the scheduler does at its first);
+rectification's G is the first-order jump b -> j, and the rectified core
+keeps its own history (docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from hasten.errors import HastenError
 from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
 from hasten.methods.parareal import rectify
+from hasten.multistep import remember
 from hasten.steps import Step
 
 
@@ -107,6 +115,7 @@ class Chords:
         begin_x: list[torch.Tensor | None] = [x] + [None] * (k_total - 1)
         begin_out: list[torch.Tensor | None] = [None] * k_total
         done = [False] * k_total
+        hist: list[tuple] = [()] * k_total  # each core's multistep history (data predictions of its last points)
 
         for rnd in range(1, n + 1):
             active = [c for c in range(min(rnd, k_total)) if not done[c]]
@@ -120,7 +129,8 @@ class Chords:
                 i = pos[c]
                 if i == begin_pos[c]:
                     begin_out[c] = out[c]
-                fine = step(state[c], out[c], i, i + 1)
+                fine = step(state[c], out[c], i, i + 1, history=hist[c])
+                hist[c] = remember(step, hist[c], state[c], out[c], i)
                 if c > 0 and pos[c - 1] == begin_pos[c]:
                     b, j = begin_pos[c], i + 1
                     fine = rectify(step, fine, begin_x[c], begin_out[c], state[c - 1], out[c - 1], b, j)
@@ -131,7 +141,7 @@ class Chords:
                 lead = rnd - 1
                 jumped = step(state[lead], out[lead], init[lead], init[rnd])
                 for c in range(rnd, k_total):
-                    state[c], pos[c] = jumped, init[rnd]
+                    state[c], pos[c], hist[c] = jumped, init[rnd], ()
                 begin_x[rnd] = jumped
 
             landed = []

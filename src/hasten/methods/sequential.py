@@ -1,10 +1,15 @@
-"""Sequential sampling: one model call per step, N rounds (Eq. 6 of CHORDS)."""
+"""Sequential sampling: one model call per step, N rounds (Eq. 6 of CHORDS).
+
+A multistep step (:mod:`hasten.multistep`) gets the trajectory's history of
+data predictions, as the scheduler's own loop keeps it.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from hasten.errors import HastenError
+from hasten.multistep import remember
 from hasten.rounds import Eval, Hit, MethodRun
 from hasten.steps import Step
 
@@ -31,8 +36,9 @@ class Sequential:
         return {"cores": 1}
 
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
+        history: tuple = ()
         for i in range(step.grid.steps):
             (out,) = yield [Eval(x, i)]
-            x = step(x, out, i, i + 1)
+            x, history = step(x, out, i, i + 1, history=history), remember(step, history, x, out, i)
         yield Hit(core=1, x=x)
         return x

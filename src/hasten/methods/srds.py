@@ -30,6 +30,7 @@ from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.parareal import rectify
 from hasten.checks import check_int, check_positive
 from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
+from hasten.multistep import memory
 from hasten.steps import Step
 from hasten.stopping import relative_residual
 
@@ -74,6 +75,11 @@ class SRDS:
         return {"blocks": self.n_blocks(steps), "tol": self.tol, "cores": self.max_per_round, "max_iters": self.max_iters}
 
     def solve(self, x: torch.Tensor, step: Step) -> MethodRun:
+        if memory(step):  # before any round: its fine solves restart every block, so no multistep fixed point
+            raise HastenError(f"srds runs first-order steps only, not the multistep {step.name!r} of this scheduler "
+                              "(its fine solves restart at every block and would lose the step's history); use "
+                              "sequential, chords, paradigms, parasolver or parasolver-turbo, or a first-order "
+                              "scheduler (DDIM, Euler, FlowMatchEulerDiscrete)")
         n_steps = step.grid.steps
         nb = self.n_blocks(n_steps)
         b = subinterval_bounds(n_steps, nb)

@@ -29,6 +29,16 @@ and the rest initialised by linear steps that keep the last predicted x0.
 At the iteration cap the method warns how far from converged it is and
 returns its current trajectory, completed past the window by linear steps
 from the last predicted x0 (no model call), never a silent wrong result.
+
+Multistep steps (:mod:`hasten.multistep`): the system becomes
+``X_{c+1} = Phi(X_c, H_c)`` with ``H_c`` the data predictions of the grid
+points just before c, which ``Phi`` of the sub-interval before produced from
+its own iterate (each point stores the history its predecessor's latest
+fine solve ended with). Its fixed point is the sequential multistep
+trajectory, which the iteration converges to, as the ParaSolver-Turbo paper
+iterates DPM-Solver. The model-free parts (Newton's G, linear blocks,
+initialisation) stay first order: they only approximate the Jacobian or
+guess, and the fixed point does not depend on them.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import torch
 from hasten.checks import check_int, check_positive
 from hasten.errors import HastenError
 from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
+from hasten.multistep import remember
 from hasten.rounds import Eval, Hit, MethodRun
 from hasten.steps import NOISY_SOLVERS, Step, linear_step, predicted_x0
 
@@ -58,24 +69,28 @@ DEFAULT_WINDOW = {**PAPER_WINDOW, "ddpm": 24}
 DEFAULT_PRECONDITION = {"ddpm": 1}
 
 
-def fine_solves(step: Step, starts: list[tuple[torch.Tensor, int, int]]) -> Generator:
+def fine_solves(step: Step, starts: list[tuple[torch.Tensor, int, int]],
+                histories: list[tuple] | None = None) -> Generator:
     """Run ``Phi`` on several sub-intervals at once, one round per fine step.
 
-    ``starts`` holds (x, i, j) triples. Returns (results, first outputs): the
-    latent at j and the model output at (x, i) for each.
+    ``starts`` holds (x, i, j) triples; ``histories`` the multistep history
+    entering each (default: none). Returns (results, first outputs, histories):
+    the latent at j, the model output at (x, i) and the history at j for each.
     """
     state = [x for x, _, _ in starts]
     pos = [i for _, i, _ in starts]
+    hist = list(histories) if histories is not None else [()] * len(starts)
     first: list[torch.Tensor | None] = [None] * len(starts)
     while True:
         active = [c for c, (_, _, j) in enumerate(starts) if pos[c] < j]
         if not active:
-            return state, first
+            return state, first, hist
         outs = yield [Eval(state[c], pos[c]) for c in active]
         for c, out in zip(active, outs):
             if first[c] is None:
                 first[c] = out
-            state[c] = step(state[c], out, pos[c], pos[c] + 1)
+            x, i = state[c], pos[c]
+            state[c], hist[c] = step(x, out, i, i + 1, history=hist[c]), remember(step, hist[c], x, out, i)
             pos[c] += 1
 
 
@@ -178,10 +193,11 @@ class SlidingWindow:
 
         pts: list[torch.Tensor | None] = [None] * (s_total + 1)
         pts[0] = x
+        hists: list[tuple] = [()] * (s_total + 1)  # the multistep history entering each point
         x0_last = None
         precondition = self.precondition_for(step.name)
         for c in range(precondition):  # Eq. 20, first case
-            (res,), (out,) = yield from fine_solves(step, [(pts[c], b[c], b[c + 1])])
+            (res,), (out,), (hists[c + 1],) = yield from fine_solves(step, [(pts[c], b[c], b[c + 1])], [hists[c]])
             pts[c + 1] = res
             x0_last = predicted_x0(step, pts[c], out, b[c])
         n = precondition
@@ -199,7 +215,11 @@ class SlidingWindow:
         while n < s_total:
             end = min(n + window, s_total)
             rho = end - n if self.rho is None else min(self.rho, end - n)
-            fines, outs = yield from fine_solves(step, [(pts[c], b[c], b[c + 1]) for c in range(n, n + rho)])
+            block = range(n, n + rho)
+            fines, outs, ends = yield from fine_solves(step, [(pts[c], b[c], b[c + 1]) for c in block],
+                                                       [hists[c] for c in block])
+            for c, end_hist in zip(block, ends):
+                hists[c + 1] = end_hist
             new = list(pts)
             for k, c in enumerate(range(n, n + rho)):
                 if new[c] is pts[c]:  # unchanged input: Phi is already the answer

@@ -42,16 +42,17 @@ class Prepared:
     scheduler: str = ""  # the scheduler sampled with, for notices and reports
     callback: Any = None  # a StepCallback, set by prepare_call
     known: KnownRegion | None = None  # an inpainting's known region, blended back after every step
+    schedule: Any = None  # a multistep solver's per-point orders (hasten.multistep.MultistepSchedule)
 
     @classmethod
     def from_plan(cls, plan: SchedulerPlan, denoiser, latents: torch.Tensor, noise: torch.Tensor | None,
                   decode: Callable) -> "Prepared":
         return cls(plan.grid, plan.solver, denoiser, latents, noise, decode, plan.clip, plan.clip_eps,
-                   plan.pipeline_scale, plan.describe())
+                   plan.pipeline_scale, plan.describe(), schedule=plan.schedule)
 
     def step(self) -> Step:
         """The hasten step of this call's scheduler (keeping an inpainting's known region where there is one)."""
-        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps)
+        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps, self.schedule)
         return step if self.known is None else KnownRegionStep(step, self.known)
 
 
@@ -319,11 +320,23 @@ def _same_default(value, default) -> bool:
     return isinstance(value, simple) and isinstance(default, simple) and value == default
 
 
-def _refuse_other_schedulers(pipe) -> None:
-    """Pipelines whose adapter sets the flow sigmas itself take FlowMatchEulerDiscreteScheduler only."""
-    if type(pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-        raise HastenError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} is not supported; "
-                          "supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling)")
+def _refuse_other_schedulers(pipe, multistep: bool = False) -> None:
+    """Pipelines whose adapter sets the flow sigmas itself take FlowMatchEulerDiscreteScheduler only.
+
+    ``multistep``: the pipeline leaves the sigmas to the scheduler (SD3), so the
+    flow-sigma multistep schedulers hasten reproduces (DPM-Solver++, UniPC) run too.
+    """
+    from hasten.integrations.schedulers import is_flow, multistep_solver
+
+    scheduler = pipe.scheduler
+    if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+        return
+    if multistep and is_flow(scheduler) and multistep_solver(scheduler)[0] is not None:
+        return
+    extra = (", DPMSolverMultistepScheduler and UniPCMultistepScheduler with use_flow_sigmas=True and "
+             "prediction_type='flow_prediction'") if multistep else ""
+    raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported; "
+                      f"supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling){extra}")
 
 
 def _refuse_unscaled_ve(pipe, supported: str) -> None:

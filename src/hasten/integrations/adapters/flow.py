@@ -164,7 +164,7 @@ class SD3Adapter(Adapter):
                 clip_skip=None, max_sequence_length: int = 256, mu: float | None = None, **extra) -> Prepared:
         pipe = self.pipe
         _refuse_unknown(extra, self.prepare, pipe)
-        _refuse_other_schedulers(pipe)
+        _refuse_other_schedulers(pipe, multistep=True)
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
         width = width or pipe.default_sample_size * pipe.vae_scale_factor
         pipe.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
