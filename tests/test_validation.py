@@ -61,7 +61,7 @@ def test_invalid_stop_rules(problem, stop, message):
 
 
 def test_unknown_model_method_solver():
-    with pytest.raises(HastenError, match=r"model 'sd9' is not an embedded model \(gmm, gmm-flow, digits\)"):
+    with pytest.raises(HastenError, match=r"model 'sd9' is not an embedded model \(gmm, gmm-flow, digits, digits-cond\)"):
         hasten.sample("sd9")
     with pytest.raises(HastenError, match="unknown method 'picard'; valid: sequential, chords, paradigms"):
         hasten.sample("gmm", "picard")
