@@ -92,7 +92,8 @@ def sample(args: argparse.Namespace) -> dict | None:
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "sequential_wall_s": ref.wall_s, "hits": hits,
             "warnings": [str(w.message) for w in caught], "executor": spec.placement.executor,
-            "world_size": getattr(s.executor, "world", 1), "device": str(s.x.device),
+            "world_size": getattr(s.executor, "ranks", getattr(s.executor, "world", 1)),
+            "context_parallel": spec.placement.context_parallel, "device": str(s.x.device),
             "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
         }
         save_file({"latents": result.x.cpu().contiguous(), "sequential": ref.x.cpu().contiguous()},

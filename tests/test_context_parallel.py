@@ -1,0 +1,153 @@
+"""Two-dimensional parallelism: T time groups x C context ranks (gloo, CPU) give the batched executor's result.
+
+Each launch runs every case (Flux and Wan; sequential, CHORDS, ParaDiGMS,
+ParaSolver-Turbo; with and without AB-Cache) and each rank saves its own
+results, so the test also sees that every rank ended with the same latents
+and took the same cache decisions.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import hasten
+from hasten.errors import HastenError
+from hasten.executors.context import (ContextLayout, check_folder, check_sequence, check_world,
+                                      parse_context_parallel)
+from hasten.spec import Placement, RunSpec
+
+pytest.importorskip("transformers")
+sys.path.insert(0, os.path.dirname(__file__))
+import cp_worker  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Each case with the batched executor, in this process."""
+    from hasten.testing.pipelines import tiny_pipeline
+
+    out = {}
+    for kind in cp_worker.PIPELINES:
+        pipe = tiny_pipeline(kind)
+        for k, name, opts, cache in (c for c in cp_worker.cases() if c[0] == kind):
+            out[cp_worker.key(k, name, cache)] = cp_worker.sample(pipe, k, name, opts, cache)
+    return out
+
+
+@pytest.mark.parametrize("world,layout", [(4, "ulysses=2"), (2, "ulysses=2")], ids=["2x2", "1x2"])
+def test_layout_equals_batched_with_same_rounds_nfe_and_cache_decisions(tmp_path, references, world, layout):
+    mp.start_processes(cp_worker.run_layout, args=(world, free_port(), str(tmp_path), layout), nprocs=world,
+                       start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    assert set(ranks[0]) == set(references)
+    for case, (ref_x, ref_stats) in references.items():
+        x, stats = ranks[0][case]
+        assert x.shape == ref_x.shape, case
+        assert (x - ref_x).abs().max() <= 1e-5, case
+        assert (stats["rounds"], stats["nfe"]) == (ref_stats["rounds"], ref_stats["nfe"]), case
+        assert stats["cache"] == ref_stats["cache"], case  # the same steps computed and predicted
+        for other in ranks[1:]:  # every rank: the same latents, bit for bit, and the same cache decisions
+            assert torch.equal(other[case][0], x) and other[case][1] == stats, case
+    cached = [s["cache"] for k, (_, s) in references.items() if "abcache" in k]
+    assert all(c["nfe_saved"] > 0 for c in cached)  # the cache did answer some evaluations
+
+
+def test_a_rank_dying_inside_a_context_parallel_forward_stops_the_others(tmp_path):
+    timeout_s = 5.0
+    ctx = mp.start_processes(cp_worker.run_dying, args=(2, free_port(), str(tmp_path), timeout_s), nprocs=2,
+                             start_method="spawn", join=False)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "rank0.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in ctx.processes:
+        if p.is_alive():
+            p.terminate()
+        p.join(10)
+    report = json.loads((tmp_path / "rank0.json").read_text())
+    assert report["outcome"] != "finished"
+    assert report["elapsed"] < timeout_s + 15
+    assert not (tmp_path / "rank1.json").exists()  # rank 1 died in its forward
+
+
+# ---------------------------------------------------------------- refusals, before loading
+
+
+def test_layout_specs_parse_and_bad_ones_are_refused():
+    assert parse_context_parallel("ring=2:ulysses=2") == ContextLayout(ulysses=2, ring=2)
+    assert Placement("distributed", context_parallel="ring=2:ulysses=2").context_parallel == "ulysses=2:ring=2"
+    assert Placement.from_dict(Placement("distributed", context_parallel="ring=4").to_dict()).layout.degree == 4
+    for bad, why in [("ulysses", "must be ulysses=C"), ("tensor=2", "must be ulysses=C"),
+                     ("ulysses=2:ulysses=2", "twice"), ("ulysses=1", "degree 1"), ("", "must be")]:
+        with pytest.raises(HastenError, match=why):
+            Placement("distributed", context_parallel=bad)
+    with pytest.raises(HastenError, match="distributed executor only"):
+        Placement("batched", context_parallel="ulysses=2")
+
+
+def test_world_not_divisible_by_the_degree_is_refused_before_joining(monkeypatch):
+    assert check_world(ContextLayout(ulysses=2), 8) == 4
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(HastenError, match="3 ranks of this launch are not divisible by the context degree 2"):
+        hasten.sample("random:flux-dev:tiny", "sequential", steps=2, executor="distributed",
+                      context_parallel="ulysses=2")
+
+
+def test_embedded_models_are_refused():
+    with pytest.raises(HastenError, match="embedded model with no attention to split"):
+        RunSpec.build("digits", "sequential", executor="distributed", context_parallel="ulysses=2")
+
+
+def test_families_without_a_plan_and_indivisible_heads_are_refused_from_the_configs(tmp_path):
+    from hasten.testing.pipelines import save_tiny_pipeline
+
+    sd = save_tiny_pipeline("sd", tmp_path / "sd")
+    with pytest.raises(HastenError, match="UNet2DConditionModel has no context-parallel plan.*FluxTransformer2DModel"):
+        check_folder(sd, ContextLayout(ulysses=2))
+    flux = save_tiny_pipeline("flux", tmp_path / "flux")
+    check_folder(flux, ContextLayout(ulysses=2))  # 2 heads: Ulysses-2 splits them
+    with pytest.raises(HastenError, match="2 attention heads, which ulysses=4 cannot split"):
+        check_folder(flux, ContextLayout(ulysses=4))
+    check_folder(flux, ContextLayout(ring=4))  # ring attention does not split heads
+    with pytest.raises(HastenError, match="SD3Transformer2DModel has no context-parallel plan"):
+        hasten.sample("random:sd3.5-medium:tiny", "sequential", steps=2, executor="distributed",
+                      context_parallel="ulysses=2")
+
+
+def test_a_sequence_the_degree_cannot_split_is_refused():
+    from hasten.testing.pipelines import tiny_pipeline
+
+    net = tiny_pipeline("flux").transformer
+    check_sequence(net, ContextLayout(ulysses=2), torch.zeros(1, 16, 4), 8)
+    with pytest.raises(HastenError, match="15 image tokens through FluxTransformer2DModel, which 2 ranks"):
+        check_sequence(net, ContextLayout(ulysses=2), torch.zeros(1, 15, 4), 8)
+    with pytest.raises(HastenError, match="splits the text too, and this call has 7 text tokens"):
+        check_sequence(net, ContextLayout(ulysses=2), torch.zeros(1, 16, 4), 7)
+    wan = tiny_pipeline("wan").transformer  # patches (1, 2, 2): 2 frames x 2 x 3 patches = 12 tokens
+    check_sequence(wan, ContextLayout(ulysses=2), torch.zeros(1, 16, 2, 4, 6), 7)  # Wan keeps the text whole
+    with pytest.raises(HastenError, match="12 image tokens"):
+        check_sequence(wan, ContextLayout(ulysses=2, ring=4), torch.zeros(1, 16, 2, 4, 6), None)
+
+
+def test_cli_takes_the_option_and_refuses_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "hasten", "sample", "--model", "digits", "--executor",
+                           "distributed", "--context-parallel", "ulysses=2", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "embedded model with no attention to split" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hasten", "sample", "--model", "random:flux-dev:tiny",
+                           "--context-parallel", "ring=2", "--no-progress"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "distributed executor only" in proc.stderr
