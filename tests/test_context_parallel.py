@@ -151,3 +151,57 @@ def test_cli_takes_the_option_and_refuses_in_one_line():
                            "--context-parallel", "ring=2", "--no-progress"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "distributed executor only" in proc.stderr
+
+
+# ---------------------------------------------------------------- the layout chooser of hasten tune
+
+
+def test_tune_ranks_layouts_from_a_latency_table(tmp_path):
+    from hasten.testing.pipelines import save_tiny_pipeline
+    from hasten.tune import tune
+    from hasten.tune.layouts import predict_layout, load_table
+
+    folder = save_tiny_pipeline("flux", tmp_path / "flux")
+    table = {"device": "test node", "forward": {"1": {"rows": [1, 4], "seconds": [1.0, 4.0]},
+                                                "2": {"rows": [1, 4], "seconds": [0.6, 2.1]},
+                                                "4": {"rows": [1, 4], "seconds": [0.5, 1.2]}},
+             "gather": {"rows": [1], "seconds": [0.05]}}
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    run = RunSpec.build(str(folder), "sequential", steps=6, batch=2, call={"prompt": "a cat", "height": 32,
+                                                                            "width": 32})
+    report = tune(run, "psnr:20", devices=4, methods=["chords"], chords_cores=[2], repeats=1, progress=False,
+                  latency_table=str(tmp_path / "table.json"))
+    layouts = report.settings["layouts"]
+    assert layouts["source"] == f"latency table {tmp_path / 'table.json'} (test node)"
+    row = next(r for r in report.rows if r["label"] == layouts["for"])
+    loaded = load_table(tmp_path / "table.json")
+    expect = {f"{4 // c}x{c}": predict_layout(row["round_rows"], loaded["forward"][c], 4 // c, row["bookkeeping_s"],
+                                              loaded["gather"]) for c in (1, 2, 4)}
+    got = {e["layout"]: e["predicted_s"] for e in layouts["rows"]}
+    assert got == pytest.approx(expect)
+    assert [e["predicted_s"] for e in layouts["rows"]] == sorted(expect.values())  # fastest first
+    assert {e["layout"]: e["context_parallel"] for e in layouts["rows"]} == {"4x1": None, "2x2": "ulysses=2",
+                                                                              "1x4": "ring=4"}  # 2 heads
+    with pytest.raises(HastenError, match="forward keys are context degrees"):
+        (tmp_path / "bad.json").write_text(json.dumps({"forward": {"x": table["forward"]["1"]}}))
+        load_table(tmp_path / "bad.json")
+
+
+def test_tune_measures_the_context_parallel_forward_here(tmp_path):
+    from hasten.testing.pipelines import save_tiny_pipeline
+    from hasten.tune import tune
+
+    folder = save_tiny_pipeline("flux", tmp_path / "flux")
+    run = RunSpec.build(str(folder), "sequential", steps=4, batch=1, call={"prompt": "a cat", "height": 32,
+                                                                            "width": 32})
+    report = tune(run, "psnr:20", devices=2, methods=["chords"], chords_cores=[2], repeats=1, progress=False)
+    layouts = report.settings["layouts"]
+    assert layouts["source"].startswith("measured here")
+    assert {e["layout"] for e in layouts["rows"]} == {"2x1", "1x2"}
+    assert all(e["predicted_s"] > 0 for e in layouts["rows"])
+    assert set(layouts["forward"]) == {"1", "2"} and all(s > 0 for s in layouts["forward"]["2"]["seconds"])
+    digits = tune("digits", "psnr:20", devices=2, steps=8, batch=2, methods=["chords"], chords_cores=[2],
+                  repeats=1, progress=False)  # an embedded model: only the time layout has a prediction
+    rows = {e["layout"]: e for e in digits.settings["layouts"]["rows"]}
+    assert rows["2x1"]["predicted_s"] > 0 and rows["1x2"]["predicted_s"] is None
+    assert "no context-parallel plan" in rows["1x2"]["source"]
