@@ -205,3 +205,18 @@ def test_tune_measures_the_context_parallel_forward_here(tmp_path):
     rows = {e["layout"]: e for e in digits.settings["layouts"]["rows"]}
     assert rows["2x1"]["predicted_s"] > 0 and rows["1x2"]["predicted_s"] is None
     assert "no context-parallel plan" in rows["1x2"]["source"]
+
+
+def test_gpu_layouts_script_smoke_runs_every_layout_on_cpu(tmp_path):
+    """benchmarks/gpu_layouts.sh in its smoke mode: tiny networks, gloo, 2 ranks as 1x2 and 2x1."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_layouts.sh")
+    env = {**os.environ, "HASTEN_GPU_SMOKE": "1", "MODELS": "flux-dev", "PYTHON": sys.executable,
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {f.stem: json.loads(f.read_text().strip().splitlines()[-1]) for f in tmp_path.glob("*.json")}
+    assert set(runs) == {"flux-dev-1x2", "flux-dev-2x1"}
+    assert runs["flux-dev-1x2"]["context_parallel"] == "ulysses=2" and runs["flux-dev-2x1"]["context_parallel"] is None
+    assert runs["flux-dev-1x2"]["rounds"] == runs["flux-dev-2x1"]["rounds"]  # the layout does not change the method
+    assert all(r["world_size"] == 2 and r["rmse"] < 1e-3 for r in runs.values())
+    assert "| flux-dev-1x2 | ulysses=2 | 2 |" in (tmp_path / "layouts.md").read_text()
