@@ -220,3 +220,11 @@ def test_gpu_layouts_script_smoke_runs_every_layout_on_cpu(tmp_path):
     assert runs["flux-dev-1x2"]["rounds"] == runs["flux-dev-2x1"]["rounds"]  # the layout does not change the method
     assert all(r["world_size"] == 2 and r["rmse"] < 1e-3 for r in runs.values())
     assert "| flux-dev-1x2 | ulysses=2 | 2 |" in (tmp_path / "layouts.md").read_text()
+    # the CLI's context-parallel run gives the batched executor's latents, rounds and NFE
+    from safetensors.torch import load_file
+
+    run = {**runs["flux-dev-1x2"]["run"], "executor": "batched", "context_parallel": None, "backend": None}
+    ref = RunSpec.from_dict(run).sample()
+    latents = load_file(str(tmp_path / "flux-dev-1x2" / "latents.safetensors"))["latents"]
+    assert (latents - ref.x).abs().max() <= 1e-5
+    assert (runs["flux-dev-1x2"]["rounds"], runs["flux-dev-1x2"]["nfe"]) == (ref.rounds, ref.nfe)
