@@ -8,6 +8,8 @@
 #   benchmarks/gpu_layouts.sh [OUT]                  # default OUT=report-gpu-layouts, NPROC=8
 #   HASTEN_GPU_SMOKE=1 benchmarks/gpu_layouts.sh OUT # tiny networks on the CPU with gloo (NPROC=2: 1x2, 2x1)
 #   NPROC=4 MODELS=flux-dev benchmarks/gpu_layouts.sh
+# Wan 2.1 1.3B has 12 heads: Ulysses-8 cannot split them, so 1x8 runs ulysses=4:ring=2, and ring attention needs
+# a backend that returns the log-sum-exp (ATTN_BACKEND, default _native_cudnn; flash works too). Not yet run on GPUs.
 set -euo pipefail
 OUT=${1:-report-gpu-layouts}
 PYTHON=${PYTHON:-python3}
@@ -38,9 +40,14 @@ for model in $MODELS; do
   for c in $(seq 1 "$NPROC"); do
     [ $((NPROC % c)) = 0 ] || continue
     t=$((NPROC / c)); spec=$(degree "$c" "$heads"); name="$model-${t}x$c"
-    echo "== $name ${spec:-time parallel only}"
+    attn=""
+    if [ "${spec#*ring}" != "$spec" ]; then  # ring attention merges blocks by log-sum-exp: not the native backend
+      if [ "${HASTEN_GPU_SMOKE:-0}" = 1 ]; then echo "== $name skipped: $spec needs a CUDA attention backend"; continue; fi
+      attn=${ATTN_BACKEND:-_native_cudnn}
+    fi
+    echo "== $name ${spec:-time parallel only}${attn:+ (DIFFUSERS_ATTN_BACKEND=$attn)}"
     port=$((port + 1))
-    "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_addr 127.0.0.1 --master_port "$port" \
+    ${attn:+env DIFFUSERS_ATTN_BACKEND=$attn} "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_addr 127.0.0.1 --master_port "$port" \
       -m hasten sample --model "random:$model$SUFFIX" $PLACE $size --prompt "a photo of a cat" --seed 0 \
       --steps "$STEPS" --method chords --cores "$CORES" --executor distributed \
       ${spec:+--context-parallel "$spec"} --no-progress --json --out "$OUT/$name" > "$OUT/$name.json"

@@ -126,6 +126,13 @@ def test_families_without_a_plan_and_indivisible_heads_are_refused_from_the_conf
                       context_parallel="ulysses=2")
 
 
+def test_ring_attention_on_a_backend_without_log_sum_exp_is_refused():
+    """diffusers' default (native) attention cannot merge ring blocks: refused before loading, naming the fix."""
+    with pytest.raises(HastenError, match="ring attention needs an attention backend.*DIFFUSERS_ATTN_BACKEND"):
+        hasten.sample("random:flux-dev:tiny", "sequential", steps=2, executor="distributed",
+                      context_parallel="ring=2")
+
+
 def test_a_sequence_the_degree_cannot_split_is_refused():
     from hasten.testing.pipelines import tiny_pipeline
 

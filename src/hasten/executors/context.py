@@ -195,6 +195,35 @@ def check_sequence(network, layout: ContextLayout, latents: torch.Tensor, text_t
                           f"length that is a multiple of {c}")
 
 
+#: attention backends whose context-parallel forward returns the log-sum-exp ring attention merges by
+RING_BACKENDS = ("_native_cudnn", "flash", "flash_hub", "flash_varlen_hub", "_flash_3_hub", "_flash_3_varlen_hub",
+                 "sage", "sage_hub")
+
+
+def network_backend(network=None) -> str:
+    """The attention backend ``network`` runs (its processors' own, else diffusers' active one)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    for module in (network.modules() if network is not None else ()):
+        backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+        if backend is not None:
+            return str(getattr(backend, "value", backend))
+    active, _ = _AttentionBackendRegistry.get_active_backend()
+    return str(getattr(active, "value", active))
+
+
+def check_backend(layout: ContextLayout, network=None) -> None:
+    """Refuse ring attention on a backend without the log-sum-exp it needs (diffusers' default, native)."""
+    if layout.ring == 1:
+        return
+    backend = network_backend(network)
+    if backend not in RING_BACKENDS:
+        raise HastenError(f"context_parallel {layout.spec}: ring attention needs an attention backend that returns "
+                          f"the log-sum-exp ({', '.join(RING_BACKENDS[:3])}, sage: CUDA), and this network uses "
+                          f"{backend!r}; set DIFFUSERS_ATTN_BACKEND=_native_cudnn (or flash) on GPUs, or use "
+                          "ulysses=C, which works with every backend")
+
+
 @contextlib.contextmanager
 def _cpu_device_count() -> Iterator[None]:
     """On a machine without an accelerator, ``torch.accelerator.device_count()`` answers 1 inside the block.
@@ -225,6 +254,7 @@ def enable_context_parallel(network, layout: ContextLayout, mesh) -> None:
         raise HastenError(f"{type(network).__name__} already runs with another parallel layout; load the pipeline "
                           "again for a new --context-parallel")
     check_family(type(network), dict(network.config), layout)
+    check_backend(layout, network)
     from diffusers import ContextParallelConfig
     from diffusers.utils import logging
 
@@ -250,6 +280,8 @@ def check_model_source(spec: str, layout: ContextLayout, local_files_only: bool 
     from hasten.opening import model_source
 
     source = model_source(spec)
+    if source != "embedded":
+        check_backend(layout)
     if source == "random":
         import diffusers
 

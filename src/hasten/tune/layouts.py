@@ -91,13 +91,13 @@ def predict_layout(round_rows: Sequence[int], forward: Curve, time_groups: int, 
 
 
 def rank_layouts(row: dict, devices: int, forwards: dict[int, Curve], gather: Curve | None, heads: int | None,
-                 source: str, missing: str = "") -> list[dict]:
+                 source: str, missing: str = "", reasons: dict[int, str] | None = None) -> list[dict]:
     """The layouts of ``devices`` for one tune row, fastest first; a degree without a curve says why."""
     out = []
     for t, c in layouts(devices):
         entry = {"layout": f"{t}x{c}", "time": t, "context": c, "context_parallel": degree_spec(c, heads)}
         if c not in forwards:
-            entry.update(predicted_s=None, source=f"no forward latency at C={c}{missing}")
+            entry.update(predicted_s=None, source=f"no forward latency at C={c}{(reasons or {}).get(c, missing)}")
         else:
             entry.update(predicted_s=predict_layout(row["round_rows"], forwards[c], t, row["bookkeeping_s"], gather),
                          source=source)

@@ -221,7 +221,11 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
 def _layouts(run, model, row: dict, devices: int, latency: Curve, gather: Curve | None, table: dict | None,
              threads: int, repeats: int, sizes: list[int], log: Callable[[str], None]) -> dict:
     """The (T, C) layouts of ``devices`` ranked for ``row``, with the source of their forward latencies."""
+    from hasten.errors import HastenError
+    from hasten.executors.context import check_backend, parse_context_parallel
     from hasten.tune.layouts import degree_spec, layouts, measure_context_forward, rank_layouts
+
+    reasons: dict[int, str] = {}
 
     network = getattr(model, "network", None)
     heads = None if network is None else network.config.get("num_attention_heads")
@@ -237,10 +241,16 @@ def _layouts(run, model, row: dict, devices: int, latency: Curve, gather: Curve 
         source, forwards = f"measured here ({threads} thread(s) per rank)", {1: latency}
         for _, c in layouts(devices):
             if c > 1 and can_share:
-                log(f"context-parallel forward: {c} gloo processes ({degree_spec(c, heads)})")
-                curve = measure_context_forward(run.to_dict(), c, degree_spec(c, heads), sizes, repeats, threads)
+                spec = degree_spec(c, heads)
+                try:
+                    check_backend(parse_context_parallel(spec), network)
+                except HastenError as err:  # e.g. ring attention on the native backend: not runnable here
+                    reasons[c] = f": {err}"
+                    continue
+                log(f"context-parallel forward: {c} gloo processes ({spec})")
+                curve = measure_context_forward(run.to_dict(), c, spec, sizes, repeats, threads)
                 curve.offset = latency.offset
                 forwards[c] = curve
-    ranked = rank_layouts(row, devices, forwards, gather, heads, source, missing)
+    ranked = rank_layouts(row, devices, forwards, gather, heads, source, missing, reasons)
     return {"for": row["label"], "source": source, "rows": ranked,
             "forward": {str(c): curve.to_dict() for c, curve in forwards.items()}}
