@@ -235,3 +235,28 @@ def test_gpu_layouts_script_smoke_runs_every_layout_on_cpu(tmp_path):
     latents = load_file(str(tmp_path / "flux-dev-1x2" / "latents.safetensors"))["latents"]
     assert (latents - ref.x).abs().max() <= 1e-5
     assert (runs["flux-dev-1x2"]["rounds"], runs["flux-dev-1x2"]["nfe"]) == (ref.rounds, ref.nfe)
+
+
+def test_serve_on_a_context_parallel_pool_answers_as_the_batched_executor(tmp_path):
+    """hasten serve --executor distributed --context-parallel ulysses=2 on 2 gloo ranks (T = 1)."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from serve_helpers import Server, latents
+
+    from hasten.testing.pipelines import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("flux", tmp_path / "flux")
+    server = Server("--model", str(folder), "--executor", "distributed", "--context-parallel", "ulysses=2",
+                    "--size", "32x32", "--timeout", "60", torchrun=2, wait_s=240)
+    try:
+        health = server.health()
+        assert health["world_size"] == 2 and health["context_parallel"] == "ulysses=2"  # the transformer shares
+        reply = server.post({"prompt": "a cat", "seed": 9, "hasten": {"cores": 2, "steps": 6, "latents": True}})
+        assert reply.status_code == 200, reply.text + server.output()
+        ref = hasten.sample(str(folder), "chords", cores=2, steps=6, seed=9, stop="none",
+                            call={"prompt": "a cat", "height": 32, "width": 32})
+        got = latents(reply.json()["data"][0])
+        assert (got - ref.x[0]).abs().max() <= 1e-5
+        assert reply.json()["hasten"]["cost"]["rounds"] == ref.rounds
+    finally:
+        server.stop()

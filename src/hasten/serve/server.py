@@ -128,6 +128,10 @@ def serve(args) -> int:
     device = place(placement)  # under torchrun: joins the process group, each rank on its own device
     served = ServedModel(args.model, device, placement.dtype, _base_call(args), args.local_files_only)
     served.context_parallel = placement.context_parallel
+    if placement.layout is not None:  # the transformer shares its forwards from the start, on every rank
+        from hasten.executors.context import prepare_network
+
+        prepare_network(served.pipe, placement.layout, device)
     limits = replace(limits, run=replace(limits.run, max_steps=min(limits.run.max_steps, served.max_steps)))
     if defaults.steps > limits.run.max_steps:
         raise HastenError(f"--steps {defaults.steps} is above --max-steps / the model's {limits.run.max_steps}")
