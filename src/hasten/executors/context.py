@@ -32,8 +32,8 @@ from hasten.errors import HastenError
 #: ``ulysses=C``, ``ring=C`` or both, joined by ``:``
 GRAMMAR = "ulysses=C, ring=C or both (ulysses=2:ring=2), each C an integer >= 1"
 _PART = re.compile(r"^\s*(ulysses|ring)\s*=\s*(\d+)\s*$")
-#: per process: the mesh of each layout, built once (building one is a collective every rank joins)
-_MESHES: dict[tuple[int, int, int, str], Any] = {}
+#: per process group: the mesh of each layout, built once (building one is a collective every rank joins)
+_MESHES: dict[tuple[int, int, int, int, str], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def layout_mesh(layout: ContextLayout, device: torch.device):
 
     world = dist.get_world_size()
     time_groups = check_world(layout, world)
-    key = (time_groups, layout.ring, layout.ulysses, device.type)
+    key = (id(dist.group.WORLD), time_groups, layout.ring, layout.ulysses, device.type)  # a new group: a new mesh
     if key not in _MESHES:
         _MESHES[key] = init_device_mesh(device.type, (time_groups, layout.ring, layout.ulysses),
                                         mesh_dim_names=("time", "ring", "ulysses"))
