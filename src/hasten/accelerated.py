@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from hasten.assembly import assemble, place, share_conditioning
+from hasten.assembly import assemble, place, share_conditioning, share_forward
 from hasten.caches import make_cache
 from hasten.denoise import compile_network
 from hasten.engine import run
@@ -54,6 +54,7 @@ class AcceleratedPipeline:
         if self.sampling.steps is not None:
             kwargs.setdefault("num_inference_steps", self.sampling.steps)
         prepared = prepare_call(self.adapter, **kwargs)
+        share_forward(self.pipe, self.placement, prepared.latents, prepared.denoiser)
         s = assemble(self.sampling, prepared.latents, prepared.step(), prepared.denoiser, self.placement, self.cache)
         step = s.step
         hits: list[Callable[[Hit], None]] = []
@@ -91,7 +92,7 @@ def _join_ranks(pipe, placement: Placement) -> None:
     """
     placed = torch.device(pipe._execution_device)
     rank_device = place(Placement("distributed", device=placed.type, backend=placement.backend,
-                                  timeout=placement.timeout))
+                                  timeout=placement.timeout, context_parallel=placement.context_parallel))
     if placed.type == "cuda" and placed.index is not None and placed != rank_device:
         raise HastenError(f"the pipeline is on {placed} but this rank owns {rank_device} (LOCAL_RANK); call "
                           "hasten.init_distributed() before pipe.to('cuda'), or move it with "
@@ -101,7 +102,7 @@ def _join_ranks(pipe, placement: Placement) -> None:
 def accelerate(pipe, method: str | Method | None = None, cache=None, executor: str = "batched",
                stop: str | None = None, on_hit: Callable | None = None, cores: int | None = None,
                max_batch: int | None = None, compile: str | None = None, config=None,
-               **options) -> AcceleratedPipeline:
+               context_parallel: str | None = None, **options) -> AcceleratedPipeline:
     """Wrap a diffusers pipeline so that it samples with a hasten method (and cache).
 
     Example::
@@ -111,7 +112,9 @@ def accelerate(pipe, method: str | Method | None = None, cache=None, executor: s
 
     ``executor="distributed"`` inside a torchrun launch spreads every round over
     the ranks (each rank on its own GPU: call ``hasten.init_distributed()``
-    before ``pipe.to("cuda")``). ``max_batch`` bounds the network rows of one
+    before ``pipe.to("cuda")``); ``context_parallel="ulysses=2"`` (or ``ring=C``,
+    ``ulysses=2:ring=2``) makes groups of C ranks share each forward through
+    diffusers' context parallelism, the round split over the groups. ``max_batch`` bounds the network rows of one
     forward (cores x samples x 2 with classifier-free guidance); ``compile``
     names a ``torch.compile`` backend for the pipeline's network, with every
     forward padded to one size. ``enable_model_cpu_offload()`` works with every
@@ -133,5 +136,6 @@ def accelerate(pipe, method: str | Method | None = None, cache=None, executor: s
     else:
         keys["method"] = "sequential" if method is None else method
         keys["steps"] = None
-    return AcceleratedPipeline(pipe, Sampling(**keys), Placement(executor, max_batch=max_batch, compile=compile),
+    return AcceleratedPipeline(pipe, Sampling(**keys), Placement(executor, max_batch=max_batch, compile=compile,
+                                                                   context_parallel=context_parallel),
                                on_hit)

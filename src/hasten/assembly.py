@@ -40,8 +40,18 @@ def place(placement: Placement) -> torch.device:
 
         from hasten.executors.distributed import init_distributed
 
+        layout = placement.layout
+        if layout is not None:  # refused before joining, let alone loading
+            from hasten.executors.context import check_world
+
+            check_world(layout, dist.get_world_size() if dist.is_initialized() else
+                        int(os.environ.get("WORLD_SIZE", "1")))
         joining = not dist.is_initialized()
         device = init_distributed(device=placement.device, backend=placement.backend, timeout_s=placement.timeout)
+        if layout is not None:
+            from hasten.executors.context import layout_mesh
+
+            layout_mesh(layout, device)  # every rank builds the mesh now, in the same order
         if joining:
             ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
             torch.set_num_threads(max(1, torch.get_num_threads() // ranks_here))
@@ -62,10 +72,32 @@ def share_conditioning(holder, executor: str) -> None:
 
 
 def build_executor(denoiser, placement: Placement, method: Method, steps: int, batch: int) -> Executor:
-    """The executor of a run; a compiled network pads every forward to the method's widest round."""
+    """The executor of a run; a compiled network pads every forward to the method's widest round.
+
+    With ``context_parallel`` the rows of a round are split over the time
+    groups of the launch's mesh (:mod:`hasten.executors.context`).
+    """
     width = method.max_width(steps)
     return make_executor(denoiser, placement.executor, placement.max_batch, placement.compile is not None,
-                         None if width is None else width * batch)
+                         None if width is None else width * batch, context=placement.layout)
+
+
+def share_forward(model, placement: Placement, latents: torch.Tensor, denoiser) -> None:
+    """Under ``context_parallel``: the model's networks in diffusers' context-parallel mode, the call's sequence checked.
+
+    ``model``: a pipeline model (``.pipe``) or a pipeline. Refuses, before any
+    forward, a sequence the degree cannot split.
+    """
+    layout = placement.layout
+    if layout is None:
+        return
+    from hasten.executors.context import check_sequence, networks_of, prepare_network
+
+    pipe = getattr(model, "pipe", model)
+    text = getattr(denoiser, "cond", {}).get("text") if isinstance(getattr(denoiser, "cond", None), dict) else None
+    for net in networks_of(pipe):
+        check_sequence(net, layout, latents, None if text is None else text.shape[1])
+    prepare_network(pipe, layout, denoiser_device(denoiser))
 
 
 @dataclass
@@ -152,6 +184,10 @@ def open_for(spec: RunSpec, model: Any = None) -> Any:
         model = spec.model
     if model is not None:
         return bind_model(model, spec.call, spec.batch, spec.seed)
+    if spec.placement.layout is not None:
+        from hasten.executors.context import check_model_source
+
+        check_model_source(spec.model, spec.placement.layout, spec.local_files_only)
     return open_model(spec.model, place(spec.placement), spec.placement.dtype, spec.batch, spec.seed, spec.call,
                       spec.local_files_only)
 
@@ -174,6 +210,7 @@ def prepare(spec: RunSpec, model: Any = None) -> Setup:
     denoiser = model.denoiser(grid)
     x = x.to(denoiser_device(denoiser))
     step = model_step(model, grid, sampling.solver, x, spec.seed)
+    share_forward(model, placement, x, denoiser)
     if placement.compile is not None:
         compile_network(getattr(model, "network", None), placement.compile)
     return assemble(sampling, x, step, denoiser, placement, model=model)

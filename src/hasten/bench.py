@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hasten.assembly import assemble, model_grid, model_latents, model_step, open_for, share_conditioning
+from hasten.assembly import assemble, model_grid, model_latents, model_step, open_for, share_conditioning, share_forward
 from hasten.checks import check_int
 from hasten.denoise import CompileStats, EmulatedDevice, compile_network, denoiser_device
 from hasten.engine import run
@@ -267,7 +267,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                                                                       placement.compile)
     share_conditioning(model, placement.executor)
     stop = cfg.stop
-    alone = dataclasses.replace(placement, executor="batched", backend=None)  # the one-device reference
+    # the one-device reference (a context-parallel network still shares its forward within its group)
+    alone = dataclasses.replace(placement, executor="batched", backend=None, context_parallel=None)
     decode = model.decode
     features = None
     if model.name == "digits":
@@ -290,6 +291,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
         denoiser = _denoiser(cfg, model, grid)
         x_init = x_init.to(denoiser_device(denoiser))
         step = model_step(model, grid, solver, x_init, seed)
+        share_forward(model, placement, x_init, denoiser)
         reference = assemble(Sampling("sequential", steps=n), x_init, step, denoiser, alone)
         _warm_up(reference)
         local = reference.executor

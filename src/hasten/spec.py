@@ -207,6 +207,9 @@ class Placement:
     (``float32``, ``bfloat16``, ``float16``; None: float32 on the CPU, the
     checkpoint's own on a GPU) place the network. ``max_batch`` bounds the
     network rows of one forward; ``compile`` names a ``torch.compile`` backend.
+    ``context_parallel`` (distributed only: ``ulysses=C``, ``ring=C``,
+    ``ulysses=2:ring=2``) makes groups of C ranks share each forward through
+    diffusers' context parallelism (:mod:`hasten.executors.context`).
     """
 
     executor: str = "batched"
@@ -216,8 +219,9 @@ class Placement:
     compile: str | None = None
     backend: str | None = None
     timeout: float = 30.0
+    context_parallel: str | None = None
 
-    KEYS = ("executor", "device", "dtype", "max_batch", "compile", "backend", "timeout")
+    KEYS = ("executor", "device", "dtype", "max_batch", "compile", "backend", "timeout", "context_parallel")
 
     def __post_init__(self) -> None:
         from hasten.devices import parse_dtype
@@ -246,6 +250,23 @@ class Placement:
         if self.timeout <= 0:
             raise HastenError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
         object.__setattr__(self, "timeout", float(self.timeout))
+        if self.context_parallel is not None:
+            from hasten.executors.context import parse_context_parallel
+
+            layout = parse_context_parallel(self.context_parallel)
+            if self.executor != "distributed":
+                raise HastenError("context_parallel applies to the distributed executor only (executor=distributed "
+                                  "under torchrun)")
+            if self.compile is not None:
+                raise HastenError("context_parallel does not mix with compile; leave one out")
+            object.__setattr__(self, "context_parallel", layout.spec)
+
+    @property
+    def layout(self):
+        """The :class:`~hasten.executors.context.ContextLayout` of ``context_parallel`` (None without one)."""
+        from hasten.executors.context import parse_context_parallel
+
+        return parse_context_parallel(self.context_parallel)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.KEYS}
@@ -268,6 +289,17 @@ def _pick(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> dict[st
     if unknown:
         raise HastenError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(keys)}")
     return dict(data)
+
+
+def _check_cp_model(model: Any, spec: str) -> None:
+    """Context parallelism splits a pipeline's attention: refuse an embedded model, which has none."""
+    from hasten.opening import model_source
+
+    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+    embedded = model_source(model) == "embedded" if isinstance(model, str) else not hasattr(model, "pipe")
+    if embedded:
+        raise HastenError(f"context_parallel {spec}: {name} is an embedded model with no attention to split; it "
+                          "applies to diffusers pipelines with a transformer (a folder, a model id, random:NAME)")
 
 
 def check_call(call: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,6 +365,8 @@ class RunSpec:
             raise HastenError("device, dtype and local_files_only apply when the model is given by name; an opened "
                               "model keeps its own placement")
         object.__setattr__(self, "call", check_call(self.call))
+        if self.placement.context_parallel is not None:
+            _check_cp_model(self.model, self.placement.context_parallel)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("batch", self.batch, 1)
         if not isinstance(self.local_files_only, bool):

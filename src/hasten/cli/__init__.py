@@ -121,6 +121,10 @@ def _tune_parser(sub) -> None:
                    "worker gets: OMP_NUM_THREADS or 1, divided by --devices; this process's count for one device)")
     u.add_argument("--comm-ms", type=float, help="communication per round in ms for D > 1 (default: the all-gather "
                    "measured over D gloo processes on this CPU)")
+    u.add_argument("--latency-table", metavar="FILE", help="JSON of forward seconds against rows at each context "
+                   "degree (and optionally the all-gather) for devices that cannot be measured here; ranks the "
+                   "--devices layouts (T time groups x C context ranks) from it instead of measuring "
+                   "(format: hasten.tune.layouts)")
     u.add_argument("--repeats", type=int, default=5, help="timings per latency point (the median is used)")
     u.add_argument("--out", default="tune", help="output folder (files of an earlier run there are replaced)")
     u.add_argument("--json", action="store_true", help="print tune.json to stdout instead of the table")

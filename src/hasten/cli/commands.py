@@ -92,7 +92,8 @@ def sample(args: argparse.Namespace) -> dict | None:
             "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(result.x, ref.x),
             "sequential_wall_s": ref.wall_s, "hits": hits,
             "warnings": [str(w.message) for w in caught], "executor": spec.placement.executor,
-            "world_size": getattr(s.executor, "world", 1), "device": str(s.x.device),
+            "world_size": getattr(s.executor, "ranks", getattr(s.executor, "world", 1)),
+            "context_parallel": spec.placement.context_parallel, "device": str(s.x.device),
             "dtype": str(getattr(s.executor.denoiser, "dtype", torch.float32)).removeprefix("torch."),
         }
         save_file({"latents": result.x.cpu().contiguous(), "sequential": ref.x.cpu().contiguous()},
@@ -168,7 +169,8 @@ def tune(args: argparse.Namespace) -> int:
     with OutputFolder(args.out) as out:
         report = run_tune(run, target, args.devices, chords_cores=args.cores, widths=args.widths,
                           methods=args.methods, threads=args.threads, comm_ms=args.comm_ms, repeats=args.repeats,
-                          progress=not args.no_progress, log=(lambda _: None) if args.json else print)
+                          progress=not args.no_progress, log=(lambda _: None) if args.json else print,
+                          latency_table=args.latency_table)
         command = "hasten " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "hasten tune"
         write_report(report, out, command)
     if args.json:
@@ -178,6 +180,9 @@ def tune(args: argparse.Namespace) -> int:
         s = report.settings
         print(f"\n{s['run']} of {s['candidates']} candidates run ({s['pruned']} pruned); predicted for "
               f"{s['devices']} device(s), latency at {s['threads']} thread(s)")
+        from hasten.tune.report import layout_section
+
+        print(layout_section(report), end="")
     if report.best is None:
         print(f"hasten: {winner_line(report)}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ Each group is a function that adds its flags to a command's parser:
 :func:`add_model_options` (``--model``, ``--device``, ``--dtype``, ...),
 :func:`add_call_options` (a pipeline's prompt and size), :func:`add_run_options`
 (seed, batch, solver, stop, progress), :func:`add_placement_options`
-(executor, backend, timeout, rows per forward, compile) and
+(executor, backend, timeout, context parallelism, rows per forward, compile) and
 :func:`add_method_options` (one method, its options and a cache). A command
 adds the groups it takes and then only its own flags; :func:`run_spec` turns
 the parsed flags into the one :class:`~hasten.spec.RunSpec`, and
@@ -126,7 +126,7 @@ def add_placement_options(p: argparse.ArgumentParser, timeout: float = 30.0, exe
                        help="torch.compile the network (backend, default inductor); every forward is padded to one "
                             "size (padding is not counted as NFE) so one compiled graph serves the run")
     if not executor:
-        p.set_defaults(executor="batched", backend=None, timeout=timeout)
+        p.set_defaults(executor="batched", backend=None, timeout=timeout, context_parallel=None)
         return
     p.add_argument("--executor", choices=["batched", "distributed"], default="batched",
                    help=executor_help or "batched: one forward per round here; distributed: spread each round over "
@@ -135,6 +135,10 @@ def add_placement_options(p: argparse.ArgumentParser, timeout: float = 30.0, exe
     p.add_argument("--timeout", type=float, default=timeout,
                    help="seconds any rank waits for the others before failing (distributed executor); torchrun's "
                         "own rendezvous of the nodes takes --rdzv-conf timeout=SECONDS instead")
+    p.add_argument("--context-parallel", metavar="LAYOUT",
+                   help="distributed executor on a pipeline: groups of C ranks share each forward through diffusers' "
+                        "context parallelism (ulysses=C, ring=C or ulysses=2:ring=2); the W ranks form W / C time "
+                        "groups over which each round is split")
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -197,7 +201,7 @@ def run_spec(args: argparse.Namespace, batch_default: int, sampling: dict | None
     """
     given = {"solver": args.solver, "executor": args.executor, "device": args.device, "dtype": args.dtype,
              "max_batch": args.max_batch, "compile": getattr(args, "compile", None), "backend": args.backend,
-             "timeout": args.timeout, "call": call_of(args), "seed": args.seed, "batch": args.batch,
+             "timeout": args.timeout, "context_parallel": getattr(args, "context_parallel", None), "call": call_of(args), "seed": args.seed, "batch": args.batch,
              "local_files_only": args.local_files_only or None, **(sampling or {})}
     given = {k: v for k, v in given.items() if v is not None and v != {}}
     if config is None:

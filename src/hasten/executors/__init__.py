@@ -10,7 +10,7 @@ EXECUTORS = ("batched", "distributed")
 
 
 def make_executor(denoiser, executor: str = "batched", max_batch: int | None = None, fixed_shape: bool = False,
-                  round_rows: int | None = None):
+                  round_rows: int | None = None, context=None):
     """The executor named ``executor`` over ``denoiser``, bounded and shaped as asked.
 
     ``max_batch``: most network rows in one forward. ``fixed_shape`` (for a
@@ -28,7 +28,9 @@ def make_executor(denoiser, executor: str = "batched", max_batch: int | None = N
     if executor == "distributed":
         from hasten.executors.distributed import DistributedExecutor
 
-        runner = DistributedExecutor(denoiser, max_batch=max_batch)
+        runner = DistributedExecutor(denoiser, max_batch=max_batch, context=context)
+    elif context is not None:
+        raise HastenError("context_parallel applies to the distributed executor only")
     else:
         runner = BatchedExecutor(denoiser, max_batch=max_batch)
     if fixed_shape:

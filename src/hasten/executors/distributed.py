@@ -93,16 +93,30 @@ def shares(rows: int, world: int) -> list[tuple[int, int]]:
 class DistributedExecutor:
     """Evaluate each round across the ranks of the default process group (or ``group``).
 
+    With ``context`` (a :class:`~hasten.executors.context.ContextLayout`) the
+    ranks form T = W / C time groups: ``rank`` / ``world`` are this rank's
+    time group and T, the C ranks of a group evaluate the same rows through
+    a context-parallel network, and the gather runs over the time dim only.
+
     ``max_batch`` bounds the network rows of one forward on each rank, as in
     :class:`~hasten.executors.batched.BatchedExecutor`. The gather buffer lives
     on the denoiser's device (NCCL needs CUDA tensors); with gloo and a CUDA
     denoiser the outputs are staged through the host.
     """
 
-    def __init__(self, denoiser: Denoiser, group=None, max_batch: int | None = None, time_model: bool | None = None):
+    def __init__(self, denoiser: Denoiser, group=None, max_batch: int | None = None, time_model: bool | None = None,
+                 context=None):
         if not dist.is_initialized():
             raise HastenError("DistributedExecutor needs an initialised process group (hasten.init_distributed)")
         self.denoiser = denoiser
+        self.context = context  # a ContextLayout: C ranks share each forward, rows split over the T time groups
+        self.ranks = dist.get_world_size()
+        if context is not None:
+            if group is not None:
+                raise HastenError("give a process group or a context layout, not both")
+            from hasten.executors.context import layout_mesh, time_group
+
+            group = time_group(layout_mesh(context, denoiser_device(denoiser)))
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)

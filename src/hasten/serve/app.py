@@ -48,6 +48,16 @@ class Service:
     preview: str = "full"
 
 
+def _context_parallel(served) -> str | None:
+    """The served pipeline's context-parallel layout, where its transformer runs in that mode."""
+    layout = getattr(served, "context_parallel", None)
+    if layout is None or getattr(served, "pipe", None) is None:
+        return None
+    from hasten.executors.context import networks_of
+
+    return layout if all(getattr(n, "_parallel_config", None) is not None for n in networks_of(served.pipe)) else None
+
+
 def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
            headers: dict | None = None) -> JSONResponse:
     return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
@@ -106,6 +116,7 @@ def create_app(service: Service) -> Starlette:
         status = "draining" if scheduler.draining else "ok"
         return JSONResponse({"status": status, "model": service.served.name, "queue": scheduler.depth(),
                              "running": len(scheduler.running), "world_size": service.world_size,
+                             "context_parallel": _context_parallel(service.served),
                              "needs_key": key is not None, "preview": service.preview,
                              "defaults": service.defaults.to_dict(), "size": "%dx%d" % service.served.size},
                             status_code=503 if scheduler.draining else 200)

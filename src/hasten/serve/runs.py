@@ -204,7 +204,9 @@ def open_run(served, settings: RunSettings, rows: list[Rows], size: tuple[int, i
     each request's own initial noise, concatenated, and
     :func:`~hasten.assembly.assemble` on one model view carrying every sample's prompt.
     """
-    placement = Placement(executor)  # the process group, where one is used, was joined at start
+    # the process group, where one is used, was joined at start; context parallelism is the server's
+    layout = getattr(served, "context_parallel", None) if executor == "distributed" else None
+    placement = Placement(executor, context_parallel=layout)
     prompts = [r.prompt for r in rows for _ in range(r.n)]
     view = served.view(model_call(settings, prompts, size, served.takes_size), len(prompts), rows[0].seed)
     if len(rows) == 1:

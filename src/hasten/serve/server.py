@@ -54,7 +54,8 @@ def run_description(args):
 
     given = {k: v for k, v in sampling_of(args).items() if v is not None and v != {}}
     sampling = Sampling(**{"method": "chords", **given})
-    placement = Placement(args.executor, args.device, args.dtype, backend=args.backend, timeout=args.timeout)
+    placement = Placement(args.executor, args.device, args.dtype, backend=args.backend, timeout=args.timeout,
+                          context_parallel=args.context_parallel)
     return sampling, placement
 
 
@@ -118,8 +119,19 @@ def serve(args) -> int:
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     _, placement = run_description(args)
     distributed = placement.executor == "distributed"
+    if placement.layout is not None:  # refused before loading: an embedded model, a family without a plan
+        from hasten.executors.context import check_model_source
+        from hasten.spec import _check_cp_model
+
+        _check_cp_model(args.model, placement.context_parallel)
+        check_model_source(args.model, placement.layout, args.local_files_only)
     device = place(placement)  # under torchrun: joins the process group, each rank on its own device
     served = ServedModel(args.model, device, placement.dtype, _base_call(args), args.local_files_only)
+    served.context_parallel = placement.context_parallel
+    if placement.layout is not None:  # the transformer shares its forwards from the start, on every rank
+        from hasten.executors.context import prepare_network
+
+        prepare_network(served.pipe, placement.layout, device)
     limits = replace(limits, run=replace(limits.run, max_steps=min(limits.run.max_steps, served.max_steps)))
     if defaults.steps > limits.run.max_steps:
         raise HastenError(f"--steps {defaults.steps} is above --max-steps / the model's {limits.run.max_steps}")

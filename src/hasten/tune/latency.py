@@ -96,8 +96,9 @@ def measure_latency(executor, x: torch.Tensor, index: int, sizes: Sequence[int],
                     threads: int | None = None) -> Curve:
     """Median seconds of one round of ``b`` rows through ``executor``, for each ``b`` in ``sizes``.
 
-    ``x`` holds at least one latent row; rows are copies of it at grid point
-    ``index``. One untimed warm-up per size comes first; then the sizes are
+    ``x`` holds at least one latent row; a round of ``b`` rows is requests of
+    ``x``'s first rows at grid point ``index`` (at most ``x``'s rows each, so a
+    denoiser with a prompt per sample finds one for every row). One untimed warm-up per size comes first; then the sizes are
     timed in turn, ``repeats`` times over.
     """
     from hasten.devices import synchronize
@@ -105,14 +106,15 @@ def measure_latency(executor, x: torch.Tensor, index: int, sizes: Sequence[int],
 
     times: dict[int, list[float]] = {b: [] for b in sizes}
     with torch_threads(threads):
-        inputs = {b: x[:1].expand(b, *x.shape[1:]).contiguous() for b in sizes}
+        inputs = {b: [Eval(x[:min(n, x.shape[0])].contiguous(), index) for n in range(b, 0, -x.shape[0])]
+                  for b in sizes}
         for b in sizes:
-            executor.evaluate([Eval(inputs[b], index)])
+            executor.evaluate(inputs[b])
         for _ in range(repeats):  # sizes interleaved: a burst of load elsewhere spreads over them
             for b in sizes:
                 synchronize(x.device)
                 t0 = time.perf_counter()
-                executor.evaluate([Eval(inputs[b], index)])
+                executor.evaluate(inputs[b])
                 synchronize(x.device)
                 times[b].append(time.perf_counter() - t0)
         used = torch.get_num_threads()

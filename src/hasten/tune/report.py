@@ -31,8 +31,23 @@ def write_report(report: TuneReport, out, command: str = "") -> None:
     title = (f"hasten tune: {s['model']}, {s['devices']} device(s), target {s['target']}, "
              f"{s['solver']}-{s['steps']}, batch {s['batch']}")
     (out / "tune.md").write_text(f"# {title}\n\nCommand: `{command}`\n\n{markdown_table(report.rows, COLUMNS)}\n\n"
-                                 f"{winner_line(report)}\n")
+                                 f"{winner_line(report)}\n{layout_section(report)}")
     plot_tune_front(report.rows, out / "pareto.png", title)
+
+
+LAYOUT_COLUMNS = [("layout", "T x C"), ("context_parallel", "--context-parallel"), ("predicted_s", "predicted wall s"),
+                  ("source", "forward latency from")]
+
+
+def layout_section(report: TuneReport) -> str:
+    """The ranked (T, C) layouts of a tune on several devices, as markdown ('' for one device)."""
+    from hasten.report import markdown_table
+
+    layouts = report.settings.get("layouts")
+    if not layouts:
+        return ""
+    return (f"\n## Layouts on {report.settings['devices']} devices, for `{layouts['for']}`\n\n"
+            f"{markdown_table(layouts['rows'], LAYOUT_COLUMNS)}\n")
 
 
 def winner_line(report: TuneReport) -> str:

@@ -39,7 +39,8 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
          seed: int | None = None, solver: str | None = None, max_batch: int | None = None,
          chords_cores: Sequence[int] | None = None, widths: Sequence[int] | None = None,
          methods: Sequence[str] | None = None, threads: int | None = None, comm_ms: float | None = None,
-         repeats: int = 5, progress: bool = True, log: Callable[[str], None] = lambda _: None) -> TuneReport:
+         repeats: int = 5, progress: bool = True, log: Callable[[str], None] = lambda _: None,
+         latency_table: str | None = None) -> TuneReport:
     """Run the candidates on ``run``'s model and rank them for ``devices`` devices.
 
     ``run``: a :class:`~hasten.spec.RunSpec` (its model, steps, batch, seed,
@@ -52,6 +53,10 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
     embedded model named by its spec, D > 1 on the CPU is measured as whole
     distributed rounds in D spawned processes (:func:`measure_rounds`), else
     as this process's forward plus a measured all-gather (:func:`measure_comm`).
+
+    With ``devices`` > 1 the (T, C) layouts of time groups x context degree
+    are ranked too, for the winner (:mod:`hasten.tune.layouts`): forward
+    latencies at each degree measured here, or read from ``latency_table``.
 
     Refused before any work: a bad target, devices, repeats or threads, a
     non-finite ``comm_ms``, and a candidate list that is empty or names core
@@ -74,11 +79,16 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
         run = run.replace(**{k: v for k, v in given.items() if v is not None})
     run = run.replace(method="sequential", cache="none", stop="none")
     cands = candidates(run.steps, run.sampling.solver, chords_cores, widths, methods=methods)  # checked first
+    table = None
+    if latency_table is not None:
+        from hasten.tune.layouts import load_table
+
+        table = load_table(latency_table)
     threads = threads if threads is not None else worker_threads(devices)
     spawnable = run.model if isinstance(run.model, str) and _embedded(run.model) else None
     model = open_for(run)
     with torch_threads(threads):
-        return _tune(run, model, cands, target, devices, threads, comm_ms, repeats, progress, log, spawnable)
+        return _tune(run, model, cands, target, devices, threads, comm_ms, repeats, progress, log, spawnable, table)
 
 
 def _embedded(spec: str) -> bool:
@@ -88,7 +98,8 @@ def _embedded(spec: str) -> bool:
 
 
 def _tune(run, model, cands: list[Candidate], target: Target, devices: int, threads: int, comm_ms: float | None,
-          repeats: int, progress: bool, log: Callable[[str], None], spawnable: str | None) -> TuneReport:
+          repeats: int, progress: bool, log: Callable[[str], None], spawnable: str | None,
+          table: dict | None = None) -> TuneReport:
     from tqdm.auto import tqdm
 
     from hasten.assembly import prepare
@@ -144,6 +155,7 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
     log(f"in-situ calibration: a forward inside a run takes {1000 * latency.offset:+.2f} ms beside the tight-loop "
         "curve")
     comm = None
+    gather = None  # the all-gather of a layout's time dim, where the latency curve does not hold it
     kind = "forward (one process)"
     if devices > 1:
         import torch.distributed as dist
@@ -161,6 +173,7 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
             log(f"communication: all-gather over {devices} ranks")
             comm = measure_comm(devices, tuple(ref.x.shape[1:]), batch_sizes(most), device=ref.x.device)
             kind += " + all-gather (measured)"
+        gather = comm if "distributed round" not in kind else None
 
     model_name = run.model if isinstance(run.model, str) else getattr(ref_setup.model, "name", str(run.model))
     rows = []
@@ -198,4 +211,46 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
                 "calibration_offset_s": latency.offset,
                 "reference_measured_s": ref.wall_s, "candidates": len(cands), "run": len(runs) - 1,
                 "pruned": len(skipped), "met": len(meeting)}
+    if devices > 1:
+        chosen = meeting[0] if best is not None else rows[0]
+        settings["layouts"] = _layouts(run, ref_setup.model, chosen, devices, latency, gather, table, threads, repeats,
+                                       batch_sizes(most), log)
     return TuneReport(rows, best, latency, comm, settings, skipped)
+
+
+def _layouts(run, model, row: dict, devices: int, latency: Curve, gather: Curve | None, table: dict | None,
+             threads: int, repeats: int, sizes: list[int], log: Callable[[str], None]) -> dict:
+    """The (T, C) layouts of ``devices`` ranked for ``row``, with the source of their forward latencies."""
+    from hasten.errors import HastenError
+    from hasten.executors.context import check_backend, parse_context_parallel
+    from hasten.tune.layouts import degree_spec, layouts, measure_context_forward, rank_layouts
+
+    reasons: dict[int, str] = {}
+
+    network = getattr(model, "network", None)
+    heads = None if network is None else network.config.get("num_attention_heads")
+    can_share = isinstance(run.model, str) and network is not None and getattr(network, "_cp_plan", None) is not None
+    missing = "" if can_share else (": this model has no context-parallel plan (only pipelines whose transformer "
+                                    "diffusers can share)")
+    if table is not None:
+        source = f"latency table {table['path']} ({table['device']})"
+        forwards = {c: v for c, v in table["forward"].items() if can_share or c == 1}
+        missing = missing or " in the table"
+        gather = table["gather"] if table["gather"] is not None else gather
+    else:
+        source, forwards = f"measured here ({threads} thread(s) per rank)", {1: latency}
+        for _, c in layouts(devices):
+            if c > 1 and can_share:
+                spec = degree_spec(c, heads)
+                try:
+                    check_backend(parse_context_parallel(spec), network)
+                except HastenError as err:  # e.g. ring attention on the native backend: not runnable here
+                    reasons[c] = f": {err}"
+                    continue
+                log(f"context-parallel forward: {c} gloo processes ({spec})")
+                curve = measure_context_forward(run.to_dict(), c, spec, sizes, repeats, threads)
+                curve.offset = latency.offset
+                forwards[c] = curve
+    ranked = rank_layouts(row, devices, forwards, gather, heads, source, missing, reasons)
+    return {"for": row["label"], "source": source, "rows": ranked,
+            "forward": {str(c): curve.to_dict() for c, curve in forwards.items()}}
