@@ -31,7 +31,7 @@ from hasten.errors import HastenError
 
 #: ``ulysses=C``, ``ring=C`` or both, joined by ``:``
 GRAMMAR = "ulysses=C, ring=C or both (ulysses=2:ring=2), each C an integer >= 1"
-_PART = re.compile(r"^\s*(ulysses|ring)\s*=\s*(\d+)\s*$")
+_PART = re.compile(r"^(ulysses|ring)=(\d+)$")  # no spaces, as every other spec
 #: per process group: the mesh of each layout, built once (building one is a collective every rank joins)
 _MESHES: dict[tuple[int, int, int, int, str], Any] = {}
 
