@@ -118,3 +118,15 @@ def test_the_command_line_takes_a_digit_prompt(tmp_path):
                           "--steps", "8", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "prompt must be one digit" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_bad_prompt_is_refused_before_the_weights_load(monkeypatch):
+    from hasten.models import digits
+
+    def no_loading(*args, **kw):
+        raise AssertionError("the weights were loaded before the call was checked")
+
+    monkeypatch.setattr(digits, "_load_unet", no_loading)
+    monkeypatch.setattr("hasten.models.digits_cond._load_unet", no_loading)
+    with pytest.raises(HastenError, match="prompt must be one digit"):
+        hasten.load_model("digits-cond", call={"prompt": "a cat"})

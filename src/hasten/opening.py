@@ -91,9 +91,12 @@ def open_model(spec: Any, device: torch.device | str | None = None, dtype: torch
         if local_files_only:
             raise HastenError("local_files_only applies to Hugging Face model ids, not to embedded models")
         given = {k: v for k, v in (call or {}).items() if v is not None}
-        if given and not hasattr(_embedded_class(spec), "with_call"):  # refused before the weights load
+        cls = _embedded_class(spec)
+        if given and not hasattr(cls, "with_call"):  # refused before the weights load
             raise HastenError(f"{', '.join(sorted(given))} apply to diffusers pipelines (a folder, a model id or "
                               f"random:NAME), not to the embedded model {spec}")
+        if given and hasattr(cls, "check_call"):  # a prompted model checks its call before its weights load
+            cls.check_call(given, batch)
         return bind_model(load_embedded(spec, dev, resolve_dtype(dtype, dev)), given, batch, seed)
     from hasten.integrations.model import PipelineModel, load_pipeline
 

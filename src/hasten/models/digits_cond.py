@@ -59,13 +59,16 @@ class DigitsCondModel(DigitsModel):
         self.labels: tuple[int, ...] = (NULL_CLASS,)
         self.guidance_scale = DEFAULT_GUIDANCE
 
-    def with_call(self, call: dict[str, Any], batch: int | None = None) -> "DigitsCondModel":
-        """A view sharing this network, for ``call``'s prompt(s) and guidance scale; ``batch`` checks a list prompt."""
-        unknown = sorted(set(call) - set(self.CALL_KEYS))
+    @classmethod
+    def check_call(cls, call: dict[str, Any], batch: int | None = None) -> tuple[tuple[int, ...], float]:
+        """``call``'s labels (one, or one per sample) and guidance scale, or a HastenError naming the bad value.
+
+        Needs no weights: ``hasten.opening`` calls it before the model loads.
+        """
+        unknown = sorted(set(call) - set(cls.CALL_KEYS))
         if unknown:
-            raise HastenError(f"{', '.join(unknown)} apply to diffusers pipelines; the embedded model {self.name} "
-                              f"takes {' and '.join(self.CALL_KEYS)}")
-        view = DigitsCondModel(_unet=self.unet)
+            raise HastenError(f"{', '.join(unknown)} apply to diffusers pipelines; the embedded model {cls.name} "
+                              f"takes {' and '.join(cls.CALL_KEYS)}")
         prompt = call.get("prompt", "")
         if isinstance(prompt, (list, tuple)):
             if not prompt:
@@ -73,13 +76,18 @@ class DigitsCondModel(DigitsModel):
             if batch is not None and len(prompt) != batch:
                 raise HastenError(f"prompt: a list of prompts needs one per sample: {batch} samples, "
                                   f"{len(prompt)} prompts")
-            view.labels = tuple(digit_label(p, f"prompt[{k}]") for k, p in enumerate(prompt))
+            labels = tuple(digit_label(p, f"prompt[{k}]") for k, p in enumerate(prompt))
         else:
-            view.labels = (digit_label(prompt),)
+            labels = (digit_label(prompt),)
         scale = call.get("guidance_scale", DEFAULT_GUIDANCE)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
             raise HastenError(f"guidance_scale must be a finite number >= 1 (1 is no guidance), got {scale!r}")
-        view.guidance_scale = float(scale)
+        return labels, float(scale)
+
+    def with_call(self, call: dict[str, Any], batch: int | None = None) -> "DigitsCondModel":
+        """A view sharing this network, for ``call``'s prompt(s) and guidance scale; ``batch`` checks a list prompt."""
+        view = DigitsCondModel(_unet=self.unet)
+        view.labels, view.guidance_scale = self.check_call(call, batch)
         return view
 
     @property
