@@ -166,7 +166,8 @@ def test_cli_takes_the_option_and_refuses_in_one_line():
 def test_tune_ranks_layouts_from_a_latency_table(tmp_path):
     from hasten.testing.pipelines import save_tiny_pipeline
     from hasten.tune import tune
-    from hasten.tune.layouts import predict_layout, load_table
+    from hasten.tune.latency import predict_wall
+    from hasten.tune.layouts import load_table
 
     folder = save_tiny_pipeline("flux", tmp_path / "flux")
     table = {"device": "test node", "forward": {"1": {"rows": [1, 4], "seconds": [1.0, 4.0]},
@@ -182,7 +183,7 @@ def test_tune_ranks_layouts_from_a_latency_table(tmp_path):
     assert layouts["source"] == f"latency table {tmp_path / 'table.json'} (test node)"
     row = next(r for r in report.rows if r["label"] == layouts["for"])
     loaded = load_table(tmp_path / "table.json")
-    expect = {f"{4 // c}x{c}": predict_layout(row["round_rows"], loaded["forward"][c], 4 // c, row["bookkeeping_s"],
+    expect = {f"{4 // c}x{c}": predict_wall(row["round_rows"], loaded["forward"][c], 4 // c, row["bookkeeping_s"],
                                               loaded["gather"]) for c in (1, 2, 4)}
     got = {e["layout"]: e["predicted_s"] for e in layouts["rows"]}
     assert got == pytest.approx(expect)

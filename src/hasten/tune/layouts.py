@@ -6,6 +6,7 @@ ranks each (:mod:`hasten.executors.context`)::
     wall(T, C) = bookkeeping + sum over rounds r with model work of
                  forward_C(ceil(rows_r / T)) + gather(ceil(rows_r / T))   (T > 1)
 
+That is :func:`~hasten.tune.latency.predict_wall` on T devices with ``forward_C`` as its curve.
 ``forward_C`` is the seconds of one forward of that many rows shared by C
 ranks. Its source is said with every prediction: *measured here* (C = 1 is
 tune's own calibrated curve; C > 1 is timed in C spawned gloo ranks running
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hasten.errors import HastenError
-from hasten.tune.latency import Curve
+from hasten.tune.latency import Curve, predict_wall
 
 
 def layouts(devices: int) -> list[tuple[int, int]]:
@@ -79,17 +80,6 @@ def load_table(path: str | Path) -> dict:
             "path": str(path)}
 
 
-def predict_layout(round_rows: Sequence[int], forward: Curve, time_groups: int, bookkeeping_s: float,
-                   gather: Curve | None) -> float:
-    """Predicted wall seconds on T = ``time_groups`` groups whose forwards take ``forward`` (module docstring)."""
-    total = bookkeeping_s
-    for rows in round_rows:
-        if rows:
-            share = math.ceil(rows / time_groups)
-            total += forward(share) + (gather(share) if gather is not None and time_groups > 1 else 0.0)
-    return total
-
-
 def rank_layouts(row: dict, devices: int, forwards: dict[int, Curve], gather: Curve | None, heads: int | None,
                  source: str, missing: str = "", reasons: dict[int, str] | None = None) -> list[dict]:
     """The layouts of ``devices`` for one tune row, fastest first; a degree without a curve says why."""
@@ -99,7 +89,7 @@ def rank_layouts(row: dict, devices: int, forwards: dict[int, Curve], gather: Cu
         if c not in forwards:
             entry.update(predicted_s=None, source=f"no forward latency at C={c}{(reasons or {}).get(c, missing)}")
         else:
-            entry.update(predicted_s=predict_layout(row["round_rows"], forwards[c], t, row["bookkeeping_s"], gather),
+            entry.update(predicted_s=predict_wall(row["round_rows"], forwards[c], t, row["bookkeeping_s"], gather),
                          source=source)
         out.append(entry)
     out.sort(key=lambda e: (e["predicted_s"] is None, e["predicted_s"] or 0.0))
