@@ -261,3 +261,19 @@ def test_serve_on_a_context_parallel_pool_answers_as_the_batched_executor(tmp_pa
         assert reply.json()["hasten"]["cost"]["rounds"] == ref.rounds
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "no such file"), ("folder", "is a folder"), (b"\x00\x01\xff", "not UTF-8 text"),
+    (b"{", "is not a JSON file"), (b'{"forward": {"1": {"rows": [1], "seconds": [NaN]}}}', "finite numbers >= 0"),
+    (b"{}", 'needs a "forward" mapping')])
+def test_a_bad_latency_table_gets_a_one_line_error(tmp_path, content, match):
+    from hasten.tune.layouts import load_table
+
+    path = tmp_path / "table.json"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(HastenError, match=match):
+        load_table(path)

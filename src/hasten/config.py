@@ -33,24 +33,31 @@ VERSIONS = (1, 2)
 CONFIG_KEYS = ("hasten_config", *RunSpec.KEYS, "tune")
 
 
-def _read(source: "str | os.PathLike | Mapping") -> tuple[dict, str]:
-    if isinstance(source, Mapping):
-        return dict(source), "config"
-    where = f"config {str(source)!r}"
+def read_json_file(path: "str | os.PathLike", where: str) -> Any:
+    """A JSON file's content, or a HastenError starting with ``where``: missing, a folder, not UTF-8, not JSON."""
     try:
-        text = Path(source).read_bytes().decode("utf-8")
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise HastenError(f"{where}: no such file") from None
     except IsADirectoryError:
-        raise HastenError(f"{where} is a folder; give the JSON file (e.g. best.json)") from None
+        raise HastenError(f"{where} is a folder; give the JSON file") from None
     except UnicodeDecodeError:
         raise HastenError(f"{where} is not a JSON file: it is not UTF-8 text") from None
     except OSError as err:
         raise HastenError(f"{where} could not be read: {err}") from None
     try:
-        return json.loads(text), where
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise HastenError(f"{where} is not a JSON file: {err}") from None
+
+
+def _read(source: "str | os.PathLike | Mapping") -> tuple[dict, str]:
+    if isinstance(source, Mapping):
+        return dict(source), "config"
+    where = f"config {str(source)!r}"
+    if Path(source).is_dir():
+        raise HastenError(f"{where} is a folder; give the JSON file (e.g. best.json)")
+    return read_json_file(source, where), where
 
 
 def load_config(source: "str | os.PathLike | Mapping") -> dict:

@@ -61,13 +61,10 @@ def _curve(entry: Any, where: str) -> Curve:
 
 def load_table(path: str | Path) -> dict:
     """A latency table (format in the module docstring), checked: {"device", "forward": {C: Curve}, "gather"}."""
+    from hasten.config import read_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HastenError(f"--latency-table {path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise HastenError(f"--latency-table {path}: not JSON ({err})") from None
+    data = read_json_file(path, f"--latency-table {path}")
     if not isinstance(data, dict) or not isinstance(data.get("forward"), dict) or not data["forward"]:
         raise HastenError(f"--latency-table {path}: needs a \"forward\" mapping of context degrees to curves")
     forward = {}
