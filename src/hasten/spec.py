@@ -291,17 +291,6 @@ def _pick(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> dict[st
     return dict(data)
 
 
-def _check_cp_model(model: Any, spec: str) -> None:
-    """Context parallelism splits a pipeline's attention: refuse an embedded model, which has none."""
-    from hasten.opening import model_source
-
-    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
-    embedded = model_source(model) == "embedded" if isinstance(model, str) else not hasattr(model, "pipe")
-    if embedded:
-        raise HastenError(f"context_parallel {spec}: {name} is an embedded model with no attention to split; it "
-                          "applies to diffusers pipelines with a transformer (a folder, a model id, random:NAME)")
-
-
 def check_call(call: Mapping[str, Any]) -> dict[str, Any]:
     """The pipeline call's generic values checked (sizes, guidance, prompts); the adapter checks the rest."""
     if not isinstance(call, Mapping) or not all(isinstance(k, str) for k in call):
@@ -365,8 +354,10 @@ class RunSpec:
             raise HastenError("device, dtype and local_files_only apply when the model is given by name; an opened "
                               "model keeps its own placement")
         object.__setattr__(self, "call", check_call(self.call))
-        if self.placement.context_parallel is not None:
-            _check_cp_model(self.model, self.placement.context_parallel)
+        if self.placement.layout is not None:
+            from hasten.executors.context import check_not_embedded
+
+            check_not_embedded(self.model, self.placement.layout)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("batch", self.batch, 1)
         if not isinstance(self.local_files_only, bool):

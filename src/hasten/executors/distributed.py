@@ -110,7 +110,7 @@ class DistributedExecutor:
             raise HastenError("DistributedExecutor needs an initialised process group (hasten.init_distributed)")
         self.denoiser = denoiser
         self.context = context  # a ContextLayout: C ranks share each forward, rows split over the T time groups
-        self.ranks = dist.get_world_size()
+        self.ranks = dist.get_world_size()  # every rank of the launch (result.json's world_size), T x C
         if context is not None:
             if group is not None:
                 raise HastenError("give a process group or a context layout, not both")

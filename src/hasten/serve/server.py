@@ -121,9 +121,7 @@ def serve(args) -> int:
     distributed = placement.executor == "distributed"
     if placement.layout is not None:  # refused before loading: an embedded model, a family without a plan
         from hasten.executors.context import check_model_source
-        from hasten.spec import _check_cp_model
 
-        _check_cp_model(args.model, placement.context_parallel)
         check_model_source(args.model, placement.layout, args.local_files_only)
     device = place(placement)  # under torchrun: joins the process group, each rank on its own device
     served = ServedModel(args.model, device, placement.dtype, _base_call(args), args.local_files_only)
