@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from hasten.errors import HastenError
+from hasten.jsonable import json_safe  # noqa: F401 - reports write JSON through it; imported from here too
 
 
 def _matplotlib():
@@ -50,17 +51,6 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
-
-
-def json_safe(obj: Any) -> Any:
-    """Replace inf/nan floats (not valid JSON) with strings, recursively."""
-    if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def write_json(obj: Any, path: Path) -> None:
