@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler
 
 import hasten
 from hasten import Grid, HastenError, Sequential, run
-from hasten.assembly import draw_noise
+from hasten.noise import draw_noise
 from hasten.methods import SRDS, ParaDiGMS, ParaSolver, ParaSolverTurbo, make_method, parse_method_spec
 from hasten.methods.subintervals import NotConvergedWarning
 from hasten.metrics import rmse

@@ -18,7 +18,7 @@ import argparse
 import re
 
 from hasten.errors import HastenError
-from hasten.methods import BUDGET_OPTION, METHODS, OPTIONS
+from hasten.methods import BUDGET_OPTION, DECLARED, METHODS, OPTIONS
 from hasten.models import MODELS
 from hasten.spec import RunSpec
 from hasten.steps import SOLVERS
@@ -40,6 +40,41 @@ CACHE_GRAMMAR = ("A cache is none, reuse or abcache[:K] (Adams-Bashforth extrapo
                  "flow grids); e.g. abcache:2:interval=3.")
 
 
+def _flag(key: str) -> dict:
+    """The argparse settings of a method option's flag, from the methods' declarations of it.
+
+    An option several methods declare gets one flag whose help says what it means in each.
+    """
+    meanings: dict[str, list[str]] = {}
+    readers = set()
+    metavar = None
+    for name, declared in DECLARED.items():
+        if key in declared:
+            meanings.setdefault(declared[key].help, []).append(name)
+            readers.add(declared[key].parse or OPTIONS[name][key])
+            metavar = metavar or declared[key].metavar
+    if len(readers) != 1:
+        raise HastenError(f"methods read option {key} in different ways; declare one reader")  # a bug, not input
+    reader = readers.pop()
+    help_text = "; ".join(f"{', '.join(names)}: {meaning}" for meaning, names in meanings.items())
+    return {"type": _argparse_reader(reader), "help": help_text, **({"metavar": metavar} if metavar else {})}
+
+
+def _argparse_reader(reader):
+    """A declared reader as argparse takes it: a ValueError becomes argparse's own one-line error."""
+    if reader in (int, float, str):
+        return reader
+
+    def read(text: str):
+        try:
+            return reader(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    read.__name__ = getattr(reader, "__name__", "value")
+    return read
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -52,14 +87,6 @@ def int_list(text: str) -> list[int]:
 
 def str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _init(text: str):
-    if text.strip() in ("paper", "uniform"):
-        return text.strip()
-    if not text.strip():
-        raise argparse.ArgumentTypeError("needs paper, uniform or comma-separated grid indices like 0,8,16,32")
-    return int_list(text)
 
 
 def add_model_options(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
@@ -150,22 +177,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         f"{name}: {option}" for name, option in BUDGET_OPTION.items()) + " (chords default: length of --init, else "
         "4, capped at steps - 1 with a notice)")
     p.add_argument("--steps", type=int, help="sampling steps N (default: 50)")
-    p.add_argument("--init", type=_init, help="CHORDS initialisation: paper, uniform, or grid indices like 0,8,16,32")
-    p.add_argument("--speedup", type=float, help="CHORDS target speedup s > 1 for the automatic init sequence")
-    p.add_argument("--window", type=int, help="ParaDiGMS / ParaSolver / ParaSolver-Turbo window size p "
-                   "(default: --cores for paradigms and parasolver; parasolver-turbo: the paper's p, 100 with ddpm "
-                   "and 50 otherwise, capped at the steps)")
-    p.add_argument("--tol", type=float, help="tolerance: per point in units of the step's noise scale (paradigms: "
-                   "DDPM posterior std, default 0.1; parasolver(-turbo): sigma, default 0.5 with ddpm, else 0.03); "
-                   "srds: relative change of the final sample between iterations (default 1e-3)")
-    p.add_argument("--rho", type=int, help="ParaSolver-Turbo: model calls per iteration (nonlinear equations; "
-                   "default --cores, else 8)")
-    p.add_argument("--precondition", type=int, help="ParaSolver(-Turbo): sequential preconditioning steps M "
-                   "(default: 1 for parasolver, the paper's 0 for parasolver-turbo)")
-    p.add_argument("--subintervals", type=int, help="ParaSolver(-Turbo): number of sub-intervals (default: steps)")
-    p.add_argument("--blocks", type=int, help="SRDS: number of blocks (default round(sqrt(steps)))")
-    p.add_argument("--max-iters", type=int, help="iteration cap of paradigms, srds, parasolver(-turbo); on reaching "
-                   "it the method warns how far from converged it was and returns its current result")
+    for key in METHOD_FLAGS:
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, **_flag(key))
     p.add_argument("--cache", metavar="SPEC", help="answer some evaluations from cached outputs; works with every "
                    f"method (default: none). {CACHE_GRAMMAR}")
 
@@ -205,13 +218,14 @@ def run_spec(args: argparse.Namespace, batch_default: int, sampling: dict | None
              "local_files_only": args.local_files_only or None, **(sampling or {})}
     given = {k: v for k, v in given.items() if v is not None and v != {}}
     if config is None:
-        return RunSpec.from_dict({"model": args.model or "digits", "batch": batch_default, **given})
+        return RunSpec.from_dict({"model": "digits" if args.model is None else args.model, "batch": batch_default,
+                                  **given})
     from hasten.config import load_config, merge_config
 
     file = load_config(config)
     if "batch" not in given and file.get("batch") is None:
         given["batch"] = batch_default
-    return merge_config(config, model=args.model or file.get("model") or "digits", **given)
+    return merge_config(config, model=(file.get("model") or "digits") if args.model is None else args.model, **given)
 
 
 def sampling_of(args: argparse.Namespace) -> dict:

@@ -1,41 +1,46 @@
-"""Round-based sampling methods, built by name from the CLI and the API."""
+"""Round-based sampling methods (sequential, CHORDS, ParaDiGMS, SRDS, ParaSolver, ParaSolver-Turbo), built by name.
+
+Each method class declares its options as fields (:mod:`hasten.methods.declared`):
+the spec grammar (``paradigms:window=8:tol=0.05``), their checks and the CLI
+flags all come from those fields.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hasten.errors import HastenError
-from hasten.options import option_types, parse_spec
 from hasten.methods.base import Method
-from hasten.rounds import Eval, Hit
 from hasten.methods.chords import Chords
+from hasten.methods.declared import Option, declared_options
 from hasten.methods.sequential import Sequential
 from hasten.methods.srds import SRDS
 from hasten.methods.window import ParaDiGMS, ParaSolver, ParaSolverTurbo, SlidingWindow
+from hasten.options import option_types, parse_spec
+from hasten.rounds import Eval, Hit
 
-METHODS = ("sequential", "chords", "paradigms", "srds", "parasolver", "parasolver-turbo")
+#: the method classes by name, in the order the CLI lists them
+BUILDERS: dict[str, type] = {cls.name: cls for cls in (Sequential, Chords, ParaDiGMS, SRDS, ParaSolver,
+                                                       ParaSolverTurbo)}
+METHODS = tuple(BUILDERS)
 
-#: the class or function that builds each method from its options
-BUILDERS = {"sequential": Sequential, "chords": Chords, "paradigms": ParaDiGMS, "srds": SRDS,
-            "parasolver": ParaSolver, "parasolver-turbo": ParaSolverTurbo}
-
-#: Options each method takes, with their types: its builder's keyword arguments (dataclass fields).
-OPTIONS: dict[str, dict[str, type]] = {name: option_types(BUILDERS[name]) for name in METHODS}
-
-
+#: each method's declared options (help, checks, parser), from its fields
+DECLARED: dict[str, dict[str, Option]] = {name: declared_options(cls) for name, cls in BUILDERS.items()}
+#: each method's options with their spec types, from the same fields
+OPTIONS: dict[str, dict[str, type]] = {name: option_types(cls) if DECLARED[name] else {}
+                                       for name, cls in BUILDERS.items()}
 #: what the command line's ``--cores`` (the API's ``cores=``) sets in each method: CHORDS' cores, the sliding
-#: window of ParaDiGMS / ParaSolver, SRDS' cap on evaluations a round, ParaSolver-Turbo's rho (its window
-#: keeps the paper's per-solver default, see :func:`ParaSolverTurbo`); sequential takes none
-BUDGET_OPTION: dict[str, str] = {"chords": "cores", "paradigms": "window", "parasolver": "window",
-                                 "srds": "max_per_round", "parasolver-turbo": "rho"}
+#: window of ParaDiGMS / ParaSolver, SRDS' cap on evaluations a round, ParaSolver-Turbo's rho (its window keeps
+#: the paper's per-solver default); sequential takes none
+BUDGET_OPTION: dict[str, str] = {name: cls.budget for name, cls in BUILDERS.items() if cls.budget is not None}
 
 
 def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
-    """A method by name.
+    """A method by name, its options checked (by the method's own declaration).
 
     ``cores`` is the per-round evaluation budget, which each method names its own way
     (``BUDGET_OPTION``); an option given by that name wins over it. Options a method
-    does not take are refused; ``None`` values are ignored.
+    does not take are refused, naming those it does; ``None`` values are ignored.
     """
     if name not in METHODS:
         raise HastenError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
@@ -46,8 +51,6 @@ def make_method(name: str, cores: int | None = None, **options: Any) -> Method:
         raise HastenError(f"method {name} does not take {', '.join(unknown)}; its options: {valid}")
     if cores is not None and name in BUDGET_OPTION:
         options.setdefault(BUDGET_OPTION[name], cores)
-    if name == "chords" and options.get("cores") is None and isinstance(options.get("init"), (list, tuple)):
-        options["cores"] = len(options["init"])
     return BUILDERS[name](**options)
 
 
@@ -60,6 +63,6 @@ def parse_method_spec(spec: str, extra: dict[str, type] | None = None) -> tuple[
 
 
 __all__ = [
-    "BUDGET_OPTION", "BUILDERS", "Chords", "Eval", "Hit", "METHODS", "Method", "OPTIONS", "ParaDiGMS", "ParaSolver", "ParaSolverTurbo", "SRDS",
-    "Sequential", "SlidingWindow", "make_method", "parse_method_spec",
+    "BUDGET_OPTION", "BUILDERS", "Chords", "DECLARED", "Eval", "Hit", "METHODS", "Method", "OPTIONS", "ParaDiGMS",
+    "ParaSolver", "ParaSolverTurbo", "SRDS", "Sequential", "SlidingWindow", "make_method", "parse_method_spec",
 ]

@@ -28,12 +28,14 @@ keeps its own history (docs/DESIGN.md).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.rounds import Eval, Hit, MethodRun
+from hasten.methods.declared import check_options, option
 from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
 from hasten.methods.parareal import rectify
 from hasten.multistep import remember
@@ -43,35 +45,49 @@ from hasten.steps import Step
 log = logging.getLogger("hasten")
 
 
+def parse_init(text: str):
+    """The command line's ``--init``: ``paper``, ``uniform`` or comma-separated grid indices."""
+    text = text.strip()
+    if text in ("paper", "uniform"):
+        return text
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"needs paper, uniform or comma-separated grid indices like 0,8,16,32, got {text!r}")
+    return values
+
+
+@dataclass
 class Chords:
-    """CHORDS with ``cores`` cores.
+    """CHORDS with ``cores`` cores (its options are declared by its fields)."""
 
-    Args:
-        cores: number of cores K >= 1; None takes 4, capped at N - 1 with a notice on short grids
-            (Flux-schnell's 4 steps). A K given explicitly is never changed: N <= K is refused.
-        init: ``None``/``"paper"`` (paper sequence where defined, else the
-            recursion after Theorem 2.5), ``"uniform"``, or explicit grid indices.
-        speedup: continuous target speedup ``s > 1`` for the recursion.
-    """
+    cores: int | None = option(None, "number of cores K (default: the length of init, else 4, capped at steps - 1 "
+                                     "with a notice on short grids; a K given is never changed: N <= K is refused)",
+                               low=1)
+    init: Sequence[int] | str | None = option(
+        None, "initialisation: paper (the paper's sequence where defined, else the recursion after Theorem 2.5), "
+              "uniform, or grid indices like 0,8,16,32", parse=parse_init, metavar="INIT")
+    speedup: float | None = option(None, "target speedup s > 1 for the automatic init sequence (the recursion "
+                                         "after Theorem 2.5)", above=1)
+    name: ClassVar[str] = "chords"
+    budget: ClassVar[str] = "cores"  # what --cores sets
 
-    name = "chords"
-
-    def __init__(self, cores: int | None = None, init: Sequence[int] | str | None = None,
-                 speedup: float | None = None):
-        self.cores_given = cores is not None
-        cores = 4 if cores is None else cores
-        if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
-            raise HastenError(f"cores must be an integer >= 1, got {cores!r}")
-        if speedup is not None and not 1 < speedup < float("inf"):
-            raise HastenError(f"speedup must be > 1 and finite, got {speedup!r}")
-        self.n_cores = cores
+    def __post_init__(self) -> None:
+        check_options(self)
         self._noted: set[int] = set()  # step counts whose core cap was announced
-        self.init = init
-        self.speedup = speedup
+
+    @property
+    def n_cores(self) -> int:
+        """K: the cores given, else the init sequence's length, else 4."""
+        if self.cores is not None:
+            return self.cores
+        return len(self.init) if isinstance(self.init, (list, tuple)) else 4
 
     def cores_for(self, steps: int) -> int:
         """The cores that run on ``steps`` steps: the default K capped at N - 1 (CHORDS needs N > K)."""
-        if self.cores_given or isinstance(self.init, (list, tuple)) or steps > self.n_cores:
+        if self.cores is not None or isinstance(self.init, (list, tuple)) or steps > self.n_cores:
             return self.n_cores
         return max(1, steps - 1)
 

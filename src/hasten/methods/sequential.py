@@ -18,6 +18,7 @@ class Sequential:
     """The reference sampler every parallel method is measured against."""
 
     name = "sequential"
+    budget = None  # takes no options
 
     def validate(self, steps: int) -> None:
         if steps < 1:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.parareal import rectify
-from hasten.checks import check_int, check_positive
+from hasten.checks import check_int
+from hasten.methods.declared import check_options, option
 from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
 from hasten.multistep import memory
 from hasten.steps import Step
@@ -47,17 +49,20 @@ class _Fine:
 class SRDS:
     """SRDS with ``blocks`` blocks (default round(sqrt(N))) and an optional cap of ``max_per_round`` evaluations a round."""
 
-    blocks: int | None = None
-    tol: float = 1e-3
-    max_iters: int | None = None
-    max_per_round: int | None = None
-    name: str = field(default="srds", init=False)
+    blocks: int | None = option(None, "number of parareal blocks B (default round(sqrt(steps)))")  # 1..steps: validate
+    tol: float = option(1e-3, "relative change of the final sample between iterations at which SRDS stops",
+                        positive=True)
+    max_iters: int | None = option(None, "iteration cap (default: B, where the result is exact); on reaching it "
+                                         "the method returns its current result", low=1)
+    max_per_round: int | None = option(None, "most evaluations in one round (default: whatever is ready)", low=1)
+    name: ClassVar[str] = "srds"
+    budget: ClassVar[str] = "max_per_round"
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     def validate(self, steps: int) -> None:
         check_int("blocks", self.blocks, 1, steps, allow_none=True)
-        check_int("max_iters", self.max_iters, 1, allow_none=True)
-        check_int("max_per_round", self.max_per_round, 1, allow_none=True)
-        check_positive("tol", self.tol)
 
     def n_blocks(self, steps: int) -> int:
         return self.blocks or max(1, round(math.sqrt(steps)))

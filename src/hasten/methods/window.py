@@ -46,11 +46,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Generator
+from typing import ClassVar, Generator
 
 import torch
 
-from hasten.checks import check_int, check_positive
+from hasten.checks import check_int
+from hasten.methods.declared import check_options, option
 from hasten.errors import HastenError
 from hasten.methods.subintervals import NotConvergedWarning, subinterval_bounds
 from hasten.multistep import remember
@@ -94,48 +95,44 @@ def fine_solves(step: Step, starts: list[tuple[torch.Tensor, int, int]],
             pos[c] += 1
 
 
-@dataclass
 class SlidingWindow:
-    """The shared solver; use :class:`ParaDiGMS`, :class:`ParaSolver` or :class:`ParaSolverTurbo`.
+    """The shared solver of :class:`ParaDiGMS`, :class:`ParaSolver` and :class:`ParaSolverTurbo`.
 
-    Args:
-        window: window size p (points solved together); None: the ParaSolver-Turbo
-            paper's p for the solver (``PAPER_WINDOW``), capped at S.
-        tol: tolerance delta (> 0) in units of the per-point scale; ``None``
-            takes the ParaSolver-Turbo paper's choice for the solver (Section 6:
-            0.5 for DDPM, 0.03 for DDIM and the other ODE steps).
-        max_iters: iteration cap (None: no cap beyond the guaranteed S iterations).
-        rho: nonlinear points per iteration (None: the whole window).
-        newton: ``"identity"`` (Picard) or ``"linear"`` (ParaSolver's Jacobian).
-        init: ``"copy"`` (new points copy the window's last one) or ``"linear"``.
-        precondition: M sub-intervals solved sequentially first.
-        scale: ``"posterior"`` (DDPM posterior std of the step into the point,
-            ParaDiGMS) or ``"sigma"`` (the point's noise level, ParaSolver).
-        subintervals: S coarse points (None: one per step).
-        default_window: the window when ``window`` is None, capped at S (None:
-            the paper's p for the solver). A ``window`` given is capped at S
-            but never silently at the grid: one larger than the steps is refused.
+    Each of them declares its options as fields; the settings below are theirs
+    as class attributes:
+
+    * ``newton``: ``"identity"`` (Picard) or ``"linear"`` (ParaSolver's Jacobian);
+    * ``fill``: how new points enter, ``"copy"`` (the window's last one) or ``"linear"``;
+    * ``scale``: the stop test's unit, ``"posterior"`` (DDPM posterior std of the
+      step into the point, ParaDiGMS) or ``"sigma"`` (the point's noise level, ParaSolver);
+    * ``default_window``: the window when ``window`` is None, capped at S (None:
+      the paper's p for the solver, ``PAPER_WINDOW``). A ``window`` given is
+      capped at S but never silently at the grid: one larger than the steps is refused.
+
+    Options a method does not declare keep the values below: every point is
+    nonlinear (``rho`` None), no preconditioning, one sub-interval per step.
     """
 
-    window: int | None = 8
-    tol: float | None = 0.1
+    name: ClassVar[str] = "sliding-window"
+    budget: ClassVar[str] = "window"
+    newton: ClassVar[str] = "identity"
+    fill: ClassVar[str] = "copy"
+    scale: ClassVar[str] = "posterior"
+    default_window: ClassVar[int | None] = None
+    window: int | None = None
+    tol: float | None = None
     max_iters: int | None = None
     rho: int | None = None
-    newton: str = "identity"
-    init: str = "copy"
     precondition: int | None = 0
-    scale: str = "posterior"
     subintervals: int | None = None
-    name: str = "sliding-window"
-    default_window: int | None = None
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     def validate(self, steps: int) -> None:
-        check_int("rho", self.rho, 1, allow_none=True)
-        check_int("window", self.window, 1, allow_none=True)
-        check_int("max_iters", self.max_iters, 1, allow_none=True)
+        """The checks that need the step count (the options' own ran when the method was built)."""
         check_int("subintervals", self.subintervals, 1, steps, allow_none=True)
         check_int("precondition", self.precondition, 0, self.subintervals or steps, allow_none=True)
-        check_positive("tol", self.tol, allow_none=True)
         if self.window is not None and self.window > steps:
             raise HastenError(f"window={self.window} exceeds the {steps} steps: a window spans grid points of the "
                               f"run; choose window <= {steps}")
@@ -205,7 +202,7 @@ class SlidingWindow:
         def fill(first: int, last: int) -> None:
             """Initialise points first..last from their predecessor (Eq. 20 / Algorithm 1 line 12)."""
             for c in range(first, last + 1):
-                if self.init == "linear" and x0_last is not None:
+                if self.fill == "linear" and x0_last is not None:
                     pts[c] = linear_step(step, pts[c - 1], x0_last, b[c - 1], b[c])
                 else:
                     pts[c] = pts[c - 1]
@@ -264,33 +261,51 @@ class SlidingWindow:
         return pts[s_total]
 
 
-def ParaDiGMS(window: int | None = None, tol: float = 0.1, max_iters: int | None = None) -> SlidingWindow:
+_WINDOW = "window size p, the points solved together"
+_MAX_ITERS = ("iteration cap; on reaching it the method warns how far from converged it was and returns its current "
+              "result (default: none beyond the S iterations that make it exact)")
+_SUBINTERVALS = "number of sub-intervals S (default: one per step)"
+
+
+@dataclass
+class ParaDiGMS(SlidingWindow):
     """ParaDiGMS (Shih et al.): Picard iteration over a sliding window (default 8 points, capped at the steps).
 
     Tolerance per point in units of the DDPM posterior std of its step; points
     start as copies of the initial noise.
     """
-    return SlidingWindow(window=window, tol=tol, max_iters=max_iters, newton="identity", init="copy",
-                         scale="posterior", name="paradigms", default_window=8)
+
+    window: int | None = option(None, f"{_WINDOW} (default 8, capped at the steps)", low=1)
+    tol: float = option(0.1, "tolerance per point, in units of the DDPM posterior std of its step", positive=True)
+    max_iters: int | None = option(None, _MAX_ITERS, low=1)
+    name: ClassVar[str] = "paradigms"
+    default_window: ClassVar[int | None] = 8
 
 
-def ParaSolver(window: int | None = None, tol: float | None = None, max_iters: int | None = None,
-               precondition: int = 1, subintervals: int | None = None) -> SlidingWindow:
+@dataclass
+class ParaSolver(SlidingWindow):
     """ParaSolver (Lu et al. 2025; ParaSolver-Turbo Eq. 4-5): Newton-type updates on sub-intervals.
 
-    Window 16 by default, capped at the sub-intervals.
-
-    ``precondition`` M sequential sub-intervals, model-free initialisation
-    keeping the last predicted x0 fixed, tolerance in units of sigma.
+    Window 16 by default, capped at the sub-intervals. ``precondition`` M
+    sequential sub-intervals, model-free initialisation keeping the last
+    predicted x0 fixed, tolerance in units of sigma.
     """
-    return SlidingWindow(window=window, tol=tol, max_iters=max_iters, newton="linear", init="linear",
-                         precondition=precondition, scale="sigma", subintervals=subintervals, name="parasolver",
-                         default_window=16)
+
+    window: int | None = option(None, f"{_WINDOW} (default 16, capped at the sub-intervals)", low=1)
+    tol: float | None = option(None, "tolerance per point in units of its sigma (default: 0.5 with ddpm, else 0.03, "
+                                     "the ParaSolver-Turbo paper's Section 6)", positive=True)
+    max_iters: int | None = option(None, _MAX_ITERS, low=1)
+    precondition: int | None = option(1, "sequential preconditioning sub-intervals M (Eq. 20)")  # 0..S: validate
+    subintervals: int | None = option(None, _SUBINTERVALS)  # 1..steps: validate
+    name: ClassVar[str] = "parasolver"
+    newton: ClassVar[str] = "linear"
+    fill: ClassVar[str] = "linear"
+    scale: ClassVar[str] = "sigma"
+    default_window: ClassVar[int | None] = 16
 
 
-def ParaSolverTurbo(window: int | None = None, rho: int = 8, tol: float | None = None,
-                    max_iters: int | None = None, precondition: int | None = None,
-                    subintervals: int | None = None) -> SlidingWindow:
+@dataclass
+class ParaSolverTurbo(ParaSolver):
     """ParaSolver-Turbo: the rho-nonlinear system (Definition 2, Eq. 11), solved with immediate updates.
 
     Model calls only for the first ``rho`` unconverged points of the window;
@@ -314,6 +329,12 @@ def ParaSolverTurbo(window: int | None = None, rho: int = 8, tol: float | None =
     iteration caps K (23 for DDPM, 11 for DDIM) are not defaults: a cap that
     stops early returns an unconverged result.
     """
-    return SlidingWindow(window=window, tol=tol, max_iters=max_iters, rho=rho, newton="linear", init="linear",
-                         precondition=precondition, scale="sigma", subintervals=subintervals,
-                         name="parasolver-turbo")
+
+    window: int | None = option(None, f"{_WINDOW} (default: the paper's p, 24 with ddpm and 50 otherwise, capped "
+                                      "at the sub-intervals)", low=1)
+    rho: int | None = option(8, "model calls per iteration: the nonlinear equations of the window", low=1)
+    precondition: int | None = option(None, "sequential preconditioning sub-intervals M (Eq. 20; default 1 with "
+                                            "ddpm, else the paper's 0)")
+    name: ClassVar[str] = "parasolver-turbo"
+    budget: ClassVar[str] = "rho"
+    default_window: ClassVar[int | None] = None
