@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hasten.assembly import initial_noise
+from hasten.noise import initial_noise
 from hasten.executors.batched import BatchedExecutor
 from hasten.models.gmm import GaussianMixture
 from hasten.steps import make_step

@@ -42,6 +42,20 @@ def test_an_out_that_is_a_file_is_refused_before_any_model_call(tmp_path, capsys
     assert leftovers(tmp_path) == ["taken"]  # no hidden staging folder
 
 
+def test_an_empty_model_and_a_capacity_without_latency_are_refused_not_defaulted(tmp_path, capsys, monkeypatch):
+    loaded = []
+    monkeypatch.setattr("hasten.models.load_embedded", lambda *a, **k: loaded.append(1))
+    for command in (["sample"], ["bench", "--methods", "sequential"], ["tune", "--target", "psnr:30"]):
+        assert main([*command, "--model", "", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+        assert "--model must be a non-empty string" in capsys.readouterr().err
+    for capacity, message in (("0", "--emulate-capacity must be an integer >= 1, got 0"),
+                              ("4", "--emulate-capacity applies to emulated devices; give --emulate-latency")):
+        assert main(["bench", "--model", "digits", "--methods", "sequential", "--emulate-capacity", capacity,
+                     "--no-progress", "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    assert loaded == [] and not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_an_unwritable_out_is_refused_before_work(tmp_path, capsys):
     locked = tmp_path / "locked"

@@ -188,13 +188,13 @@ def test_cli_refuses_prompts_for_embedded_models_and_non_pipeline_folders(tmp_pa
 
 
 def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
-    from hasten.assembly import open_for
+    from hasten.session import Session
     from hasten.cli import build_parser
     from hasten.cli.options import run_spec
     from hasten.integrations.model import PipelineModel
 
     args = build_parser().parse_args(["sample", "--model", str(saved_sd), "--prompt", "a cat", "--batch", "2"])
-    by_cli = open_for(run_spec(args, 4))
+    by_cli = Session.open(run_spec(args, 4)).model
     by_api = hasten.load_model(str(saved_sd), call={"prompt": "a cat"}, batch=2)
     assert isinstance(by_api, PipelineModel) and type(by_cli) is type(by_api)
     assert (by_api.name, by_api.call, by_api.batch) == (by_cli.name, by_cli.call, by_cli.batch)
@@ -204,7 +204,7 @@ def test_load_model_opens_a_pipeline_folder_as_the_cli_does(saved_sd):
 
 
 def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
-    from hasten.assembly import prepare
+    from hasten.session import run_spec as prepare
     from hasten.integrations.model import PipelineModel
     from hasten.spec import RunSpec
 
@@ -225,7 +225,7 @@ def test_euler_linspace_latents_keep_the_pipelines_start():
     """The latents come from the call of the run's step count, not from a one-step call (which starts at t = 0)."""
     from diffusers import EulerDiscreteScheduler
 
-    from hasten.assembly import prepare
+    from hasten.session import run_spec as prepare
     from hasten.integrations.model import PipelineModel
     from hasten.spec import RunSpec
 

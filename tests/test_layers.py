@@ -19,13 +19,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors and options", ("hasten.errors", "hasten.options", "hasten.checks", "hasten.jsonable")),
     ("grid, denoise, guidance and steps", (
-        "hasten.devices", "hasten.grid", "hasten.parameterisation", "hasten.denoise", "hasten.guidance",
+        "hasten.devices", "hasten.grid", "hasten.noise", "hasten.parameterisation", "hasten.denoise", "hasten.guidance",
         "hasten.steps", "hasten.multistep", "hasten.inpaint", "hasten.rounds", "hasten.stopping")),
     ("methods and caches", ("hasten.methods", "hasten.caches")),
     ("executors", ("hasten.executors",)),
     ("engine", ("hasten.engine",)),
     ("models and integrations", ("hasten.models", "hasten.integrations", "hasten.testing")),
-    ("run description and session", ("hasten.spec", "hasten.config", "hasten.opening", "hasten.session", "hasten.assembly")),
+    ("run description and session", ("hasten.spec", "hasten.config", "hasten.opening", "hasten.session")),
     ("api and accelerate", ("hasten.api", "hasten.accelerated")),
     ("reports", ("hasten.report", "hasten.metrics", "hasten.output")),
     ("bench and tune", ("hasten.bench", "hasten.tune", "hasten.demo")),

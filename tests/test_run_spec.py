@@ -19,8 +19,8 @@ def test_the_dict_form_round_trips_and_reproduces_the_run():
     spec = RunSpec.build("gmm", "chords", cores=3, steps=12, batch=2, seed=4, init="uniform",
                          cache="abcache:2:interval=2")
     assert RunSpec.from_dict(spec.to_dict()) == spec
-    result = spec.sample()
-    again = RunSpec.from_dict(result.summary()["run"]).sample()  # a report's run description runs it again
+    result = hasten.sample(spec)
+    again = hasten.sample(RunSpec.from_dict(result.summary()["run"]))  # a report's run description runs it again
     assert torch.equal(result.x, again.x) and (result.rounds, result.nfe) == (again.rounds, again.nfe)
     assert result.summary()["run"]["cache"] == "abcache:2:interval=2"
 
@@ -115,6 +115,20 @@ def test_config_files_name_what_is_wrong(tmp_path):
         load_config(tmp_path)
     assert main(["sample", "--config", str(tmp_path / "binary.json"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("key, value, need", [
+    ("tune", "fast", "an object"), ("options", "window=8", "an object"), ("call", ["a cat"], "an object"),
+    ("steps", "50", "an integer"), ("seed", True, "an integer"), ("timeout", "30", "an integer or a number"),
+    ("local_files_only", 1, "true or false"), ("model", 7, "a string"), ("method", None, "a string"),
+])
+def test_every_config_field_is_checked_by_type_and_named(tmp_path, capsys, key, value, need):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"method": "chords", "steps": 12, key: value}))
+    with pytest.raises(HastenError, match=f"key '{key}' must be {need}, got "):
+        load_config(path)
+    assert main(["sample", "--config", str(path), "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert f"key '{key}' must be {need}" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_a_config_records_its_model_and_says_when_used_on_another(tmp_path, caplog, capsys):

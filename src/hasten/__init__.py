@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "initial_noise": "hasten.assembly", "sample": "hasten.api", "stream": "hasten.api",
+    "initial_noise": "hasten.noise", "sample": "hasten.api", "stream": "hasten.api",
     "accelerate": "hasten.accelerated", "AcceleratedPipeline": "hasten.accelerated",
     "HitInfo": "hasten.engine", "HitStream": "hasten.engine", "Result": "hasten.engine",
     "iterate": "hasten.engine", "run": "hasten.engine",
@@ -23,7 +23,7 @@ _EXPORTS = {
     "Chords": "hasten.methods", "Sequential": "hasten.methods", "make_method": "hasten.methods",
     "continuous_init": "hasten.methods.chords_init", "resolve_init": "hasten.methods.chords_init",
     "Eval": "hasten.rounds", "Hit": "hasten.rounds",
-    "load_model": "hasten.opening", "RunSpec": "hasten.spec", "Sampling": "hasten.spec", "Placement": "hasten.spec",
+    "load_model": "hasten.opening", "Session": "hasten.session", "RunSpec": "hasten.spec", "Sampling": "hasten.spec", "Placement": "hasten.spec",
     "DDIMStep": "hasten.steps", "EulerStep": "hasten.steps", "make_step": "hasten.steps",
     "Stop": "hasten.stopping",
 }

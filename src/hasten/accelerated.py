@@ -2,7 +2,7 @@
 
 A surface beside :mod:`hasten.api`: each call of the wrapped pipeline is
 prepared by the pipeline's adapter (:mod:`hasten.integrations.adapters`) and
-assembled into a run by :func:`hasten.assembly.assemble`, like every other run.
+run through the one session (:mod:`hasten.session`), like every other run.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ from typing import Any, Callable
 
 import torch
 
-from hasten.assembly import assemble, place, share_conditioning, share_forward
 from hasten.caches import make_cache
-from hasten.denoise import compile_network
-from hasten.engine import run
 from hasten.errors import HastenError
 from hasten.integrations.adapters import adapter_for, bind_call
 from hasten.integrations.model import prepare_call
 from hasten.methods import Method
 from hasten.rounds import Hit
+from hasten.session import Session, place
 from hasten.spec import Placement, Sampling
 
 
@@ -36,31 +34,32 @@ class AcceleratedPipeline:
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
         self.sampling = sampling  # validated; steps (when set) is num_inference_steps of a call that gives none
-        self.placement = placement or Placement()
+        placement = placement or Placement()
+        if placement.executor == "distributed":
+            _join_ranks(pipe, placement)
+        self.session = Session(self.adapter, placement)  # compiles the network once, where asked
+        self.placement = placement
         self.cache = make_cache(sampling.cache)
-        share_conditioning(self.adapter, self.placement.executor)
-        if self.placement.executor == "distributed":
-            _join_ranks(pipe, self.placement)
-        self.compile_stats = None
-        if self.placement.compile is not None:
-            self.compile_stats = compile_network(getattr(pipe, "transformer", None) or pipe.unet,
-                                                 self.placement.compile)
         self.on_hit = on_hit
         self.last_stats: dict | None = None
 
+    @property
+    def compile_stats(self):
+        return self.session.compiled
+
     def __call__(self, *args, **kwargs) -> Any:
-        kwargs = bind_call(self.pipe, args, kwargs)
+        call = bind_call(self.pipe, args, kwargs)
         start = time.perf_counter()
         if self.sampling.steps is not None:
-            kwargs.setdefault("num_inference_steps", self.sampling.steps)
-        prepared = prepare_call(self.adapter, **kwargs)
-        share_forward(self.pipe, self.placement, prepared.latents, prepared.denoiser)
-        s = assemble(self.sampling, prepared.latents, prepared.step(), prepared.denoiser, self.placement, self.cache)
-        step = s.step
+            call.setdefault("num_inference_steps", self.sampling.steps)
+        prepared = prepare_call(self.adapter, **call)
+        run = self.session.prepare(self.sampling, x=prepared.latents, step=prepared.step(),
+                                   denoiser=prepared.denoiser, cache=self.cache)
+        step = None
         hits: list[Callable[[Hit], None]] = []
         if prepared.callback is not None:
-            if s.method.name == "sequential":  # a step callback, as the pipeline's own loop calls it
-                step = prepared.callback.wrap_step(step)
+            if run.method.name == "sequential":  # a step callback, as the pipeline's own loop calls it
+                step = prepared.callback.wrap_step(run.step)
             else:  # once per hit, in landing order
                 hits.append(lambda hit, count=iter(range(10**9)): prepared.callback.on_hit(next(count), hit))
         if self.on_hit is not None:
@@ -70,7 +69,7 @@ class AcceleratedPipeline:
             for fn in hits:
                 fn(hit)
 
-        result = run(s.method, s.x, step, s.executor, s.stop, each_hit if hits else None, cache=s.cache)
+        result = run.sample(each_hit if hits else None, step=step)
         output = prepared.decode(result.x)
         self.last_stats = {
             **result.summary(), "solver": prepared.solver, "scheduler": prepared.scheduler,

@@ -1,16 +1,20 @@
 """The Python API: ``hasten.sample`` and ``hasten.stream`` over embedded models, pipeline folders and model ids.
 
-Both build one :class:`~hasten.spec.RunSpec` from their keywords (or take one)
-and run it through the one assembler.
+Both build one :class:`~hasten.spec.RunSpec` from their keywords (or take one,
+or read one from a config file) and run it through the one session
+(:mod:`hasten.session`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from hasten.config import merge_config
 from hasten.engine import HitStream, Result
+from hasten.errors import HastenError
 from hasten.methods import Method
 from hasten.rounds import Hit
+from hasten.session import run_spec
 from hasten.spec import RunSpec
 
 __all__ = ["sample", "stream"]
@@ -32,7 +36,16 @@ SETTINGS_DOC = """
 
 
 def _spec(model: Any, method: "str | Method | None", default: str, settings: dict) -> RunSpec:
-    """The run: ``model`` itself when it is a RunSpec (with ``method`` and ``settings`` applied), else built."""
+    """The run: ``model`` itself when it is a RunSpec (with ``method`` and ``settings`` applied), else built
+    (under a ``config`` file's run where one is given)."""
+    config = settings.pop("config", None)
+    if config is not None and not isinstance(model, RunSpec):
+        own = {k: settings.pop(k) for k in list(settings) if k in RunSpec.KEYS}
+        options = {**(own.pop("options", None) or {}), **settings}
+        return merge_config(config, model=model, method=method, options=options or None, **own)
+    if config is not None:
+        raise HastenError("config applies when the run is built from keywords; a RunSpec is a whole run already "
+                          "(read a file's run with hasten.config.merge_config)")
     if isinstance(model, RunSpec):
         keys = {k: settings.pop(k) for k in list(settings) if k in RunSpec.KEYS}
         if settings:  # method options, added to the spec's own
@@ -52,7 +65,7 @@ def sample(model: Any = "gmm", method: "str | Method | None" = None, *,
 
     ``on_hit`` receives every hit (CHORDS core landing) while sampling runs.
     """
-    return _spec(model, method, "sequential", settings).sample(on_hit, progress)
+    return run_spec(_spec(model, method, "sequential", settings)).sample(on_hit, progress)
 
 
 def stream(model: Any = "gmm", method: "str | Method | None" = None, *, progress: bool = False,
@@ -62,7 +75,7 @@ def stream(model: Any = "gmm", method: "str | Method | None" = None, *, progress
     Takes what :func:`sample` takes (the method defaults to chords). The run is validated and opened here,
     before the first round.
     """
-    return _spec(model, method, "chords", settings).stream(progress)
+    return run_spec(_spec(model, method, "chords", settings)).stream(progress)
 
 
 sample.__doc__ += SETTINGS_DOC

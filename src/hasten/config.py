@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 from hasten.checks import check_int
 from hasten.errors import HastenError
+from hasten.jsonable import json_safe
 from hasten.spec import Placement, RunSpec, Sampling
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,28 @@ def read_json_file(path: "str | os.PathLike", where: str) -> Any:
         raise HastenError(f"{where} is not a JSON file: {err}") from None
 
 
+#: the JSON type each key of a config file holds (None allowed for every key but hasten_config and method)
+KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "hasten_config": (int,), "method": (str,), "cores": (int,), "options": (dict,), "steps": (int,),
+    "solver": (str,), "stop": (str,), "cache": (str,), "executor": (str,), "device": (str,), "dtype": (str,),
+    "max_batch": (int,), "compile": (str,), "backend": (str,), "timeout": (int, float), "context_parallel": (str,),
+    "model": (str,), "call": (dict,), "seed": (int,), "batch": (int,), "local_files_only": (bool,), "tune": (dict,),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "an object", bool: "true or false"}
+
+
+def _check_types(where: str, data: dict) -> None:
+    """Refuse a key whose value has the wrong JSON type, naming the key and the type it takes."""
+    for key, value in data.items():
+        kinds = KEY_TYPES[key]
+        if value is None and key not in ("hasten_config", "method"):
+            continue
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            need = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise HastenError(f"{where}: key {key!r} must be {need}, got {type(value).__name__} {value!r:.60}")
+
+
 def _read(source: "str | os.PathLike | Mapping") -> tuple[dict, str]:
     if isinstance(source, Mapping):
         return dict(source), "config"
@@ -71,12 +94,13 @@ def load_config(source: "str | os.PathLike | Mapping") -> dict:
     unknown = [k for k in data if k not in CONFIG_KEYS]
     if unknown:
         raise HastenError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(CONFIG_KEYS)}")
+    if "method" not in data:
+        raise HastenError(f"{where}: key 'method' is required")
+    _check_types(where, {k: v for k, v in data.items() if k != "hasten_config" or v is not None})
     version = data.get("hasten_config")
     if version is not None and version not in VERSIONS:
         raise HastenError(f"{where}: hasten_config {version!r} is not a version this hasten reads "
                           f"({', '.join(map(str, VERSIONS))}); it was written by another release")
-    if "method" not in data:
-        raise HastenError(f"{where}: key 'method' is required")
     data.setdefault("options", {})
     for key in Sampling.KEYS:
         data.setdefault(key, None)
@@ -133,8 +157,6 @@ def merged_keys(source: "str | os.PathLike | Mapping", **given: Any) -> dict[str
 
 def save_config(config: Mapping[str, Any], path: "str | os.PathLike") -> Path:
     """Write a config (validated first, the version added) as JSON; returns the path."""
-    from hasten.report import json_safe
-
     data = {"hasten_config": CONFIG_VERSION, **load_config(dict(config))}
     path = Path(path)
     path.write_text(json.dumps(json_safe(data), indent=2) + "\n")

@@ -212,9 +212,9 @@ def iterate(
         run.close()
         bar.close()
     wall = clock.elapsed()
-    return Result(final, method.name, n, rounds, nfe, wall, stopped_by, infos, method.describe(n),
-                  all_rounds, requests, None if cache is None else {"config": cache.label(), **cache.stats()},
-                  round_rows)
+    return Result(x=final, method=method.name, steps=n, rounds=rounds, nfe=nfe, wall_s=wall, stopped_by=stopped_by,
+                  hits=infos, params=method.describe(n), all_rounds=all_rounds, requests=requests,
+                  cache=None if cache is None else {"config": cache.label(), **cache.stats()}, round_rows=round_rows)
 
 
 def run(
@@ -239,11 +239,14 @@ def run(
 
 
 class HitStream(Iterator[Hit]):
-    """Iterate over hits as they land; ``.result`` holds the :class:`Result` afterwards."""
+    """Iterate over hits as they land; ``.result`` holds the :class:`Result` afterwards.
 
-    def __init__(self, gen: Generator[Hit, None, Result], spec=None):
+    ``record``: the run description's dict form, set as the result's ``run`` when the run ends.
+    """
+
+    def __init__(self, gen: Generator[Hit, None, Result], record: dict | None = None):
         self._gen = gen
-        self.spec = spec  # the RunSpec of the run, recorded on its result
+        self.record = record
         self.result: Result | None = None
 
     def __iter__(self) -> "HitStream":
@@ -254,6 +257,6 @@ class HitStream(Iterator[Hit]):
             return next(self._gen)
         except StopIteration as done:
             self.result = done.value
-            if self.spec is not None and isinstance(self.spec.sampling.method, str):
-                self.result.run = self.spec.to_dict()
+            if self.record is not None:
+                self.result.run = self.record
             raise StopIteration from None

@@ -50,6 +50,40 @@ def model_source(spec: str) -> str:
                       "or a Hugging Face model id (owner/name)")
 
 
+def check_not_embedded(model: Any, layout) -> None:
+    """Context parallelism splits a pipeline's attention: refuse an embedded model (a spec or an opened one)."""
+    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+    embedded = model_source(model) == "embedded" if isinstance(model, str) else not hasattr(model, "pipe")
+    if embedded:
+        raise HastenError(f"context_parallel {layout.spec}: {name} is an embedded model with no attention to split; "
+                          "it applies to diffusers pipelines with a transformer (a folder, a model id, random:NAME)")
+
+
+def check_model_source(spec: str, layout, local_files_only: bool = False) -> None:
+    """A ``--model`` spec checked for a context-parallel ``layout`` before its weights load.
+
+    An embedded model is refused; a random network is checked by its class, a
+    folder or model id by the network class its ``model_index.json`` names.
+    """
+    from hasten.executors.context import check_backend, check_family, check_folder
+
+    check_not_embedded(spec, layout)
+    source = model_source(spec)
+    check_backend(layout)
+    if source == "random":
+        import diffusers
+
+        from hasten.integrations.random_pipelines import SPECS, parse_random_spec
+
+        name, tiny = parse_random_spec(spec)
+        entry = SPECS[name]
+        check_family(getattr(diffusers, entry.transformer), entry.tiny if tiny else entry.config, layout)
+    elif source in ("folder", "id"):
+        from hasten.integrations.model import pipeline_folder
+
+        check_folder(pipeline_folder(spec, local_files_only), layout)
+
+
 def bind_model(model: Any, call: dict[str, Any] | None = None, batch: int = 1, seed: int = 0) -> Any:
     """``model`` (already opened) for a run with ``call``, ``batch`` samples and ``seed``.
 

@@ -32,7 +32,7 @@ import torch
 from hasten.caches import CacheConfig, parse_cache_spec
 from hasten.checks import check_int
 from hasten.errors import HastenError
-from hasten.methods import BUDGET_OPTION, METHODS, OPTIONS, Method, parse_method_spec
+from hasten.methods import BUDGET_OPTION, METHODS, Method, parse_method_spec
 from hasten.stopping import Stop
 
 #: the largest seed: the per-step noise of ddpm is drawn from ``seed + 1``, and torch takes seeds below 2**64
@@ -107,10 +107,6 @@ class Sampling:
                     raise HastenError(f"{name} takes its per-round budget as {budget}: {budget}={value} and "
                                       f"cores={cores} disagree; give it once")
                 cores = value
-            unknown = sorted(set(options) - set(OPTIONS[name]))
-            if unknown:
-                valid = ", ".join(sorted(OPTIONS[name])) or "none"
-                raise HastenError(f"method {name} does not take {', '.join(unknown)}; its options: {valid}")
             object.__setattr__(self, "cores", cores)
         elif not hasattr(method, "solve"):
             raise HastenError(f"method must be a name ({', '.join(METHODS)}) or a method object, got {method!r}")
@@ -131,8 +127,9 @@ class Sampling:
             raise HastenError(f"cache must be a spec such as 'abcache:2:interval=3', a CacheConfig or None, got "
                               f"{cache!r}")
         object.__setattr__(self, "cache", cache)
-        if self.steps is not None:  # the checks that need the steps: cores against steps, init, stop core:K
-            object.__setattr__(self, "_validated", self.build()[0])
+        # the method's own checks (its declared options), and with the steps those that need them: cores
+        # against steps, init, stop core:K
+        object.__setattr__(self, "_validated", self.build()[0])
 
     @property
     def name(self) -> str:
@@ -326,7 +323,7 @@ class RunSpec:
     Example::
 
         spec = RunSpec.build("digits", "chords", cores=8, steps=50, cache="abcache:2")
-        result = spec.sample()
+        result = hasten.sample(spec)
     """
 
     model: Any = "digits"
@@ -355,15 +352,13 @@ class RunSpec:
                               "model keeps its own placement")
         object.__setattr__(self, "call", check_call(self.call))
         if self.placement.layout is not None:
-            from hasten.executors.context import check_not_embedded
+            from hasten.opening import check_not_embedded
 
             check_not_embedded(self.model, self.placement.layout)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("batch", self.batch, 1)
         if not isinstance(self.local_files_only, bool):
             raise HastenError(f"local_files_only must be True or False, got {self.local_files_only!r}")
-
-    # ------------------------------------------------------------------ building
 
     @classmethod
     def build(cls, model: Any = "digits", method: "str | Method | None" = None, **settings: Any) -> "RunSpec":
@@ -372,18 +367,12 @@ class RunSpec:
         ``settings`` holds any key of the dict form (``steps``, ``seed``,
         ``batch``, ``stop``, ``cache``, ``executor``, ``device``, ``call``, ...)
         and, besides them, the method's own options (``init``, ``window``,
-        ``tol``, ...). ``config``: a config file or dict (:mod:`hasten.config`)
-        under the keywords given here.
+        ``tol``, ...). A config file's run is read by :func:`hasten.config.merge_config`.
         """
-        config = settings.pop("config", None)
         if method is not None:
             settings["method"] = method
         own = {k: settings.pop(k) for k in list(settings) if k in cls.KEYS}
         options = {**(own.pop("options", None) or {}), **settings}
-        if config is not None:
-            from hasten.config import merge_config
-
-            return merge_config(config, model=model, options=options, **own)
         return cls.from_dict({"model": model, **own, "options": options})
 
     @classmethod
@@ -414,26 +403,3 @@ class RunSpec:
     @property
     def steps(self) -> int:
         return self.sampling.steps
-
-    # ------------------------------------------------------------------ running
-
-    def open(self, model: Any = None):
-        """Open the model (or use ``model``, already opened for this spec) and assemble the run: a :class:`~hasten.assembly.Setup`."""
-        from hasten.assembly import prepare
-
-        return prepare(self, model)
-
-    def stream(self, progress: bool = False, model: Any = None):
-        """A :class:`~hasten.engine.HitStream` over the run's hits; its ``.result`` is set when it ends."""
-        from hasten.engine import HitStream, iterate
-
-        s = self.open(model)
-        return HitStream(iterate(s.method, s.x, s.step, s.executor, s.stop, progress, s.cache), spec=self)
-
-    def sample(self, on_hit=None, progress: bool = False, model: Any = None):
-        """Run to the stop rule; ``on_hit`` receives each hit as it lands. Returns the :class:`~hasten.engine.Result`."""
-        hits = self.stream(progress, model)
-        for hit in hits:
-            if on_hit is not None:
-                on_hit(hit)
-        return hits.result

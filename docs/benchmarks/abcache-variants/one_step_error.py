@@ -12,7 +12,7 @@ Prints the grid's log-SNR steps h_i = lambda_{i+1} - lambda_i, then one line per
 
 import torch
 
-from hasten.assembly import initial_noise
+from hasten.noise import initial_noise
 from hasten.caches import ABCache, CacheConfig
 from hasten.executors.batched import BatchedExecutor
 from hasten.methods import Eval

@@ -20,7 +20,7 @@ import torch
 from hasten.cli.options import run_spec, sampling_of
 from hasten.errors import HastenError
 from hasten.output import OutputFolder, check_out
-from hasten.spec import RunSpec
+from hasten.spec import RunSpec, Sampling
 
 
 def rank_of(spec: RunSpec) -> int:
@@ -49,11 +49,9 @@ def sample(args: argparse.Namespace) -> dict | None:
     """Run ``hasten sample``; returns the summary on rank 0 and None on other ranks."""
     from safetensors.torch import save_file
 
-    from hasten.assembly import place
-    from hasten.engine import run
-    from hasten.methods import Sequential
     from hasten.metrics import psnr, rmse
     from hasten.report import save_image_grid, write_json
+    from hasten.session import Session, place
 
     spec = run_spec(args, 4, sampling_of(args), args.config)
     check_out(args.out)
@@ -61,9 +59,12 @@ def sample(args: argparse.Namespace) -> dict | None:
     rank = rank_of(spec)
     out = OutputFolder(args.out) if rank == 0 else None  # only rank 0 writes
     quiet_pipeline_loading(spec)
-    s = spec.open()
+    session = Session.open(spec)
+    s = session.prepare(spec.sampling, seed=spec.seed, batch=spec.batch, call=spec.call, record=spec.to_dict())
+    reference = session.prepare(Sampling("sequential", steps=s.step.grid.steps), x=s.x, step=s.step,
+                                denoiser=s.executor.denoiser)
     with out or nullcontext():
-        ref = run(Sequential(), s.x, s.step, s.executor)
+        ref = reference.sample()
         ref_images = s.model.decode(ref.x)
         hits = []
 
@@ -76,11 +77,9 @@ def sample(args: argparse.Namespace) -> dict | None:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run(s.method, s.x, s.step, s.executor, s.stop, on_hit, rank == 0 and not args.no_progress,
-                         s.cache)
+            result = s.sample(on_hit, rank == 0 and not args.no_progress)
         if out is None:
             return None
-        result.run = spec.to_dict()
         for w in caught:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
@@ -118,9 +117,9 @@ def print_sample(summary: dict) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     """Run ``hasten bench``; only rank 0 writes and prints."""
-    from hasten.assembly import open_for, place
     from hasten.bench import BenchConfig, run_bench
     from hasten.report import json_safe, require_plots
+    from hasten.session import Session, place
 
     run = run_spec(args, 64, {"method": "chords", "steps": None, "stop": args.stop if args.stop is not None
                               else "first"})
@@ -132,24 +131,18 @@ def bench(args: argparse.Namespace) -> int:
     require_plots()  # before any work: the report's plots need matplotlib
     place(run.placement)
     quiet_pipeline_loading(run)
-    cfg.run = RunSpec(open_for(run), run.sampling, _unplaced(run.placement), run.call, run.seed, run.batch)
+    session = Session.open(run)
+    cfg.run = RunSpec(session.model, run.sampling, session.placement, run.call, run.seed, run.batch)
     cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
     if rank_of(run) != 0:
         cfg.progress = False
-        run_bench(cfg, None, log=lambda _: None)
+        run_bench(cfg, None, log=lambda _: None, session=session)
         return 0
     with OutputFolder(args.out) as out:
-        report = run_bench(cfg, out, log=(lambda _: None) if args.json else print)
+        report = run_bench(cfg, out, log=(lambda _: None) if args.json else print, session=session)
     if args.json:
         print(json.dumps(json_safe(report)))
     return 0
-
-
-def _unplaced(placement):
-    """The placement of a run on an opened model: device and dtype are the model's own."""
-    import dataclasses
-
-    return dataclasses.replace(placement, device=None, dtype=None)
 
 
 def tune(args: argparse.Namespace) -> int:

@@ -275,38 +275,6 @@ def time_group(mesh):
     return mesh["time"].get_group()
 
 
-def check_not_embedded(model: Any, layout: ContextLayout) -> None:
-    """Context parallelism splits a pipeline's attention: refuse an embedded model (a spec or an opened one)."""
-    from hasten.opening import model_source
-
-    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
-    embedded = model_source(model) == "embedded" if isinstance(model, str) else not hasattr(model, "pipe")
-    if embedded:
-        raise HastenError(f"context_parallel {layout.spec}: {name} is an embedded model with no attention to split; "
-                          "it applies to diffusers pipelines with a transformer (a folder, a model id, random:NAME)")
-
-
-def check_model_source(spec: str, layout: ContextLayout, local_files_only: bool = False) -> None:
-    """A ``--model`` spec checked for ``layout`` before its weights load (a random network by its class)."""
-    from hasten.opening import model_source
-
-    check_not_embedded(spec, layout)
-    source = model_source(spec)
-    check_backend(layout)
-    if source == "random":
-        import diffusers
-
-        from hasten.integrations.random_pipelines import SPECS, parse_random_spec
-
-        name, tiny = parse_random_spec(spec)
-        entry = SPECS[name]
-        check_family(getattr(diffusers, entry.transformer), entry.tiny if tiny else entry.config, layout)
-    elif source in ("folder", "id"):
-        from hasten.integrations.model import pipeline_folder
-
-        check_folder(pipeline_folder(spec, local_files_only), layout)
-
-
 def prepare_network(pipe, layout: ContextLayout, device: torch.device):
     """Every denoising network of ``pipe`` in context-parallel mode over this rank's group; returns the mesh."""
     mesh = layout_mesh(layout, device)

@@ -56,7 +56,7 @@ class ServedModel:
         if self.is_pipeline:
             self.model.grid(self.model.LATENT_STEPS)
             return self.model.initial_latents(1, 0)
-        from hasten.assembly import initial_noise
+        from hasten.noise import initial_noise
 
         return initial_noise(self.model, 1, 0)
 

@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 
-from hasten.engine import HitStream, iterate
 from hasten.errors import HastenError
 from hasten.serve import events
 from hasten.serve.distributed import IDLE, RUN, STOP, Control
@@ -61,8 +60,8 @@ def execute(served, spec: dict, control: Control | None = None, executor: str = 
     settings = settings_from_dict(spec["settings"])
     rows = [Rows(*r) for r in spec["rows"]]
     setup = open_run(served, settings, rows, tuple(spec["size"]), "distributed" if control else executor)
-    runner = Cancellable(setup.executor, should_stop, control)
-    hits = HitStream(iterate(setup.method, setup.x, setup.step, runner, setup.stop, False, setup.cache))
+    setup.executor = Cancellable(setup.executor, should_stop, control)
+    hits = setup.stream()
     for hit in hits:
         if on_hit is not None:
             on_hit(hit, setup)

@@ -6,12 +6,11 @@ call key a request may set, ``guidance_scale``. :func:`run_settings` merges
 them over the server's defaults (:meth:`Sampling.merged`: another method drops
 the default's options) within the operator's limits; the Sampling validates
 itself, before any model call. :func:`open_run` builds the run of one request
-or of a batch of compatible requests: a lone request is a
-:class:`~hasten.spec.RunSpec` opened by :func:`hasten.assembly.prepare`,
-exactly as ``hasten.sample`` opens it; a batch concatenates each request's own
-:func:`~hasten.assembly.initial_noise` and goes through
-:func:`~hasten.assembly.assemble`, so every request still gets its own seed's
-result. The engine does the counting.
+or of a batch of compatible requests through the one session
+(:class:`hasten.session.Session`), exactly as ``hasten.sample`` builds it: a
+batch starts from each request's own :func:`~hasten.noise.initial_noise`,
+concatenated, so every request still gets its own seed's result. The engine
+does the counting.
 """
 
 from __future__ import annotations
@@ -23,11 +22,11 @@ from typing import Any
 
 import torch
 
-from hasten.assembly import assemble, initial_noise, model_grid, model_step, prepare
-from hasten.denoise import denoiser_device
 from hasten.errors import HastenError
 from hasten.methods import METHODS
-from hasten.spec import Placement, RunSpec, Sampling
+from hasten.noise import initial_noise
+from hasten.session import PreparedRun, Session
+from hasten.spec import Placement, Sampling
 from hasten.steps import NOISY_SOLVERS
 from hasten.stopping import Stop
 
@@ -196,30 +195,25 @@ def model_call(settings: RunSettings, prompts: list[str], size: tuple[int, int] 
 
 
 def open_run(served, settings: RunSettings, rows: list[Rows], size: tuple[int, int] | None,
-             executor: str = "batched"):
-    """The run of ``rows`` (one request, or a batch of compatible ones) on the served model: a Setup.
+             executor: str = "batched") -> PreparedRun:
+    """The run of ``rows`` (one request, or a batch of compatible ones) on the served model.
 
-    One request: its :class:`~hasten.spec.RunSpec` on its model view, through
-    :func:`~hasten.assembly.prepare`, as ``hasten.sample`` builds it. A batch:
-    each request's own initial noise, concatenated, and
-    :func:`~hasten.assembly.assemble` on one model view carrying every sample's prompt.
+    One model view carries every sample's prompt; a lone request starts from its
+    own seed's latents (a pipeline's own ``prepare_latents``), a batch from each
+    request's own initial noise, concatenated.
     """
     # the process group, where one is used, was joined at start; context parallelism is the server's
     layout = getattr(served, "context_parallel", None) if executor == "distributed" else None
-    placement = Placement(executor, context_parallel=layout)
     prompts = [r.prompt for r in rows for _ in range(r.n)]
-    view = served.view(model_call(settings, prompts, size, served.takes_size), len(prompts), rows[0].seed)
-    if len(rows) == 1:
-        spec = RunSpec(view, settings.sampling, placement, seed=rows[0].seed, batch=rows[0].n)
-        return prepare(spec)
-    if served.is_pipeline:
-        raise HastenError("pipeline requests run one at a time (their latents come from the pipeline's own call)")
-    x = torch.cat([initial_noise(served.model, r.n, r.seed) for r in rows])
-    grid = model_grid(view, settings.steps)
-    denoiser = view.denoiser(grid)
-    x = x.to(denoiser_device(denoiser))
-    step = model_step(view, grid, settings.solver, x, rows[0].seed)
-    return assemble(settings.sampling, x, step, denoiser, placement, model=view)
+    call = model_call(settings, prompts, size, served.takes_size)
+    view = served.view(call, len(prompts), rows[0].seed)
+    x = None
+    if len(rows) > 1:
+        if served.is_pipeline:
+            raise HastenError("pipeline requests run one at a time (their latents come from the pipeline's own call)")
+        x = torch.cat([initial_noise(served.model, r.n, r.seed) for r in rows])
+    session = Session(view, Placement(executor, context_parallel=layout))
+    return session.prepare(settings.sampling, seed=rows[0].seed, batch=len(prompts), x=x)
 
 
 def row_slices(rows: list[Rows]) -> list[slice]:

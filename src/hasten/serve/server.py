@@ -109,7 +109,7 @@ def serve(args) -> int:
     """Run ``hasten serve``; returns the exit code."""
     from dataclasses import replace
 
-    from hasten.assembly import place
+    from hasten.session import place
     from hasten.serve.model import ServedModel
     from hasten.serve.previews import PREVIEWS
 
@@ -120,7 +120,7 @@ def serve(args) -> int:
     _, placement = run_description(args)
     distributed = placement.executor == "distributed"
     if placement.layout is not None:  # refused before loading: an embedded model, a family without a plan
-        from hasten.executors.context import check_model_source
+        from hasten.opening import check_model_source
 
         check_model_source(args.model, placement.layout, args.local_files_only)
     device = place(placement)  # under torchrun: joins the process group, each rank on its own device

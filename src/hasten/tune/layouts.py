@@ -96,13 +96,13 @@ def rank_layouts(row: dict, devices: int, forwards: dict[int, Curve], gather: Cu
 def _cp_worker(rank: int, world: int, port: int, run: dict, spec: str, sizes: list[int], repeats: int,
                threads: int, out: str) -> None:
     """One rank of :func:`measure_context_forward` (module level: spawned processes import it)."""
-    from hasten.assembly import prepare
+    from hasten.session import run_spec
     from hasten.spec import RunSpec
     from hasten.tune.latency import measure_latency
     from hasten.tune.spawned import _gloo_rank
 
     with _gloo_rank(rank, world, port, threads, 120):
-        s = prepare(RunSpec.from_dict({**run, "executor": "distributed", "context_parallel": spec,
+        s = run_spec(RunSpec.from_dict({**run, "executor": "distributed", "context_parallel": spec,
                                        "method": "sequential", "cache": None, "stop": "none"}))
         curve = measure_latency(s.executor, s.x, s.step.grid.steps // 2, sizes, repeats, threads)
         if rank == 0:

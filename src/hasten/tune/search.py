@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -62,7 +61,7 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
     non-finite ``comm_ms``, and a candidate list that is empty or names core
     counts / widths the steps cannot take.
     """
-    from hasten.assembly import open_for
+    from hasten.session import Session
     from hasten.spec import RunSpec, _finite
 
     target = Target.parse(target) if isinstance(target, str) else target
@@ -86,9 +85,9 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
         table = load_table(latency_table)
     threads = threads if threads is not None else worker_threads(devices)
     spawnable = run.model if isinstance(run.model, str) and _embedded(run.model) else None
-    model = open_for(run)
+    session = Session.open(run)
     with torch_threads(threads):
-        return _tune(run, model, cands, target, devices, threads, comm_ms, repeats, progress, log, spawnable, table)
+        return _tune(run, session, cands, target, devices, threads, comm_ms, repeats, progress, log, spawnable, table)
 
 
 def _embedded(spec: str) -> bool:
@@ -97,19 +96,17 @@ def _embedded(spec: str) -> bool:
     return is_embedded(spec)
 
 
-def _tune(run, model, cands: list[Candidate], target: Target, devices: int, threads: int, comm_ms: float | None,
+def _tune(run, session, cands: list[Candidate], target: Target, devices: int, threads: int, comm_ms: float | None,
           repeats: int, progress: bool, log: Callable[[str], None], spawnable: str | None,
           table: dict | None = None) -> TuneReport:
     from tqdm.auto import tqdm
 
-    from hasten.assembly import prepare
-    from hasten.engine import run as run_method
     from hasten.metrics import psnr, rmse
 
     steps, batch, seed, solver = run.steps, run.batch, run.seed, run.sampling.solver
 
     def setup(c: Candidate):
-        s = prepare(dataclasses.replace(run, sampling=c.sampling(solver)), model)
+        s = session.prepare(c.sampling(solver), seed=seed, batch=batch, call=run.call)
         s.executor.time_model = True  # the bookkeeping is the wall time outside the model
         return s
 
@@ -117,13 +114,13 @@ def _tune(run, model, cands: list[Candidate], target: Target, devices: int, thre
         before = s.executor.model_seconds
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = run_method(s.method, s.x, s.step, s.executor, s.stop, cache=s.cache)
+            result = s.sample()
         return result, s.executor.model_seconds - before, [str(w.message) for w in caught]
 
     log(f"reference: sequential, {steps} steps, batch {batch}")
     reference = Candidate("sequential", steps, "reference")
     ref_setup = setup(reference)
-    run_method(ref_setup.method, ref_setup.x, ref_setup.step, ref_setup.executor)  # warm-up, untimed
+    ref_setup.sample()  # warm-up, untimed
     ref, ref_model_s, _ = timed(ref_setup)
     decode = ref_setup.model.decode
     ref_images = decode(ref.x)

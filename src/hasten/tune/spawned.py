@@ -129,7 +129,7 @@ def _time_rounds(executor, model, world: int, sizes: list[int], repeats: int, in
     """Median seconds of a distributed round of ``world x b`` rows (b rows per rank), for each b in ``sizes``."""
     import torch.distributed as dist
 
-    from hasten.assembly import initial_noise
+    from hasten.noise import initial_noise
     from hasten.devices import synchronize
     from hasten.rounds import Eval
 
