@@ -1,4 +1,4 @@
-"""Argument checks shared by the methods: one wording for every error."""
+"""Argument checks shared by every layer: one wording for every error."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def check_positive(name: str, value, allow_none: bool = False) -> None:
         return
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
         raise HastenError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_finite(name: str, value, low: float | None = None) -> None:
+    """Refuse anything but a finite real number (>= ``low`` where given), naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            low is not None and value < low):
+        need = "a finite number" + ("" if low is None else f" >= {low:g}")
+        raise HastenError(f"{name} must be {need}, got {value!r}")
+
+
+def check_nonempty(name: str, value) -> str:
+    """``value`` if it is a string with something in it, else an error naming the argument."""
+    if not isinstance(value, str) or not value.strip():
+        raise HastenError(f"{name} must be a non-empty string, got {value!r}")
+    return value

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 
 from hasten.caches import CacheConfig, parse_cache_spec
-from hasten.checks import check_int
+from hasten.checks import check_finite, check_int, check_nonempty
 from hasten.errors import HastenError
 from hasten.methods import BUDGET_OPTION, METHODS, Method, parse_method_spec
 from hasten.stopping import Stop
@@ -45,14 +45,6 @@ def default_stop(method: "str | Method") -> str:
     """The stop rule when none is given: CHORDS streams to its first hit, the rest run to the end."""
     name = method if isinstance(method, str) else getattr(method, "name", "")
     return "first" if name == "chords" else "none"
-
-
-def _finite(name: str, value: Any, low: float | None = None) -> None:
-    """Refuse anything but a finite real number (>= ``low`` where given), naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            low is not None and value < low):
-        need = "a finite number" + ("" if low is None else f" >= {low:g}")
-        raise HastenError(f"{name} must be {need}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ class Sampling:
         object.__setattr__(self, "stop", str(stop))
         cache = self.cache
         if isinstance(cache, str):
-            cache = parse_cache_spec(_nonempty("cache", cache))
+            cache = parse_cache_spec(check_nonempty("cache", cache))
         elif cache is not None and not isinstance(cache, CacheConfig):
             raise HastenError(f"cache must be a spec such as 'abcache:2:interval=3', a CacheConfig or None, got "
                               f"{cache!r}")
@@ -243,7 +235,7 @@ class Placement:
                 raise HastenError(f"backend must be gloo or nccl, got {self.backend!r}")
             if self.executor != "distributed":
                 raise HastenError("backend applies to the distributed executor only")
-        _finite("timeout", self.timeout)
+        check_finite("timeout", self.timeout)
         if self.timeout <= 0:
             raise HastenError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
         object.__setattr__(self, "timeout", float(self.timeout))
@@ -273,12 +265,6 @@ class Placement:
         return cls(**_pick(data, cls.KEYS, where))
 
 
-def _nonempty(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise HastenError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
 def _pick(data: Mapping[str, Any], keys: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise HastenError(f"{where} must be a mapping with keys {', '.join(keys)}, got {type(data).__name__}")
@@ -299,7 +285,7 @@ def check_call(call: Mapping[str, Any]) -> dict[str, Any]:
             raise HastenError(f"{key} must be a positive integer, got {value!r}")
     for key in ("guidance_scale", "true_cfg_scale", "guidance_rescale"):
         if key in call:
-            _finite(key, call[key], 0.0)
+            check_finite(key, call[key], 0.0)
     for key in ("prompt", "negative_prompt"):
         value = call.get(key)
         if value is not None and not isinstance(value, str) and not (
@@ -344,7 +330,7 @@ class RunSpec:
         if isinstance(self.model, str):
             from hasten.opening import model_source
 
-            model_source(_nonempty("model", self.model))  # the spec's form, before anything is loaded
+            model_source(check_nonempty("model", self.model))  # the spec's form, before anything is loaded
         elif self.model is None or not hasattr(self.model, "grid"):
             raise HastenError(f"model must be a model spec (e.g. 'digits') or an opened model, got {self.model!r}")
         elif self.placement.device is not None or self.placement.dtype is not None or self.local_files_only:

@@ -62,14 +62,15 @@ def tune(run: Any, target: "Target | str", devices: int = 1, *, steps: int | Non
     counts / widths the steps cannot take.
     """
     from hasten.session import Session
-    from hasten.spec import RunSpec, _finite
+    from hasten.checks import check_finite
+    from hasten.spec import RunSpec
 
     target = Target.parse(target) if isinstance(target, str) else target
     check_int("--devices", devices, 1)
     check_int("--repeats", repeats, 1)
     check_int("--threads", threads, 1, allow_none=True)
     if comm_ms is not None:
-        _finite("--comm-ms", comm_ms, 0.0)
+        check_finite("--comm-ms", comm_ms, 0.0)
     given = {"steps": steps, "batch": batch, "seed": seed, "solver": solver, "max_batch": max_batch}
     if not isinstance(run, RunSpec):
         run = RunSpec.build(run, "sequential", **{"steps": 50, "batch": 4, "seed": 0,
