@@ -33,7 +33,6 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from hasten.errors import HastenError
 from hasten.rounds import Eval, Hit, MethodRun
 from hasten.methods.declared import check_options, option
 from hasten.methods.chords_init import check_cores_steps, landing_round, resolve_init
