@@ -23,8 +23,10 @@ TOLERANCE = 0.20  # predicted wall time within 20% of the measured one
 def test_target_grammar():
     assert Target.parse("psnr:35") == Target("psnr", 35.0) and Target.parse(" RMSE:0.02 ") == Target("rmse", 0.02)
     assert Target.parse("psnr:35").met(36.0, 1.0) and not Target.parse("rmse:0.02").met(99.0, 0.03)
-    for bad in ("psnr", "psnr:", "ssim:0.9", "rmse:-1", "psnr:abc", "35", "rmse:inf"):
-        with pytest.raises(HastenError, match="--target .*psnr:DB.*rmse:X"):
+    assert Target.parse("ssim:0.95").met(10.0, 1.0, 0.96) and not Target.parse("ssim:0.95").met(99.0, 0.0, 0.94)
+    assert not Target.parse("ssim:0.95").met(99.0, 0.0, None)  # no images, no SSIM
+    for bad in ("psnr", "psnr:", "ssim:1.5", "ssim:0", "rmse:-1", "psnr:abc", "35", "rmse:inf", "fid:3"):
+        with pytest.raises(HastenError, match="--target .*psnr:DB.*ssim:S.*rmse:X"):
             Target.parse(bad)
 
 
@@ -55,6 +57,15 @@ def test_candidates_are_a_few_dozen_in_chains():
     tols = [c.options["tol"] for c in cands if c.chain == "paradigms-4"]
     assert tols == sorted(tols)  # tight to loose: a failure prunes the looser ones
     assert all(c.cores < 5 for c in candidates(5) if c.method == "chords")
+
+
+def test_an_ssim_target_tunes_on_images_and_is_refused_without_them():
+    report = tune("digits", "ssim:0.9", steps=20, batch=2, methods=["sequential", "abcache"], repeats=1,
+                  progress=False)
+    assert all(r["meets"] == (r["ssim"] >= 0.9) for r in report.rows) and report.rows[0]["ssim"] is not None
+    assert report.best is not None and report.best["tune"]["ssim"] >= 0.9 and report.best["tune"]["target"] == "ssim:0.9"
+    with pytest.raises(HastenError, match="samples are not images, so they have no SSIM"):
+        tune("gmm", "ssim:0.9", steps=20, batch=2, methods=["sequential"], progress=False)
 
 
 def test_pruning_and_ranking_on_the_gmm():

@@ -23,7 +23,6 @@ reports (``Result.summary()["run"]``) and serve requests speak a subset of it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 

@@ -17,7 +17,7 @@ from hasten.bench.timing import device_name, median_of, timed, warm_up
 from hasten.denoise import EmulatedDevice
 from hasten.integrations.hooks import diffusers_cache, hook_config, parse_hook_spec
 from hasten.methods import parse_method_spec
-from hasten.metrics import flops_per_evaluation, psnr, rmse, ssim
+from hasten.metrics import flops_per_evaluation, ms_ssim, psnr, rmse, ssim
 from hasten.report import (fmt, markdown_table, plot_convergence, plot_quality_vs_calls, plot_scaling, save_hit_grid,
                            write_json)
 from hasten.session import Session
@@ -27,18 +27,20 @@ COLUMNS = [
     ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
     ("rounds", "rounds"), ("speedup", "round speedup (K devices)"), ("nfe", "NFE"), ("wall_s", "wall s"),
     ("wall_speedup", "wall speedup here"), ("overhead_ms", "overhead ms/round"), ("rmse", "latent RMSE"),
-    ("psnr", "PSNR dB"), ("fd", "Frechet dist."),
+    ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("fd", "Frechet dist."),
 ]
 CACHE_COLUMNS = [
     ("method", "method"), ("cache", "cache"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"),
     ("params", "params"), ("rounds", "model rounds"), ("all_rounds", "all rounds"), ("speedup", "round speedup (K devices)"),
     ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup here"),
-    ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("fd", "Frechet dist."),
+    ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("fd", "Frechet dist."),
 ]
 
 
-#: shown where a run measured them: communication (distributed), peak GPU memory, graphs compiled during the run
+#: communication (distributed), peak GPU memory, graphs compiled during the run
 RESOURCE_COLUMNS = [("comm_ms", "comm ms/round"), ("peak_gib", "peak GiB"), ("recompiles", "graphs compiled")]
+#: columns shown only where some run measured them (MS-SSIM needs images of 161 pixels a side or more)
+OPTIONAL_COLUMNS = {"ms_ssim", "ssim", "fd", *(key for key, _ in RESOURCE_COLUMNS)}
 
 
 def _params(name: str, method, n: int) -> str:
@@ -110,6 +112,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
             return {"rmse": rmse(x, ref.x),
                     "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(x, ref.x),
                     "ssim": ssim(images, ref_images) if images is not None else None,
+                    "ms_ssim": ms_ssim(images, ref_images) if images is not None else None,
                     "fd": features.frechet(images) if features else None}
 
         if any(parse_method_spec(m, extra=ENTRY_OPTIONS)[0] == "sequential" for m in cfg.methods):
@@ -192,8 +195,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
     if cfg.emulate_latency is not None:
         title += (f", emulated devices: {1000 * cfg.emulate_latency:g} ms per forward of up to "
                   f"{cfg.emulate_capacity} row(s)")
-    columns = (CACHE_COLUMNS if with_cache else COLUMNS) + [
-        c for c in RESOURCE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = [c for c in (CACHE_COLUMNS if with_cache else COLUMNS) + RESOURCE_COLUMNS
+               if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
     table = markdown_table(rows, columns)
     report = {
         "command": cfg.command, "model": model.name, "seed": seed, "batch": batch, "stop": str(stop),

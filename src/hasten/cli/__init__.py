@@ -105,8 +105,10 @@ def _tune_parser(sub) -> None:
     add_call_options(u)
     add_run_options(u, 4, stop=False)  # tune chooses each candidate's stop rule
     add_placement_options(u, executor=False, compile=False)
-    u.add_argument("--target", required=True, help="quality target against sequential sampling of the same seed: "
-                   "psnr:DB (at least DB dB, e.g. psnr:35) or rmse:X (latent RMSE at most X, e.g. rmse:0.02)")
+    from hasten.tune.target import TARGET_FORMS
+
+    u.add_argument("--target", required=True, help=f"quality target against sequential sampling of the same seed: "
+                   f"{TARGET_FORMS}")
     u.add_argument("--devices", type=int, default=1, help="devices D the prediction is for (the distributed executor "
                    "splits each round's rows over D ranks)")
     u.add_argument("--steps", type=int, default=50, help="sampling steps N of the reference")

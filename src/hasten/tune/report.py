@@ -10,7 +10,7 @@ from hasten.tune.search import TuneReport
 
 COLUMNS = [("rank", "#"), ("label", "configuration"), ("predicted_s", "predicted wall s"),
            ("predicted_speedup", "pred. speedup"), ("measured_s", "measured s (here, D=1)"), ("rounds", "rounds"),
-           ("nfe", "NFE"), ("psnr", "PSNR dB"), ("rmse", "RMSE"), ("meets", "meets target")]
+           ("nfe", "NFE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("rmse", "RMSE"), ("meets", "meets target")]
 
 
 def write_report(report: TuneReport, out, command: str = "") -> None:
@@ -57,5 +57,7 @@ def winner_line(report: TuneReport) -> str:
     closest = next(row for row in report.rows if not row["reference"]) if len(report.rows) > 1 else report.rows[0]
     return (f"No candidate meets {report.settings['target']} (only the sequential reference does): the closest, "
             f"`{closest['label']}`, reaches "
-            f"{closest['psnr']:.1f} dB PSNR, RMSE {closest['rmse']:.3g}; no best.json was written. Loosen the target, "
+            f"{closest['psnr']:.1f} dB PSNR, "
+            + ("" if closest.get("ssim") is None else f"SSIM {closest['ssim']:.3f}, ")
+            + f"RMSE {closest['rmse']:.3g}; no best.json was written. Loosen the target, "
             "or give more steps or other --methods.")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from hasten.checks import check_int
+from hasten.errors import HastenError
 from hasten.tune.candidates import Candidate, candidates
 from hasten.tune.latency import Curve, batch_sizes, calibrate, measure_latency, predict_wall, torch_threads, worker_threads
 from hasten.tune.spawned import measure_comm, measure_rounds
@@ -102,7 +103,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
           table: dict | None = None) -> TuneReport:
     from tqdm.auto import tqdm
 
-    from hasten.metrics import psnr, rmse
+    from hasten.metrics import ms_ssim, psnr, rmse, ssim
 
     steps, batch, seed, solver = run.steps, run.batch, run.seed, run.sampling.solver
 
@@ -126,9 +127,19 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
     decode = ref_setup.model.decode
     ref_images = decode(ref.x)
 
-    def quality(x: torch.Tensor) -> tuple[float, float]:
+    if ref_images is None and target.metric == "ssim":
+        raise HastenError(f"--target {target}: {getattr(ref_setup.model, 'name', run.model)}'s samples are not "
+                          "images, so they have no SSIM; use psnr:DB or rmse:X")
+
+    def quality(x: torch.Tensor) -> dict:
         images = decode(x)
-        return (psnr(images, ref_images, 1.0) if images is not None else psnr(x, ref.x)), rmse(x, ref.x)
+        if images is None:
+            return {"psnr": psnr(x, ref.x), "rmse": rmse(x, ref.x), "ssim": None, "ms_ssim": None}
+        return {"psnr": psnr(images, ref_images, 1.0), "rmse": rmse(x, ref.x), "ssim": ssim(images, ref_images),
+                "ms_ssim": ms_ssim(images, ref_images)}
+
+    def meets(q: dict) -> bool:
+        return target.met(q["psnr"], q["rmse"], q["ssim"])
 
     runs: list[tuple[Candidate, Any, float, list[str]]] = [(reference, ref, ref_model_s, [])]
     failed: dict[str, str] = {}
@@ -141,7 +152,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
             continue
         result, model_s, warned = timed(setup(c))
         runs.append((c, result, model_s, warned))
-        if not target.met(*quality(result.x)):
+        if not meets(quality(result.x)):
             failed[c.chain] = c.label
     bar.close()
 
@@ -176,7 +187,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
     model_name = run.model if isinstance(run.model, str) else getattr(ref_setup.model, "name", str(run.model))
     rows = []
     for c, result, model_s, warned in runs:
-        p, r = quality(result.x)
+        q = quality(result.x)
         bookkeeping = max(0.0, result.wall_s - model_s)
         rows.append({
             "label": c.label, "reference": c is reference, "method": c.method, "steps": c.steps, "cores": c.cores, "options": c.options,
@@ -185,7 +196,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
             "round_rows": result.round_rows,
             "max_rows": max(result.round_rows), "bookkeeping_s": bookkeeping, "model_s": model_s,
             "predicted_s": predict_wall(result.round_rows, latency, devices, bookkeeping, comm),
-            "measured_s": result.wall_s, "psnr": p, "rmse": r, "meets": target.met(p, r), "warnings": warned,
+            "measured_s": result.wall_s, **q, "meets": meets(q), "warnings": warned,
             "config": c.config(solver, model_name),
         })
     base = rows[0]["predicted_s"]
@@ -202,7 +213,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
             "model": getattr(ref_setup.model, "name", model_name), "devices": devices, "target": str(target),
             "label": winner["label"], "predicted_s": winner["predicted_s"],
             "predicted_speedup": winner["predicted_speedup"], "rounds": winner["rounds"], "nfe": winner["nfe"],
-            "psnr": winner["psnr"], "rmse": winner["rmse"], "batch": batch, "seed": seed}}
+            "psnr": winner["psnr"], "rmse": winner["rmse"], "ssim": winner["ssim"], "batch": batch, "seed": seed}}
     settings = {"model": model_name, "devices": devices, "target": str(target), "steps": steps,
                 "batch": batch, "seed": seed, "solver": ref_setup.step.name, "threads": threads,
                 "device": str(ref.x.device), "date": time.strftime("%Y-%m-%d"), "latency_kind": kind,
@@ -219,7 +230,6 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
 def _layouts(run, model, row: dict, devices: int, latency: Curve, gather: Curve | None, table: dict | None,
              threads: int, repeats: int, sizes: list[int], log: Callable[[str], None]) -> dict:
     """The (T, C) layouts of ``devices`` ranked for ``row``, with the source of their forward latencies."""
-    from hasten.errors import HastenError
     from hasten.executors.context import check_backend, parse_context_parallel
     from hasten.tune.layouts import degree_spec, layouts, measure_context_forward, rank_layouts
 
