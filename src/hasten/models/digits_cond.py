@@ -96,7 +96,7 @@ class DigitsCondModel(DigitsModel):
         return self.guidance_scale != 1.0 and any(label != NULL_CLASS for label in self.labels)
 
     def denoiser(self, grid):
-        from hasten.integrations.denoisers import PipelineDenoiser
+        from hasten.guidance import PipelineDenoiser
 
         labels = torch.tensor(self.labels, device=self.device)
         unet = self.unet
