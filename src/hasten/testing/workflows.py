@@ -1,7 +1,7 @@
 """Tiny image-input pipelines (img2img, inpaint, Kontext, Fill, ControlNet), built offline from configs.
 
 Not used when sampling. Each shares the components of its text-to-image tiny
-pipeline (:func:`hasten.testing.pipelines.tiny_pipeline`) where the real
+pipeline (:func:`hasten.testing.text_to_image.text_to_image_pipeline`) where the real
 checkpoints do, and adds what the workflow needs: a 9-channel UNet for the
 inpainting checkpoints, Flux Fill's wider transformer input, a ControlNet
 sized to the tiny UNet or transformer. :func:`tiny_images` builds the small
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hasten.errors import HastenError
+from hasten.testing.text_to_image import text_to_image_pipeline
 
 #: the image-input kinds of ``hasten make-tiny`` and the tests
 WORKFLOW_KINDS = ("sd-img2img", "sd-inpaint", "sdxl-img2img", "sdxl-inpaint", "flux-img2img", "flux-inpaint",
@@ -57,17 +58,15 @@ def workflow_pipeline(kind: str, seed: int = 0, unet_channels: int = 9, predicti
     image as extra input channels) or 4 (a text-to-image UNet in the inpaint
     pipeline, which then blends the known region back after every step), for
     ``sd-inpaint`` and ``sdxl-inpaint``. ``prediction`` and ``scheduler_cls``
-    as for :func:`hasten.testing.pipelines.tiny_pipeline` (the UNet families).
+    as for :func:`hasten.testing.text_to_image.text_to_image_pipeline` (the UNet families).
     """
     import diffusers as d
-
-    from hasten.testing.pipelines import tiny_pipeline
 
     if kind not in WORKFLOW_KINDS:
         raise HastenError(f"unknown tiny workflow pipeline {kind!r}; valid: {', '.join(WORKFLOW_KINDS)}")
     family, workflow = kind.split("-", 1)
     shared = {} if family == "flux" else {"prediction": prediction, "scheduler_cls": scheduler_cls}
-    parts = tiny_pipeline(family, seed=seed, **shared).components
+    parts = text_to_image_pipeline(family, seed=seed, **shared).components
     torch.manual_seed(seed + 1)
     if workflow == "inpaint" and family != "flux" and unet_channels != 4:
         if unet_channels != 9:
