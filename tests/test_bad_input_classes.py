@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from hasten.cli import main
-from hasten.errors import HastenError
 from hasten.output import OutputFolder
 
 REPO = Path(__file__).resolve().parents[1]

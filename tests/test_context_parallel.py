@@ -19,8 +19,8 @@ import torch.multiprocessing as mp
 
 import hasten
 from hasten.errors import HastenError
-from hasten.executors.context import (ContextLayout, check_folder, check_sequence, check_world,
-                                      parse_context_parallel)
+from hasten.executors.context import ContextLayout, check_world, parse_context_parallel
+from hasten.integrations.context import check_folder, check_sequence
 from hasten.spec import Placement, RunSpec
 
 pytest.importorskip("transformers")

@@ -65,7 +65,7 @@ def check_model_source(spec: str, layout, local_files_only: bool = False) -> Non
     An embedded model is refused; a random network is checked by its class, a
     folder or model id by the network class its ``model_index.json`` names.
     """
-    from hasten.executors.context import check_backend, check_family, check_folder
+    from hasten.integrations.context import check_backend, check_family, check_folder
 
     check_not_embedded(spec, layout)
     source = model_source(spec)

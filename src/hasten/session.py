@@ -222,7 +222,7 @@ class Session:
         layout = self.placement.layout
         if layout is None:
             return
-        from hasten.executors.context import check_sequence, networks_of, prepare_network
+        from hasten.integrations.context import check_sequence, networks_of, prepare_network
 
         pipe = getattr(self.model, "pipe", self.model)
         cond = getattr(denoiser, "cond", None)

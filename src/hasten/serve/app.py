@@ -53,7 +53,7 @@ def _context_parallel(served) -> str | None:
     layout = getattr(served, "context_parallel", None)
     if layout is None or getattr(served, "pipe", None) is None:
         return None
-    from hasten.executors.context import networks_of
+    from hasten.integrations.context import networks_of
 
     return layout if all(getattr(n, "_parallel_config", None) is not None for n in networks_of(served.pipe)) else None
 

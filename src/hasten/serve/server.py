@@ -127,7 +127,7 @@ def serve(args) -> int:
     served = ServedModel(args.model, device, placement.dtype, _base_call(args), args.local_files_only)
     served.context_parallel = placement.context_parallel
     if placement.layout is not None:  # the transformer shares its forwards from the start, on every rank
-        from hasten.executors.context import prepare_network
+        from hasten.integrations.context import prepare_network
 
         prepare_network(served.pipe, placement.layout, device)
     limits = replace(limits, run=replace(limits.run, max_steps=min(limits.run.max_steps, served.max_steps)))

@@ -230,7 +230,8 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
 def _layouts(run, model, row: dict, devices: int, latency: Curve, gather: Curve | None, table: dict | None,
              threads: int, repeats: int, sizes: list[int], log: Callable[[str], None]) -> dict:
     """The (T, C) layouts of ``devices`` ranked for ``row``, with the source of their forward latencies."""
-    from hasten.executors.context import check_backend, parse_context_parallel
+    from hasten.executors.context import parse_context_parallel
+    from hasten.integrations.context import check_backend
     from hasten.tune.layouts import degree_spec, layouts, measure_context_forward, rank_layouts
 
     reasons: dict[int, str] = {}
