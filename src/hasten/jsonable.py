@@ -14,4 +14,6 @@ def json_safe(obj: Any) -> Any:
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
+    if type(obj).__module__.startswith("PIL."):  # an input image: the path it was read from (hasten.integrations.images)
+        return getattr(obj, "filename", None) or f"image {obj.size[0]}x{obj.size[1]}"
     return obj

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from hasten.cli.inputs import add_input_options
 from hasten.cli.options import (BUDGET_ONLY, CACHE_GRAMMAR, add_call_options, add_method_options, add_model_options,
                                 add_placement_options, add_run_options, flag_names, int_list, str_list)
 from hasten.errors import HastenError
@@ -39,6 +40,7 @@ def _sample_parser(sub) -> None:
                                    "models, samples.png and one PNG per hit as it lands.")
     add_model_options(s, default=None)
     add_call_options(s)
+    add_input_options(s)
     add_run_options(s, 4)
     add_method_options(s)
     add_placement_options(s)
@@ -57,6 +59,7 @@ def _bench_parser(sub) -> None:
                                    "ablation (CHORDS Table 3), --steps 50,75,100 the steps ablation (Table 4).")
     add_model_options(b)
     add_call_options(b)
+    add_input_options(b)
     add_run_options(b, 64)
     add_placement_options(b, timeout=60.0, executor_help=(
         "distributed: run inside torchrun; the sequential reference runs on each process alone (the one-device "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from hasten.cli.inputs import check_opened, with_inputs
 from hasten.cli.options import run_spec, sampling_of
 from hasten.errors import HastenError
 from hasten.output import OutputFolder, check_out
@@ -53,13 +54,14 @@ def sample(args: argparse.Namespace) -> dict | None:
     from hasten.report import save_image_grid, write_json
     from hasten.session import Session, place
 
-    spec = run_spec(args, 4, sampling_of(args), args.config)
+    spec = with_inputs(run_spec(args, 4, sampling_of(args), args.config), args)
     check_out(args.out)
     place(spec.placement)
     rank = rank_of(spec)
     out = OutputFolder(args.out) if rank == 0 else None  # only rank 0 writes
     quiet_pipeline_loading(spec)
     session = Session.open(spec)
+    check_opened(getattr(session.model, "pipe", None), args)
     s = session.prepare(spec.sampling, seed=spec.seed, batch=spec.batch, call=spec.call, record=spec.to_dict())
     reference = session.prepare(Sampling("sequential", steps=s.step.grid.steps), x=s.x, step=s.step,
                                 denoiser=s.executor.denoiser)
@@ -123,6 +125,7 @@ def bench(args: argparse.Namespace) -> int:
 
     run = run_spec(args, 64, {"method": "chords", "steps": None, "stop": args.stop if args.stop is not None
                               else "first"})
+    run = with_inputs(run, args)
     cfg = BenchConfig(run=run, methods=args.methods, cores=args.cores, steps=args.steps, inits=args.init,
                       caches=args.caches, progress=not args.no_progress, emulate_latency=args.emulate_latency,
                       emulate_capacity=args.emulate_capacity, to_end=not args.until_stop, repeats=args.repeats)
@@ -132,6 +135,7 @@ def bench(args: argparse.Namespace) -> int:
     place(run.placement)
     quiet_pipeline_loading(run)
     session = Session.open(run)
+    check_opened(getattr(session.model, "pipe", None), args)
     cfg.run = RunSpec(session.model, run.sampling, session.placement, run.call, run.seed, run.batch)
     cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
     if rank_of(run) != 0:

@@ -32,7 +32,11 @@ class ServedModel:
         if self.is_pipeline:
             self.pipe = load_pipeline(spec, device, dtype, local_files_only)
             self._pipeline_model = PipelineModel
-            self.model = PipelineModel(self.pipe, {"prompt": "", **self.base_call})
+            from hasten.integrations.images import probe_inputs
+
+            #: neutral images for a pipeline that cannot be called without one (img2img, inpaint, ControlNet)
+            self.probe_call = probe_inputs(self.pipe)
+            self.model = PipelineModel(self.pipe, {"prompt": "", **self.probe_call, **self.base_call})
             self.call_keys: tuple[str, ...] = ("prompt", "guidance_scale", "height", "width")
             self.name = Path(spec).name if model_source(spec) == "folder" else spec  # a folder's name, not its path
         else:
