@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models and integrations", ("hasten.models", "hasten.integrations", "hasten.testing")),
     ("run description and session", ("hasten.spec", "hasten.config", "hasten.opening", "hasten.session")),
     ("api and accelerate", ("hasten.api", "hasten.accelerated")),
-    ("reports", ("hasten.report", "hasten.metrics", "hasten.output")),
+    ("reports", ("hasten.report", "hasten.metrics", "hasten.output", "hasten.mp4")),
     ("bench and tune", ("hasten.bench", "hasten.tune", "hasten.demo")),
     ("serve", ("hasten.serve",)),
     ("cli", ("hasten.cli",)),

@@ -51,6 +51,8 @@ def sample(args: argparse.Namespace) -> dict | None:
     from safetensors.torch import save_file
 
     from hasten.metrics import psnr, rmse
+    from hasten.integrations.images import is_video_pipeline
+    from hasten.mp4 import clips, require_video, save_clips
     from hasten.report import save_image_grid, write_json
     from hasten.session import Session, place
 
@@ -62,18 +64,24 @@ def sample(args: argparse.Namespace) -> dict | None:
     quiet_pipeline_loading(spec)
     session = Session.open(spec)
     check_opened(getattr(session.model, "pipe", None), args)
+    if is_video_pipeline(getattr(session.model, "pipe", None)):
+        require_video()  # before any sampling: the MP4s need PyAV
     s = session.prepare(spec.sampling, seed=spec.seed, batch=spec.batch, call=spec.call, record=spec.to_dict())
     reference = session.prepare(Sampling("sequential", steps=s.step.grid.steps), x=s.x, step=s.step,
                                 denoiser=s.executor.denoiser)
     with out or nullcontext():
         ref = reference.sample()
         ref_images = s.model.decode(ref.x)
+        batch = s.x.shape[0]
+        video = clips(ref_images, batch) is not None  # a video model: MP4s besides the PNGs
         hits = []
 
         def on_hit(hit) -> None:
             images = s.model.decode(hit.x)
             if images is not None and out is not None:  # written into --out the moment the hit lands
                 save_image_grid(images, out.stream(f"hit_core{hit.core}_round{hit.round}.png"))
+                if video:
+                    save_clips(images, batch, out.stream(f"hit_core{hit.core}_round{hit.round}.mp4"), args.fps)
             hits.append({"core": hit.core, "round": hit.round, "nfe": hit.nfe, "wall_s": hit.wall_s,
                          "rmse": rmse(hit.x, ref.x), "residual": hit.residual})
 
@@ -101,6 +109,8 @@ def sample(args: argparse.Namespace) -> dict | None:
                   str(out / "latents.safetensors"))
         if images is not None:
             save_image_grid(images, out / "samples.png")
+        if video:
+            save_clips(images, batch, out / "samples.mp4", args.fps)
         write_json(summary, out / "result.json")
     return summary
 

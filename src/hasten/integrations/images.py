@@ -136,3 +136,8 @@ def probe_inputs(pipe, size: tuple[int, int] | None = None) -> dict[str, Any]:
     if "--mask" in keys:
         call["mask_image"] = Image.new("L", size, 255)
     return call
+
+
+def is_video_pipeline(pipe) -> bool:
+    """Whether a pipeline makes video (its call takes ``num_frames``)."""
+    return pipe is not None and "num_frames" in inspect.signature(type(pipe).__call__).parameters
