@@ -144,7 +144,9 @@ def _make_tiny_parser(sub) -> None:
     from hasten.testing.pipelines import KINDS
 
     t.add_argument("--kind", choices=list(KINDS), default="sd", help="pipeline family (and image-input workflow)")
-    t.add_argument("--out", required=True, help="folder to save into")
+    t.add_argument("--out", help="folder to save the pipeline into")
+    t.add_argument("--lora", metavar="FILE", help="also (or only) write a small random LoRA (.safetensors) for the "
+                   "tiny pipeline of --kind, for `hasten sample --lora` and `hasten serve --lora`")
 
 
 def _demo_parser(sub) -> None:

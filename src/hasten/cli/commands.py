@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hasten.cli.inputs import check_opened, with_inputs
+from hasten.cli.inputs import apply_lora, check_opened, with_inputs
 from hasten.cli.options import run_spec, sampling_of
 from hasten.errors import HastenError
 from hasten.output import OutputFolder, check_out
@@ -64,6 +64,7 @@ def sample(args: argparse.Namespace) -> dict | None:
     quiet_pipeline_loading(spec)
     session = Session.open(spec)
     check_opened(getattr(session.model, "pipe", None), args)
+    apply_lora(getattr(session.model, "pipe", None), args)
     if is_video_pipeline(getattr(session.model, "pipe", None)):
         require_video()  # before any sampling: the MP4s need PyAV
     s = session.prepare(spec.sampling, seed=spec.seed, batch=spec.batch, call=spec.call, record=spec.to_dict())
@@ -94,7 +95,7 @@ def sample(args: argparse.Namespace) -> dict | None:
             print(f"hasten: warning: {w.message}", file=sys.stderr)
         images = s.model.decode(result.x)
         summary = {
-            **result.summary(), "model": s.model.name,
+            **result.summary(), "model": s.model.name, "lora": args.lora,
             "cores": result.params.get("cores") if result.method == "chords" else None,
             "width": s.method.max_width(result.steps), "init": result.params.get("init"),
             "seed": spec.seed, "batch": s.x.shape[0], "rmse": rmse(result.x, ref.x),
@@ -146,6 +147,7 @@ def bench(args: argparse.Namespace) -> int:
     quiet_pipeline_loading(run)
     session = Session.open(run)
     check_opened(getattr(session.model, "pipe", None), args)
+    apply_lora(getattr(session.model, "pipe", None), args)
     cfg.run = RunSpec(session.model, run.sampling, session.placement, run.call, run.seed, run.batch)
     cfg.validate()  # again with the model (pipeline-only options such as diffusers hooks)
     if rank_of(run) != 0:
@@ -203,6 +205,14 @@ def make_tiny(args: argparse.Namespace) -> int:
     """Save a tiny pipeline; an earlier pipeline in the folder is replaced whole, anything else is refused."""
     from hasten.testing.pipelines import save_tiny_pipeline
 
+    if args.out is None and args.lora is None:
+        raise HastenError("make-tiny: give --out FOLDER (the pipeline), --lora FILE (a LoRA for it), or both")
+    if args.lora is not None:
+        from hasten.cli.inputs import make_tiny_lora
+
+        print(make_tiny_lora(args.kind, args.lora))
+        if args.out is None:
+            return 0
     out = check_out(args.out)
     quiet_pipeline_loading(None)
     if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():

@@ -15,6 +15,8 @@ import dataclasses
 
 from hasten.errors import HastenError
 from hasten.integrations.images import INPUT_FLAGS, check_inputs_taken, check_mask, pipeline_class, read_image
+from hasten.integrations.lora import check_lora_file, load_lora, parse_lora, use_lora
+from hasten.opening import model_source
 from hasten.spec import RunSpec
 
 
@@ -26,6 +28,8 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="img2img / inpaint: how far the image is noised, in (0, 1] "
                    "(default: the pipeline's)")
     p.add_argument("--control-image", metavar="PATH", help="ControlNet pipelines: the control image")
+    p.add_argument("--lora", metavar="PATH[:SCALE]", help="pipelines: load this LoRA (.safetensors, diffusers or "
+                   "kohya layout) into the network at SCALE (default 1; 0 gives the base model); needs peft")
     p.add_argument("--fps", type=float, default=16.0, help="video models: frames per second of the MP4")
 
 
@@ -38,14 +42,16 @@ def with_inputs(spec: RunSpec, args: argparse.Namespace) -> RunSpec:
     """``spec`` with the input flags' images and strength in its call, each checked before the model loads."""
     if getattr(args, "fps", None) is not None and not (0 < args.fps <= 240):
         raise HastenError(f"--fps must be in (0, 240], got {args.fps}")
+    if getattr(args, "lora", None) is not None:
+        if isinstance(spec.model, str) and model_source(spec.model) == "embedded":
+            raise HastenError(f"--lora applies to diffusers pipelines, not to the embedded model {spec.model}")
+        check_lora_file(parse_lora(args.lora)[0])
     given = given_inputs(args)
     if not given:
         return spec
     if not isinstance(spec.model, str):
         keys = {f: INPUT_FLAGS[f] for f in given}
     else:
-        from hasten.opening import model_source
-
         if model_source(spec.model) == "embedded":
             raise HastenError(f"{', '.join(given)}: apply to diffusers pipelines (a folder, a model id or "
                               f"random:NAME), not to the embedded model {spec.model}")
@@ -72,3 +78,20 @@ def check_opened(pipe, args: argparse.Namespace) -> None:
     given = given_inputs(args)
     if given and pipe is not None:
         check_inputs_taken(type(pipe), given)
+
+
+def apply_lora(pipe, args: argparse.Namespace) -> None:
+    """``--lora PATH[:SCALE]``: load it into the opened pipeline and sample with it."""
+    if getattr(args, "lora", None) is None or pipe is None:
+        return
+    path, scale = parse_lora(args.lora)
+    load_lora(pipe, path, "lora")
+    use_lora(pipe, "lora", scale)
+
+
+def make_tiny_lora(kind: str, path: str) -> str:
+    """``hasten make-tiny --lora FILE``: a small random LoRA for the tiny pipeline of ``kind``."""
+    from hasten.testing.lora import save_tiny_lora
+    from hasten.testing.pipelines import tiny_pipeline
+
+    return str(save_tiny_lora(tiny_pipeline(kind), path))
