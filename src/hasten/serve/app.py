@@ -86,7 +86,8 @@ class CountRequests:
         await self.app(scope, receive, counted)
 
 
-KNOWN_PATHS = ("/", "/app.js", "/style.css", "/health", "/metrics", "/v1/models", "/v1/images/generations")
+KNOWN_PATHS = ("/", "/app.js", "/style.css", "/health", "/metrics", "/v1/models", "/v1/images/generations",
+               "/v1/images/edits", "/v1/videos")
 
 
 def create_app(service: Service) -> Starlette:
@@ -128,7 +129,9 @@ def create_app(service: Service) -> Starlette:
         if not authorised(request):
             return refuse_auth()
         return JSONResponse({"object": "list", "data": [{"id": service.served.name, "object": "model",
-                                                         "created": 0, "owned_by": "hasten"}]})
+                                                         "created": 0, "owned_by": "hasten",
+                                                         "hasten": {"loras": sorted(getattr(
+                                                             service.served, "adapters", {}))}}]})
 
     async def generations(request: Request) -> Response:
         if not authorised(request):
@@ -164,6 +167,9 @@ def create_app(service: Service) -> Starlette:
     routes = [Route("/", index), Route("/app.js", asset), Route("/style.css", asset), Route("/health", health),
               Route("/metrics", metrics), Route("/v1/models", models),
               Route("/v1/images/generations", generations, methods=["POST"])]
+    from hasten.serve.edits import edits_route
+
+    routes.append(edits_route(service, authorised, refuse_auth, _answer, _stream))  # issue 27
     app = Starlette(routes=routes)
     app.add_middleware(CountRequests, metrics=service.metrics)
     return app

@@ -52,6 +52,8 @@ def add_serve_parser(sub, formatter=argparse.ArgumentDefaultsHelpFormatter) -> a
                    help="seconds a request may take from arrival; then it fails (504) and its run stops")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds the other ranks wait for rank 0 "
                    "to start serving (loading a model takes each rank its own time)")
+    p.add_argument("--lora", action="append", metavar="NAME=PATH[:SCALE]", default=[],
+                   help="preload a LoRA adapter (repeatable); a request picks one by NAME under hasten.lora")
     return p
 
 
@@ -64,4 +66,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise HastenError(f"hasten serve needs the serve extra ({err.name} is missing): "
                           "pip install 'hasten[serve]'") from None
+    from hasten.integrations.lora import check_lora_file, parse_named_lora
+    from hasten.serve.model import ServedModel
+
+    loras = [parse_named_lora(text) for text in args.lora]
+    for name, path, _ in loras:
+        check_lora_file(path, f"--lora {name}=")  # before the model loads
+    if len({name for name, _, _ in loras}) != len(loras):
+        raise HastenError("--lora: each adapter needs its own NAME")
+    ServedModel.default_loras = tuple(loras)  # the served model preloads them (hasten.serve.model)
     return serve(args)

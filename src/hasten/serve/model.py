@@ -10,6 +10,7 @@ model, a file or a path: the spec is fixed here.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -20,8 +21,11 @@ from hasten.errors import HastenError
 class ServedModel:
     """The one model a server serves, with what a request may ask of it."""
 
+    #: ``hasten serve --lora NAME=PATH[:SCALE]``: (name, path, scale) triples to preload (set by the serve command)
+    default_loras: tuple = ()
+
     def __init__(self, spec: str, device: torch.device, dtype: str | None = None, base_call: dict | None = None,
-                 local_files_only: bool = False):
+                 local_files_only: bool = False, loras: list | None = None):
         from hasten.integrations.model import PipelineModel, load_pipeline
         from hasten.opening import model_source, open_model
 
@@ -37,15 +41,24 @@ class ServedModel:
             #: neutral images for a pipeline that cannot be called without one (img2img, inpaint, ControlNet)
             self.probe_call = probe_inputs(self.pipe)
             self.model = PipelineModel(self.pipe, {"prompt": "", **self.probe_call, **self.base_call})
-            self.call_keys: tuple[str, ...] = ("prompt", "guidance_scale", "height", "width")
+            from hasten.integrations.images import input_keys
+
+            takes_size = "height" in inspect.signature(type(self.pipe).__call__).parameters
+            self.call_keys: tuple[str, ...] = ("prompt", "guidance_scale") + (("height", "width") if takes_size else ())
+            #: the input flags the pipeline takes (``--image`` ...): /v1/images/edits serves those that take an image
+            self.inputs = input_keys(type(self.pipe))
             self.name = Path(spec).name if model_source(spec) == "folder" else spec  # a folder's name, not its path
         else:
             if self.base_call:
                 raise HastenError(f"--size / --frames apply to pipelines, not to the embedded model {spec}")
             self.model = open_model(spec, device, dtype, local_files_only=local_files_only)
             self.call_keys = tuple(getattr(self.model, "CALL_KEYS", ()))
+            self.inputs = {}
             self.name = self.model.name
         self.device = device
+        self.adapters: dict[str, float] = {}  # preloaded LoRA adapters by name, with their scales
+        for name, path, scale in loras if loras is not None else self.default_loras:
+            self.load_adapter(name, path, scale)
         probe = self.model.decode(self._probe_latents())
         if probe is None:
             raise HastenError(f"--model {spec}: its samples are not images (hasten serve serves image and video "
@@ -101,3 +114,20 @@ class ServedModel:
             raise HastenError(f"the served model {self.name} is unconditional: give an empty prompt")
         if not self.is_pipeline:
             self.model.with_call({"prompt": prompt})  # validates without any network call
+
+    def load_adapter(self, name: str, path: str, scale: float) -> None:
+        """Preload the LoRA at ``path`` as adapter ``name`` (``--lora NAME=PATH[:SCALE]``)."""
+        from hasten.integrations.lora import load_lora
+
+        if not self.is_pipeline:
+            raise HastenError(f"--lora applies to pipelines, not to the embedded model {self.spec}")
+        load_lora(self.pipe, path, name, flag=f"--lora {name}=")
+        self.adapters[name] = scale
+        self.use_adapter(None)
+
+    def use_adapter(self, name: str | None) -> None:
+        """The adapter the next run samples with (None: the base model)."""
+        if self.adapters:
+            from hasten.integrations.lora import use_lora
+
+            use_lora(self.pipe, name, self.adapters.get(name, 1.0))

@@ -19,7 +19,7 @@ from hasten.serve.runs import FieldError, RunLimits, RunSettings, batch_key, run
 FIELDS = ("model", "prompt", "n", "size", "response_format", "output_format", "stream", "partial_images", "seed",
           "hasten")
 #: the ``hasten`` fields about the response rather than the run
-RESPONSE_FIELDS = ("latents",)
+RESPONSE_FIELDS = ("latents", "lora")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class ImageRequest:
     seed: int
     settings: RunSettings
     latents: bool = False
+    #: the pipeline's image inputs (``/v1/images/edits``: image, mask_image), PIL images by call key
+    inputs: dict = field(default_factory=dict)
+    #: the preloaded LoRA adapter the run uses (``hasten.lora``; None: the base model)
+    lora: str | None = None
 
     @property
     def size_text(self) -> str:
@@ -54,7 +58,10 @@ class ImageRequest:
     @property
     def key(self) -> tuple | None:
         """Requests with the same key may run as one batch (None: alone)."""
-        return batch_key(self.settings, self.size)
+        if self.inputs:  # an edit runs alone: its latents come from its own image
+            return None
+        key = batch_key(self.settings, self.size)
+        return None if key is None else (*key, self.lora)  # batches hold one adapter
 
 
 def _int(name: str, value, low: int, high: int) -> int:
@@ -133,9 +140,14 @@ def parse_request(body, served, defaults: RunSettings, limits: Limits) -> ImageR
         raise FieldError("hasten", "must be an object")
     extra = dict(extra or {})
     latents = extra.pop("latents", False)
+    lora = extra.pop("lora", None)
+    adapters = getattr(served, "adapters", {})
+    if lora is not None and (not isinstance(lora, str) or lora not in adapters):
+        raise FieldError("hasten.lora", f"must name a preloaded adapter ({', '.join(adapters) or 'none loaded'}), "
+                                        f"got {lora!r}")
     if not isinstance(latents, bool):
         raise FieldError("hasten.latents", f"must be true or false, got {latents!r}")
     settings = run_settings(defaults, extra, limits.run)
     if settings.guidance_scale is not None and not served.takes_guidance:
         raise FieldError("hasten.guidance_scale", f"the served model {served.name} takes no guidance")
-    return ImageRequest(prompt, n, size, stream, partial, seed, settings, latents)
+    return ImageRequest(prompt, n, size, stream, partial, seed, settings, latents, lora=lora)

@@ -51,7 +51,8 @@ def payload(jobs) -> dict:
     """A batch as plain data (what rank 0 sends the other ranks): settings, rows, size."""
     first = jobs[0].request
     return {"settings": first.settings.to_dict(), "size": list(first.size),
-            "rows": [[j.request.prompt, j.request.n, j.request.seed] for j in jobs]}
+            "rows": [[j.request.prompt, j.request.n, j.request.seed] for j in jobs],
+            "inputs": first.inputs, "lora": first.lora}
 
 
 def execute(served, spec: dict, control: Control | None = None, executor: str = "batched",
@@ -59,7 +60,8 @@ def execute(served, spec: dict, control: Control | None = None, executor: str = 
     """Run one batch described by ``spec``; ``on_hit(hit, setup)`` sees each hit. Returns (setup, result)."""
     settings = settings_from_dict(spec["settings"])
     rows = [Rows(*r) for r in spec["rows"]]
-    setup = open_run(served, settings, rows, tuple(spec["size"]), "distributed" if control else executor)
+    setup = open_run(served, settings, rows, tuple(spec["size"]), "distributed" if control else executor,
+                     spec.get("inputs"), spec.get("lora"))
     setup.executor = Cancellable(setup.executor, should_stop, control)
     hits = setup.stream()
     for hit in hits:

@@ -195,7 +195,7 @@ def model_call(settings: RunSettings, prompts: list[str], size: tuple[int, int] 
 
 
 def open_run(served, settings: RunSettings, rows: list[Rows], size: tuple[int, int] | None,
-             executor: str = "batched") -> PreparedRun:
+             executor: str = "batched", inputs: dict | None = None, lora: str | None = None) -> PreparedRun:
     """The run of ``rows`` (one request, or a batch of compatible ones) on the served model.
 
     One model view carries every sample's prompt; a lone request starts from its
@@ -205,7 +205,9 @@ def open_run(served, settings: RunSettings, rows: list[Rows], size: tuple[int, i
     # the process group, where one is used, was joined at start; context parallelism is the server's
     layout = getattr(served, "context_parallel", None) if executor == "distributed" else None
     prompts = [r.prompt for r in rows for _ in range(r.n)]
-    call = model_call(settings, prompts, size, served.takes_size)
+    call = {**model_call(settings, prompts, size, served.takes_size), **(inputs or {})}  # an edit's images
+    if hasattr(served, "use_adapter"):
+        served.use_adapter(lora)  # the runs take turns: each sets its own adapter (or none)
     view = served.view(call, len(prompts), rows[0].seed)
     x = None
     if len(rows) > 1:
