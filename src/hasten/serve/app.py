@@ -168,8 +168,10 @@ def create_app(service: Service) -> Starlette:
               Route("/metrics", metrics), Route("/v1/models", models),
               Route("/v1/images/generations", generations, methods=["POST"])]
     from hasten.serve.edits import edits_route
+    from hasten.serve.videos import video_routes
 
     routes.append(edits_route(service, authorised, refuse_auth, _answer, _stream))  # issue 27
+    routes.extend(video_routes(service, authorised, refuse_auth))
     app = Starlette(routes=routes)
     app.add_middleware(CountRequests, metrics=service.metrics)
     return app

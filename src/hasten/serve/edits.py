@@ -41,8 +41,8 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
     return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
 
 
-def _text(name: str, value: str):
-    kind = TEXT_FIELDS[name]
+def _text(name: str, value: str, fields: dict = TEXT_FIELDS):
+    kind = fields[name]
     if kind is str:
         return value
     if kind == "bool":
@@ -60,7 +60,8 @@ def _text(name: str, value: str):
         raise FieldError(name, f"must be an integer, got {value!r}") from None
 
 
-async def read_form(request: Request, limit: int = MAX_UPLOAD) -> tuple[dict, dict[str, list[bytes]]]:
+async def read_form(request: Request, limit: int = MAX_UPLOAD, text_fields: dict = TEXT_FIELDS,
+                    file_fields: tuple = FILE_FIELDS) -> tuple[dict, dict[str, list[bytes]]]:
     """The form's text fields (converted) and its files' bytes by field; a malformed form -> FieldError."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
@@ -78,17 +79,17 @@ async def read_form(request: Request, limit: int = MAX_UPLOAD) -> tuple[dict, di
     text, files = {}, {}
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if name not in FILE_FIELDS:
-                raise FieldError(name, "unknown file field; valid: image, mask")
+            if name not in file_fields:
+                raise FieldError(name, f"unknown file field; valid: {', '.join(file_fields)}")
             files.setdefault("image" if name == "image[]" else name, []).append(await value.read())
-        elif name in FILE_FIELDS:
+        elif name in file_fields:
             raise FieldError(name, "must be a file upload, not a text field")
-        elif name not in TEXT_FIELDS:
-            raise FieldError(name, f"unknown field; valid: {', '.join((*FILE_FIELDS[::2], *TEXT_FIELDS))}")
+        elif name not in text_fields:
+            raise FieldError(name, f"unknown field; valid: {', '.join((*file_fields, *text_fields))}")
         elif name in text:
             raise FieldError(name, "given twice")
         else:
-            text[name] = _text(name, value)
+            text[name] = _text(name, value, text_fields)
     await form.close()
     return text, files
 

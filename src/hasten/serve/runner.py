@@ -157,10 +157,11 @@ class Runner:
             if not job.live:
                 continue
             t0 = time.perf_counter()
-            pngs = encode_pngs(setup.model.decode(result.x[rows]), job.request.n)
+            images = setup.model.decode(result.x[rows])
+            pngs = encode_pngs(images, job.request.n)
             decode_s = time.perf_counter() - t0
             job.finish(("done", {
-                "pngs": [b64(p) for p in pngs], "latents": result.x[rows].float().cpu() if job.request.latents else None,
+                "pngs": [b64(p) for p in pngs], "images": images, "latents": result.x[rows].float().cpu() if job.request.latents else None,
                 "cost": {**summary, "preview_s": preview_s[0], "decode_s": decode_s,
                          "service_s": time.monotonic() - started, "batch_rows": int(result.x.shape[0]),
                          "batch_requests": len(jobs)},
