@@ -29,7 +29,8 @@ from hasten.serve.scheduler import Draining, Job, QueueFull, Scheduler
 
 MAX_BODY = 64 * 1024
 #: the page's security policy: its own script only, images from data: URLs, nothing inline
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+       "connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
@@ -119,7 +120,9 @@ def create_app(service: Service) -> Starlette:
                              "running": len(scheduler.running), "world_size": service.world_size,
                              "context_parallel": _context_parallel(service.served),
                              "needs_key": key is not None, "preview": service.preview,
-                             "defaults": service.defaults.to_dict(), "size": "%dx%d" % service.served.size},
+                             "defaults": service.defaults.to_dict(), "size": "%dx%d" % service.served.size,
+                             "inputs": sorted(getattr(service.served, "inputs", {})),  # the page's image pickers
+                             "video": getattr(service.served, "frames", 1) > 1},
                             status_code=503 if scheduler.draining else 200)
 
     async def metrics(request: Request) -> Response:
