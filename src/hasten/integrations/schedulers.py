@@ -183,6 +183,32 @@ def multistep_solver(scheduler) -> tuple[str | None, str]:
     return "unipc", ""
 
 
+def unreproduced_variant(scheduler) -> str | None:
+    """Why a variant of a reproduced multistep scheduler is refused (None: it is reproduced).
+
+    * UniPC ``bh1`` onto a final sigma of 0: ``B(h) = h`` is infinite there and
+      the pipeline's own last step is NaN.
+    * UniPC on Karras / exponential / beta sigmas with ``final_sigmas_type="sigma_min"``:
+      the last step goes from sigma_min to sigma_min (h = 0), which the UniPC
+      coefficients divide by.
+    * DPM-Solver++ SDE on flow sigmas: its noise term is not the one hasten's step draws.
+    """
+    name, config = type(scheduler).__name__, scheduler.config
+    spaced = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if config.get(k)]
+    if name == "UniPCMultistepScheduler" and config.solver_type == "bh1" and config.final_sigmas_type == "zero":
+        return ("solver_type='bh1' and final_sigmas_type='zero' is not supported: the pipeline's own last step is "
+                "NaN there (B(h) = h is infinite at sigma = 0); supported: solver_type='bh2', or solver_type='bh1' "
+                "with final_sigmas_type='sigma_min' (without Karras / exponential / beta sigmas)")
+    if name == "UniPCMultistepScheduler" and spaced and config.final_sigmas_type == "sigma_min":
+        return (f"{spaced[0]}=True and final_sigmas_type='sigma_min' is not supported: the last step runs from "
+                "sigma_min to sigma_min (h = 0); supported: final_sigmas_type='zero' with solver_type='bh2'")
+    if name == "DPMSolverMultistepScheduler" and config.algorithm_type == "sde-dpmsolver++" and is_flow(scheduler):
+        return ("algorithm_type='sde-dpmsolver++' on flow sigmas is not supported: hasten's SDE step does not "
+                "reproduce the pipeline's there; supported: algorithm_type='dpmsolver++' with use_flow_sigmas=True, "
+                "or sde-dpmsolver++ on a VP (non-flow) config")
+    return None
+
+
 def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     """(scheduler, solver, replaced name): the pipeline's own if hasten reproduces it, else its counterpart."""
     name = type(scheduler).__name__
@@ -190,6 +216,8 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     if name in REFUSED:
         raise HastenError(f"{name} is not supported: {REFUSED[name]}; supported: {SUPPORTED}")
     solver, why = multistep_solver(scheduler)
+    if solver is not None and (refusal := unreproduced_variant(scheduler)):
+        raise HastenError(f"{name} with {refusal}")
     if solver is not None:
         if config.get("thresholding"):
             raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten's "

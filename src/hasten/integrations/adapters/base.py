@@ -100,8 +100,8 @@ class Adapter:
     flow multistep schedulers too); ``guidance`` (``"batched"``: one
     ``encode_prompt`` with ``do_classifier_free_guidance``; ``"true"``: the
     negative prompt encoded apart, true CFG; None); ``encoded``: the names of
-    ``encode_prompt``'s outputs (``"-text"`` on the negative side, None
-    dropped); ``latent_dtype`` (``prepare_latents``' dtype, None: the text's).
+    ``encode_prompt``'s outputs (``"-text"`` on the negative side, ``"@ids"``
+    kept in ``Call.extra``, None dropped); ``latent_dtype`` (``prepare_latents``' dtype, None: the text's).
     Hooks where a family differs in code: :meth:`settle`, :meth:`validate`,
     :meth:`plan`, :meth:`initial_latents`, :meth:`network_call`, ...
 

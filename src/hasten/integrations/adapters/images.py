@@ -2,7 +2,7 @@
 
 * **Image-to-image** pipelines start mid-grid: ``get_timesteps(steps, strength)``
   keeps ``timesteps[t_start:]`` and ``prepare_latents`` noises the encoded image
-  to the first of them. :func:`start_from_image` runs exactly those two pipeline
+  to the first of them. :func:`image_latents` runs exactly those two pipeline
   helpers and returns the plan of the steps actually run
   (:meth:`~hasten.integrations.schedulers.SchedulerPlan.starting_at`), so every
   method, cache and CHORDS initialisation sees the grid it really walks.
@@ -26,54 +26,34 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Call, call_with
-from hasten.integrations.schedulers import SchedulerPlan
-
-
-def with_scheduler(pipe, scheduler):
-    """``pipe`` itself, or a shallow view of it holding ``scheduler`` (a first-order counterpart).
-
-    With a counterpart, the pipeline's own helpers (``get_timesteps``,
-    ``prepare_latents``' ``add_noise``) must read the counterpart's timesteps:
-    the run is then the pipeline run with that counterpart, as the notice
-    says. The view shares every other component; ``pipe`` is not changed.
-    """
-    if scheduler is pipe.scheduler:
-        return pipe
-    view = copy.copy(pipe)
-    object.__setattr__(view, "scheduler", scheduler)  # bypasses the pipeline's config registration
-    return view
-
-
-def start_from_image(pipe, plan: SchedulerPlan, steps: int, strength: float, device,
-                     prepare: Callable[[Any, torch.Tensor], Any]) -> tuple[Any, SchedulerPlan]:
-    """The pipeline's start from its image, and the plan of the steps it runs from there.
-
-    ``prepare(view, first_timestep)`` calls the pipeline's ``prepare_latents``
-    (on ``view``, see :func:`with_scheduler`) and returns its result.
-    """
-    view = with_scheduler(pipe, plan.scheduler)
-    timesteps, run = view.get_timesteps(steps, strength, device)
-    if run < 1:
-        raise HastenError(f"strength={strength} with num_inference_steps={steps} leaves no step to run; raise "
-                          "strength or num_inference_steps")
-    start = len(plan.scheduler.timesteps) - len(timesteps)
-    return prepare(view, timesteps[:1]), plan.starting_at(start)
 
 
 def image_latents(c: Call, pipe, **given) -> Any:
     """The pipeline's ``prepare_latents`` (by name, ``given`` first) from its image at the first timestep
-    ``strength`` runs; ``c.plan`` becomes the plan of the steps run."""
-    args = c.args
-    out, c.plan = start_from_image(pipe, c.plan, args["num_inference_steps"], args["strength"], c.device,
-                                   lambda view, t: call_with(view.prepare_latents, args, timestep=t.repeat(c.count),
-                                                             device=c.device, **given))
-    return out
+    ``strength`` runs (``get_timesteps``); ``c.plan`` becomes the plan of the steps run.
+
+    With a first-order counterpart scheduler both helpers run on a shallow view
+    of ``pipe`` holding it (the run is the pipeline run with that counterpart,
+    as its notice says); ``pipe`` itself is not changed.
+    """
+    args, scheduler = c.args, c.plan.scheduler
+    view = pipe
+    if scheduler is not pipe.scheduler:
+        view = copy.copy(pipe)
+        object.__setattr__(view, "scheduler", scheduler)  # bypasses the pipeline's config registration
+    steps, strength = args["num_inference_steps"], args["strength"]
+    timesteps, run = view.get_timesteps(steps, strength, c.device)
+    if run < 1:
+        raise HastenError(f"strength={strength} with num_inference_steps={steps} leaves no step to run; raise "
+                          "strength or num_inference_steps")
+    c.plan = c.plan.starting_at(len(scheduler.timesteps) - len(timesteps))
+    return call_with(view.prepare_latents, args, timestep=timesteps[:1].repeat(c.count), device=c.device, **given)
 
 
 def refuse_asymmetric_vae(pipe) -> None:
