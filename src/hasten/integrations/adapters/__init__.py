@@ -20,31 +20,15 @@ from __future__ import annotations
 
 from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, bind_call
-from hasten.integrations.adapters.dit import (
-    AuraFlowAdapter,
-    ChromaAdapter,
-    CogView4Adapter,
-    HiDreamImageAdapter,
-    Lumina2Adapter,
-    QwenImageAdapter,
-)
-from hasten.integrations.adapters.flux import (
-    FluxAdapter,
-    FluxControlNetAdapter,
-    FluxFillAdapter,
-    FluxImg2ImgAdapter,
-    FluxInpaintAdapter,
-    FluxKontextAdapter,
-)
+from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
+                                              Lumina2Adapter, QwenImageAdapter)
+from hasten.integrations.adapters.flux import (FluxAdapter, FluxControlNetAdapter, FluxFillAdapter, FluxImg2ImgAdapter,
+                                               FluxInpaintAdapter, FluxKontextAdapter)
 from hasten.integrations.adapters.output import Decoding, Prepared, decode_latents
 from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
-from hasten.integrations.adapters.sd import (
-    StableDiffusionAdapter,
-    StableDiffusionControlNetAdapter,
-    StableDiffusionImg2ImgAdapter,
-    StableDiffusionInpaintAdapter,
-    UnconditionalAdapter,
-)
+from hasten.integrations.adapters.sd import (StableDiffusionAdapter, StableDiffusionControlNetAdapter,
+                                             StableDiffusionImg2ImgAdapter, StableDiffusionInpaintAdapter,
+                                             UnconditionalAdapter)
 from hasten.integrations.adapters.sd3 import SD3Adapter
 from hasten.integrations.adapters.sdxl import SDXLAdapter, SDXLControlNetAdapter, SDXLImg2ImgAdapter, SDXLInpaintAdapter
 from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter

@@ -16,14 +16,8 @@ from hasten.errors import HastenError
 from hasten.integrations.adapters.base import Adapter, Call, sample_size
 from hasten.integrations.adapters.flux import flux_unscale
 from hasten.integrations.adapters.output import Decoding, divide_scaling, per_channel_unscale, scale_and_shift
-from hasten.integrations.schedulers import (
-    SchedulerPlan,
-    pipeline_module,
-    pipeline_plan,
-    plan_scheduler,
-    refuse_other_schedulers,
-    shifted_flow_plan,
-)
+from hasten.integrations.schedulers import (SchedulerPlan, pipeline_module, pipeline_plan, plan_scheduler,
+                                            refuse_other_schedulers, shifted_flow_plan)
 
 
 class PackedFlowAdapter(Adapter):

@@ -11,15 +11,8 @@ import torch
 from hasten.errors import HastenError
 from hasten.inpaint import KnownRegion
 from hasten.integrations.adapters.base import Adapter, Call, call_with, sample_size
-from hasten.integrations.adapters.images import (
-    control_by_index,
-    control_window,
-    image_latents,
-    nets,
-    per_row,
-    refuse_asymmetric_vae,
-    unet_inpaint_channels,
-)
+from hasten.integrations.adapters.images import (control_by_index, control_window, image_latents, nets, per_row,
+                                                 refuse_asymmetric_vae, unet_inpaint_channels)
 from hasten.integrations.adapters.output import Decoding, divide_scaling
 from hasten.integrations.schedulers import refuse_unscaled_ve
 
