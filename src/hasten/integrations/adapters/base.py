@@ -151,7 +151,7 @@ class Adapter:
         defaults = {k: None if p.default is p.empty else p.default for k, p in params.items()}
         refused = (REFUSED - self.takes) | self.refuses
         supported = {k for k in params if k not in refused and not k.startswith("callback")}
-        if self.count_argument != "num_images_per_prompt" and "num_images_per_prompt" not in params:
+        if self.count_argument == "num_videos_per_prompt" and "num_images_per_prompt" not in params:
             supported.add("num_images_per_prompt")  # the image pipelines' name, which hasten's CLI passes
         unknown = sorted(k for k, v in call.items() if k not in supported
                          and not (k in defaults and _same_default(v, defaults[k])))
