@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -131,7 +132,7 @@ def create_app(service: Service) -> Starlette:
         unready = service.readiness() if service.readiness is not None else None
         status = "draining" if scheduler.draining else "unready" if unready else "ok"
         return JSONResponse({"status": status, **({"reason": unready} if unready else {}),
-                             **({"replica": service.replica} if service.replica else {}),
+                             **({"replica": service.replica, "pid": os.getpid()} if service.replica else {}),
                              "model": service.served.name, "queue": scheduler.depth(),
                              "running": len(scheduler.running), "world_size": service.world_size,
                              "context_parallel": _context_parallel(service.served),

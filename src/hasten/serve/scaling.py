@@ -80,7 +80,7 @@ class Scaling:
             options["autoscaling_config"] = {
                 "min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
                 "target_ongoing_requests": self.target_ongoing_requests,
-                "upscale_delay_s": 2.0, "downscale_delay_s": 60.0, "metrics_interval_s": 1.0, "look_back_period_s": 4.0}
+                "upscale_delay_s": 2.0, "downscale_delay_s": 60.0, "look_back_period_s": 4.0}
         else:
             options["num_replicas"] = self.replicas or 1
         return options
