@@ -128,13 +128,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=30, help="small requests per overhead figure")
+    parser.add_argument("--runs", default="single_process,ray_1_replica,ray_2_replicas,single_process_again",
+                        help="servers in order (the single-process one again at the end shows the machine's drift)")
     parser.add_argument("--out")
     args = parser.parse_args()
     common = ["--model", args.model, "--steps", str(args.steps), "--max-batch", str(args.max_batch),
               "--queue", str(2 * args.clients), "--request-timeout", "600"]
     report = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "cpus": os.cpu_count(), "runs": {}}
-    for name, extra, replicas in (("single_process", [], 1), ("ray_1_replica", ["--ray", "--replicas", "1"], 1),
-                                  ("ray_2_replicas", ["--ray", "--replicas", "2"], 2)):
+    kinds = {"single_process": ([], 1), "single_process_again": ([], 1), "ray_1_replica": (["--ray", "--replicas", "1"], 1),
+             "ray_2_replicas": (["--ray", "--replicas", "2"], 2)}
+    for name in args.runs.split(","):
+        extra, replicas = kinds[name]
         server = Launched(common + extra, replicas)
         try:
             run = load(server, args)
