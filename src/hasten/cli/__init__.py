@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _bench_parser(sub)
     _demo_parser(sub)
-    from hasten.serve.cli import add_serve_parser
+    from hasten.cli.serve import add_serve_parser
 
     add_serve_parser(sub, _Help)
     return parser
@@ -215,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return commands.demo(args)
     if args.command == "serve":
-        from hasten.serve.cli import run_serve
+        from hasten.cli.serve import run_serve
 
         return run_serve(args)
     return commands.bench(args)
