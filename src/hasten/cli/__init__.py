@@ -88,6 +88,9 @@ def _bench_parser(sub) -> None:
                    help="rows one emulated device runs in one latency (1: a saturated device)")
     b.add_argument("--out", default="report", help="report folder (files of an earlier run there are replaced)")
     b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    from hasten.cli.race import add_race_options
+
+    add_race_options(b)
 
 
 def _tune_parser(sub) -> None:
@@ -219,6 +222,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hasten.serve.cli import run_serve
 
         return run_serve(args)
+    if args.race or any(getattr(args, k) is not None for k in ("race_entrants", "race_prompts", "race_score")):
+        from hasten.cli.race import race
+
+        return race(args)
     return commands.bench(args)
 
 
