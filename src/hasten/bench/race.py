@@ -69,18 +69,24 @@ class RaceConfig:
     parsed: list[Entrant] = field(default_factory=list, init=False)
 
     def validate(self) -> None:
-        from hasten.checks import check_int
-
-        check_int("--repeats", self.repeats, 1)
-        if self.run.steps is None:
-            raise HastenError("--race needs one --steps N")
-        if self.scorer is not None and self.scorer not in SCORERS:
-            raise HastenError(f"--race-score must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
-        if self.prompts is not None and (not self.prompts or any(not p.strip() for p in self.prompts)):
-            raise HastenError("--race-prompts needs one or more non-empty prompts, separated by ';'")
         if self.run.placement.executor != "batched":
             raise HastenError(f"--race runs on one device (executor batched), not {self.run.placement.executor}")
-        self.parsed = parse_entrants(self.entrants, self.run.steps)
+        self.parsed = check_race(self.entrants, self.prompts, self.scorer, self.repeats, self.run.steps)
+
+
+def check_race(entrants: Sequence[str] | None, prompts: Sequence[str] | None, scorer: str | None, repeats: int,
+               steps: int | None) -> list[Entrant]:
+    """The race's own options checked (no model needed); returns the parsed entrants, the reference first."""
+    from hasten.checks import check_int
+
+    check_int("--repeats", repeats, 1)
+    if steps is None:
+        raise HastenError("--race needs one --steps N")
+    if scorer is not None and scorer not in SCORERS:
+        raise HastenError(f"--race-score must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    if prompts is not None and (not prompts or any(not p.strip() for p in prompts)):
+        raise HastenError("--race-prompts needs one or more non-empty prompts, separated by ';'")
+    return parse_entrants(entrants, steps)
 
 
 def _score(scorer: str | None, images: torch.Tensor, prompt: str | None) -> float | None:

@@ -56,12 +56,13 @@ def check_race_flags(args: argparse.Namespace) -> None:
 def race(args: argparse.Namespace) -> int:
     """Run the race: every flag checked (entrants parsed) before the model is opened."""
     from hasten.bench.grid import parse_steps
-    from hasten.bench.race import RaceConfig, run_race
+    from hasten.bench.race import RaceConfig, check_race, run_race
     from hasten.cli.commands import quiet_pipeline_loading
     from hasten.report import json_safe, require_plots
 
     check_race_flags(args)
     solver, steps = parse_steps(args.steps[0], args.solver)
+    check_race(args.race_entrants, args.race_prompts, args.race_score, args.repeats, steps)  # before the model
     run = run_spec(args, 64, {"method": "sequential", "steps": steps, **({"solver": solver} if solver else {})})
     command = "hasten " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "hasten bench --race"
     cfg = RaceConfig(run, entrants=args.race_entrants, prompts=args.race_prompts, repeats=args.repeats,
