@@ -13,8 +13,9 @@ and must come out the same). Each row holds:
   hook for diffusers rows (a hook's call still counts: it skips inside);
 * ``blocks_frac``: the fraction of the transformer blocks' work that ran,
   counted with forward hooks (:mod:`hasten.bench.counting`), against the reference;
-* ``wall_s``: the median of ``repeats`` timed runs after a warm-up, summed
-  over the prompts; ``speedup_wall``: the reference's over it (same process);
+* ``wall_s``: the median of ``repeats`` timed runs after a warm-up and one
+  untimed run, summed over the prompts; the timed runs go round-robin over the
+  entrants, so a change in a shared machine's load falls on every row alike; ``speedup_wall``: the reference's over it (same process);
 * ``psnr`` / ``ssim``: decoded images against the reference's (same seed, same
   prompt; :mod:`hasten.metrics`), averaged over the prompts; ``adherence``:
   the model's score of the images against their prompts where a scorer is
@@ -126,33 +127,41 @@ def run_race(cfg: RaceConfig, out: Path | None, log: Callable[[str], None] = pri
     counter = WorkCounter(network)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(cfg.parsed) * len(prompts), desc="race", unit="run", disable=not cfg.progress)
+    bar = tqdm(total=len(cfg.parsed) * len(prompts) * (1 + cfg.repeats), desc="race", unit="run",
+               disable=not cfg.progress)
+    calls = [{**base_call, **({"prompt": prompt} if prompt is not None else {})} or None for prompt in prompts]
     with counter:
-        for entrant in cfg.parsed:
+        jobs: list[tuple[Entrant, list[tuple[int, Callable]]]] = []
+        for entrant in cfg.parsed:  # prepared, warmed up and run once untimed (a hook diffusers refuses is skipped)
             if entrant.kind == "diffusers" and not is_pipeline:
                 skipped.append({"name": entrant.name, "reason": f"{type(network).__name__} has no diffusers hooks"})
-                bar.update(len(prompts))
                 continue
-            per_prompt = []
             try:
-                for p, prompt in enumerate(prompts):
-                    call = {**base_call, **({"prompt": prompt} if prompt is not None else {})} or None
-                    per_prompt.append(_run_one(cfg, session, network, counter, entrant, call, p, refs,
-                                               calibrations, guidance_distilled))
-                    bar.update(1)
+                runs = [(p, _prepare_one(cfg, session, network, counter, entrant, call, p, calibrations,
+                                         guidance_distilled)) for p, call in enumerate(calls)]
             except HastenError as err:
                 if entrant.kind != "diffusers":
                     raise
                 skipped.append({"name": entrant.name, "reason": str(err)})
                 continue
+            jobs.append((entrant, runs))
+            bar.update(len(calls))
+        # timed: round-robin over the entrants, so a change in the machine's load falls on every row alike
+        attempts = {(j, p): [] for j, (_, runs) in enumerate(jobs) for p, _ in runs}
+        for _ in range(cfg.repeats):
+            for j, (_, runs) in enumerate(jobs):
+                for p, attempt in runs:
+                    attempts[j, p].append(attempt())
+                    bar.update(1)
+        for j, (entrant, runs) in enumerate(jobs):
+            per_prompt = [_measure(cfg, entrant, attempts[j, p], calls[p], p, refs) for p, _ in runs]
             rows.append(_combine(entrant, per_prompt, rows[0] if rows else None, cfg.scorer))
             if entrant.hook == "seacache" and type(network).__name__ not in SEACACHE_ADAPTED:
                 rows[-1]["note"] = (f"fail-open: diffusers' SeaCache adapts {', '.join(SEACACHE_ADAPTED)} only, "
                                     f"not {type(network).__name__} (nothing skipped, as counted)")
         # the leak check: the reference again, after every hook came off, must sample the same
         after = []
-        for p, prompt in enumerate(prompts):
-            call = {**base_call, **({"prompt": prompt} if prompt is not None else {})} or None
+        for p, call in enumerate(calls):
             s = session.prepare(Sampling("sequential", steps=steps), seed=spec.seed, batch=spec.batch, call=call)
             after.append(float((s.sample().x - refs[p][0]).abs().max()))
     bar.close()
@@ -177,9 +186,13 @@ def run_race(cfg: RaceConfig, out: Path | None, log: Callable[[str], None] = pri
     return report
 
 
-def _run_one(cfg: RaceConfig, session: Session, network, counter: WorkCounter, entrant: Entrant, call, p: int,
-             refs: dict, calibrations: dict, guidance_distilled: bool) -> dict:
-    """One entrant on one prompt: warm-up, timed repeats (median), counts and quality against the reference."""
+def _prepare_one(cfg: RaceConfig, session: Session, network, counter: WorkCounter, entrant: Entrant, call,
+                 p: int, calibrations: dict, guidance_distilled: bool) -> Callable:
+    """One entrant on one prompt, prepared, warmed up and run once untimed; returns its timed attempt.
+
+    An attempt enables the entrant's hook (a fresh one: no state carried between attempts), samples, times
+    it, and takes the hook off; it returns (result, wall, counts, hooks left on the network, the run).
+    """
     spec, steps = cfg.run, cfg.run.steps
     sampling = entrant.sampling if entrant.kind == "hasten" else Sampling("sequential", steps=steps)
     s = session.prepare(sampling, seed=spec.seed, batch=spec.batch, call=call)
@@ -203,13 +216,21 @@ def _run_one(cfg: RaceConfig, session: Session, network, counter: WorkCounter, e
             if result.x.device.type == "cuda":
                 torch.cuda.synchronize(result.x.device)
             wall = time.perf_counter() - started
-        return result, wall, counter.snapshot(), diffusers_hooks_left(network)
+        return result, wall, counter.snapshot(), diffusers_hooks_left(network), s
 
-    (result, wall, counts, left), walls = median_of(cfg.repeats, attempt, lambda a: a[1])
+    attempt()  # untimed: the hook's first use, and a refusal before any timing
+    return attempt
+
+
+def _measure(cfg: RaceConfig, entrant: Entrant, attempts: list, call, p: int, refs: dict) -> dict:
+    """An entrant's timed attempts on one prompt: the median wall's attempt, its counts and its quality."""
+    walls = [a[1] for a in attempts]
+    result, wall, counts, left, s = median_of(len(attempts), iter(attempts).__next__, lambda a: a[1])[0]
+    left = max(a[3] for a in attempts)
     if left:
         raise HastenError(f"{entrant.name} left {left} diffusers hook(s) on the network after its row")
-    images = session.model.decode(result.x)
-    if p not in refs:  # the reference runs first
+    images = s.model.decode(result.x)  # the model bound to this call decodes it
+    if p not in refs:  # the reference is measured first
         refs[p] = (result.x, images, counts)
     ref_x, ref_images, ref_counts = refs[p]
     batch = result.x.shape[0]
