@@ -108,6 +108,7 @@ def test_a_hook_is_removed_after_its_row(flux):
     (["--race", "--race-entrants", "magcache"], "hasten:... or diffusers:..."),
     (["--race", "--race-score", "clip"], "--race-score must be one of shapes"),
     (["--race", "--race-prompts", "a cat;"], "non-empty prompts"),
+    (["--race", "--race-score", "shapes", "--race-prompts", "a red circle;a cat"], "--race-prompts"),
 ])
 def test_bad_race_flags_are_refused_before_loading(tmp_path, capsys, flags, message):
     missing = tmp_path / "no-such-model"  # refused before the model is opened: it does not exist
@@ -115,3 +116,12 @@ def test_bad_race_flags_are_refused_before_loading(tmp_path, capsys, flags, mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_adherence_is_scored_where_the_model_has_a_scorer(flux):
+    run = RunSpec.build(str(flux), "sequential", steps=4, batch=2, call={**CALL, "height": 32, "width": 32})
+    report = run_race(RaceConfig(run, entrants=["hasten:reuse:interval=2"], prompts=["a red circle", "a blue square"],
+                                 repeats=1, scorer="shapes", progress=False), None, log=lambda _: None)
+    assert report["prompts"] == ["a red circle", "a blue square"]
+    for row in report["rows"]:  # random weights draw no shape: a real score, and 0
+        assert isinstance(row["adherence"], float) and 0 <= row["adherence"] <= 1

@@ -72,7 +72,9 @@ class RaceConfig:
     def validate(self) -> None:
         if self.run.placement.executor != "batched":
             raise HastenError(f"--race runs on one device (executor batched), not {self.run.placement.executor}")
-        self.parsed = check_race(self.entrants, self.prompts, self.scorer, self.repeats, self.run.steps)
+        prompts = self.prompts or ([self.run.call["prompt"]] if self.scorer and (self.run.call or {}).get("prompt")
+                                   else None)
+        self.parsed = check_race(self.entrants, prompts, self.scorer, self.repeats, self.run.steps)
 
 
 def check_race(entrants: Sequence[str] | None, prompts: Sequence[str] | None, scorer: str | None, repeats: int,
@@ -87,6 +89,11 @@ def check_race(entrants: Sequence[str] | None, prompts: Sequence[str] | None, sc
         raise HastenError(f"--race-score must be one of {', '.join(SCORERS)}, got {scorer!r}")
     if prompts is not None and (not prompts or any(not p.strip() for p in prompts)):
         raise HastenError("--race-prompts needs one or more non-empty prompts, separated by ';'")
+    if scorer == "shapes":
+        from hasten.models.shapes import parse_caption
+
+        for prompt in prompts or ():
+            parse_caption(prompt, "--race-prompts")
     return parse_entrants(entrants, steps)
 
 
