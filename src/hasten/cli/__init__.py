@@ -88,6 +88,9 @@ def _bench_parser(sub) -> None:
     add_report_options(b, repeats=1, out="report", report="results.json",
                        repeats_help="timed runs of each configuration after its warm-up; the table shows the median "
                                     "wall time (rounds and NFE are the same in every run)")
+    from hasten.cli.race import add_race_options
+
+    add_race_options(b)
 
 
 def _tune_parser(sub) -> None:
@@ -218,6 +221,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hasten.cli.serve import run_serve
 
         return run_serve(args)
+    if args.race or any(getattr(args, k) is not None for k in ("race_entrants", "race_prompts", "race_score")):
+        from hasten.cli.race import race
+
+        return race(args)
     return commands.bench(args)
 
 
