@@ -8,6 +8,7 @@
 #   HASTEN_GPU_SMOKE=1 benchmarks/gpu.sh OUT # the same commands with tiny networks on the CPU (CI smoke test)
 #   MODELS="flux-dev" SIZES="512" benchmarks/gpu.sh   # a subset
 #   COMPILE=1 benchmarks/gpu.sh              # add one torch.compile run (padded rounds, graphs counted)
+#   RACE=0 benchmarks/gpu.sh                 # leave out the race (hasten bench --race, issue 26) on Flux
 set -euo pipefail
 OUT=${1:-report-gpu}
 PYTHON=${PYTHON:-python3}
@@ -44,5 +45,19 @@ if [ "${COMPILE:-0}" = 1 ]; then
   model=${MODELS%% *}; size=${SIZES%% *}
   bench "$model-$size-compile" --model "random:$model$SUFFIX" --height "$size" --width "$size" \
     --methods sequential,chords --cores 4 --compile
+fi
+if [ "${RACE:-1}" = 1 ]; then
+  # The race on the real-size Flux at the largest size. Random weights: only fixed schedules' wall speedups
+  # count (a threshold's or a tolerance's decisions depend on the samples, which are noise here), so the field
+  # is the fixed-schedule entrants; quality columns are not meaningful on random weights.
+  largest=${SIZES##* }
+  RACE_FIELD="hasten:sequential,hasten:reuse:interval=2,hasten:abcache:2:interval=2,hasten:abcache:2:interval=3"
+  RACE_FIELD+=",hasten:abcache:3:interval=3,hasten:abcache:2:interval=4,hasten:abcache:4:interval=4"
+  RACE_FIELD+=",diffusers:taylorseer,diffusers:taylorseer:cache_interval=3:max_order=2"
+  RACE_FIELD+=",diffusers:pab:spatial_attention_block_skip_range=2,diffusers:fastercache"
+  echo "== flux-dev-$largest-race"
+  "$PYTHON" -m hasten bench --race $PLACE --model "random:flux-dev$SUFFIX" --prompt "a photo of a cat" \
+    --height "$largest" --width "$largest" --batch 1 --seed 0 --steps "$STEPS" --repeats 3 --no-progress \
+    --race-entrants "$RACE_FIELD" --out "$OUT/flux-dev-$largest-race"
 fi
 "$PYTHON" "$(dirname "$0")/gpu_table.py" "$OUT"

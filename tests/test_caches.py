@@ -150,8 +150,23 @@ def test_composes_with_chords_one_history_per_core(problem):
     res = run(Chords(8), p.x, p.step, p.executor, "none", cache=cache, on_hit=hits.append)
     assert set(cache.history) == set(range(1, 9))  # one history per core
     assert (hits[-1].x - cached_seq).abs().max() <= 1e-5
-    assert res.nfe < plain.nfe and res.rounds < res.all_rounds == plain.rounds == 50
-    assert hits[0].round < hits[0].all_rounds == 17  # the fastest core lands earlier in model latency
+    # a rectified core's history restarts (its next request is computed), so rounds may not drop at K = 8
+    assert res.nfe < plain.nfe and res.rounds <= res.all_rounds == plain.rounds == 50
+    assert hits[0].round <= hits[0].all_rounds == 17
+
+
+def test_chords_with_abcache_keeps_chords_quality():
+    """A rectified core's stale history is forgotten: CHORDS K=4 + abcache:2 stays within 3 dB of CHORDS alone.
+
+    With the stale outputs extrapolated at the corrected trajectory it landed about 7 dB lower (27.9 against
+    42.4 dB on digits; docs/BENCHMARKS.md, "CHORDS with AB-Cache")."""
+    from hasten.metrics import psnr
+
+    ref = hasten.sample("digits", "sequential", steps=50, batch=8, seed=0).x
+    alone = hasten.sample("digits", "chords", cores=4, steps=50, batch=8, seed=0, stop="first")
+    cached = hasten.sample("digits", "chords", cores=4, steps=50, batch=8, seed=0, stop="first", cache="abcache:2")
+    assert cached.rounds < alone.rounds and cached.nfe < alone.nfe
+    assert float(psnr(cached.x, ref)) >= float(psnr(alone.x, ref)) - 3.0
 
 
 def test_composes_with_paradigms(problem):
@@ -263,4 +278,5 @@ def test_adaptive_composes_with_parallel_methods(problem, method):
     assert res.nfe < plain.nfe and res.rounds <= res.all_rounds  # predictions may cost a parallel method iterations
     assert rmse(res.x, ref) < 0.1
     if isinstance(method, Chords):
-        assert set(cache.errors) <= set(range(1, 7)) and len(cache.errors) > 1  # one error record per core
+        assert set(cache.errors) <= set(range(1, 7)) and 1 in cache.errors  # error records by core
+        assert cache.restarted and cache.restarted <= set(range(2, 7))  # rectified cores (never core 1) restarted

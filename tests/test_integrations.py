@@ -211,7 +211,7 @@ def test_a_pipeline_model_prepares_each_step_count_once_and_knows_its_grids():
     model = PipelineModel(tiny_sd(), {"prompt": "a cat"}, batch=2)
     calls = []
     real = model.adapter.prepare
-    model.adapter.prepare = lambda **call: calls.append(call["num_inference_steps"]) or real(**call)
+    model.adapter.prepare = lambda call: calls.append(call["num_inference_steps"]) or real(call)
     s = prepare(RunSpec.build(model, "sequential", steps=6, seed=0, batch=2))
     assert calls == [6]  # the latents come from the same call as the grid
     assert model.grid(6) is s.step.grid and torch.equal(model.initial_latents(2, 0), s.x) and calls == [6]

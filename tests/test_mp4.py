@@ -30,7 +30,7 @@ def test_still_images_are_no_clip():
     assert clips(torch.rand(10, 3, 8, 8), 2).shape == (5, 3, 8, 16)
 
 
-@pytest.mark.parametrize("kind,batch", [("wan", 2), ("cogvideox", 1)])  # CogVideoX: one video per prompt
+@pytest.mark.parametrize("kind,batch", [("wan", 2), ("ltx", 1)])
 def test_hasten_sample_writes_an_mp4_of_every_frame_and_one_per_hit(kind, batch, tmp_path, capsys):
     pytest.importorskip("transformers")
     from hasten.testing.pipelines import TINY_CALLS, save_tiny_pipeline

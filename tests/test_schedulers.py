@@ -39,6 +39,13 @@ def expected(kind: str, name: str, options: dict) -> set[str]:
         return {"refused"}
     if kind == "ddim":
         return {"reproduces"}  # DDIMPipeline turns any scheduler into DDIM
+    if name == "UniPCMultistepScheduler" and kind not in ("flux", "hunyuanvideo") and (
+            options.get("solver_type") == "bh1" and options.get("final_sigmas_type", "zero") == "zero"
+            or options.get("use_karras_sigmas") and options.get("final_sigmas_type") == "sigma_min"):
+        return {"refused"}  # the pipeline's own bh1 step onto sigma = 0 is NaN; Karras to sigma_min twice: h = 0
+    if name == "DPMSolverMultistepScheduler" and options.get("use_flow_sigmas") and (
+            options.get("algorithm_type") == "sde-dpmsolver++"):
+        return {"refused"}  # the SDE step on flow sigmas is not hasten's
     if options.get("variance_type") == "fixed_large" or "LCM" in name:
         return {"refused"}
     if kind == "ddpm" and name in VE:
@@ -212,3 +219,21 @@ def test_parallel_methods_call_the_callback_once_per_hit_and_refuse_edits():
     with pytest.raises(HastenError, match="'latents' only"):
         hasten.accelerate(pipe)(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"],
                                 **CALL)
+
+
+@pytest.mark.parametrize("kind,name,options,works", [
+    ("sd", "UniPCMultistepScheduler", {"solver_type": "bh1", "use_karras_sigmas": True}, "solver_type='bh2'"),
+    ("sd", "UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+     "final_sigmas_type='zero'"),
+    ("wan", "DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                            "algorithm_type": "sde-dpmsolver++"}, "algorithm_type='dpmsolver\\+\\+'"),
+])
+def test_multistep_variants_hasten_does_not_reproduce_are_refused_naming_what_works(kind, name, options, works):
+    pipe = tiny_pipeline(kind)
+    config = pipe.scheduler.config if kind == "sd" else {"num_train_timesteps": 1000}
+    pipe.scheduler = getattr(diffusers, name).from_config(config, **options)
+    calls = []
+    pipe.components["unet" if kind == "sd" else "transformer"].register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(HastenError, match=f"{name} with .*supported: .*{works}"):
+        hasten.accelerate(pipe)(**{**matrix.TINY_CALLS[kind], "num_inference_steps": 5, "output_type": "latent"})
+    assert not calls  # refused before any network call

@@ -28,8 +28,6 @@ def server():
     assert s.stop() == 0, s.output()
 
 
-
-
 BAD = [  # (body, field the error must name)
     ({"foo": 1}, "foo"),
     ({"quality": "hd"}, "quality"),
@@ -38,6 +36,7 @@ BAD = [  # (body, field the error must name)
     ({"model": "/etc/passwd"}, "model"),
     ({"model": "black-forest-labs/FLUX.1-dev"}, "model"),
     ({"prompt": 5}, "prompt"),
+    ({"prompt": None}, "prompt"),  # the API requires a string; "" is the way to ask for no digit
     ({"prompt": ["a"]}, "prompt"),
     ({"prompt": "7"}, "prompt"),  # digits is unconditional
     ({"prompt": "x" * 1001}, "prompt"),
@@ -109,6 +108,20 @@ def test_forty_bad_requests_are_refused_naming_the_field_before_any_work(server)
     assert huge.status_code == 413 and huge.json()["error"]["param"] == "body"
     assert metric(server, "hasten_run_rounds_count") == runs_before  # no run started for any of them
     assert metric(server, 'hasten_requests_total{path="/v1/images/generations",status="400"}') >= len(BAD)
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nope", 404), ("GET", "/v1/images/variations", 404), ("GET", "/v1/images/edits", 405), ("POST", "/v1/chat/completions", 404),
+    ("GET", "/v1/images/generations", 405), ("DELETE", "/v1/images/generations", 405), ("POST", "/health", 405),
+    ("POST", "/v1/models", 405), ("PUT", "/", 405)])
+def test_unknown_paths_and_wrong_methods_answer_in_openai_error_shape(server, method, path, status):
+    reply = httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == status
+    assert reply.headers["content-type"].startswith("application/json")
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == status and path in error["message"]
+    if status == 405:
+        assert "GET" in reply.headers["allow"] or "POST" in reply.headers["allow"]
 
 
 def test_auth_guards_v1_only_and_compares_the_whole_key(server):

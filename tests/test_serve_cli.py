@@ -1,5 +1,7 @@
 """hasten serve's flags are checked before the model loads or a port is bound."""
 
+import sys
+
 import pytest
 
 pytest.importorskip("starlette")
@@ -37,3 +39,24 @@ def test_serve_is_listed_with_its_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--api-key", "--queue", "--max-batch", "--preview", "--executor", "--request-timeout"):
         assert flag in out
+
+
+def test_ray_without_the_extra_is_one_line_naming_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where hasten[ray] is not installed
+    assert main(["serve", "--ray", "--replicas", "2", "--model", "digits", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hasten: error:") and "hasten[ray]" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--replicas", "2"], "--replicas applies with --ray only"),
+    (["--ray", "--replicas", "0"], "--replicas"),
+    (["--ray", "--replicas", "2", "--max-replicas", "3"], "--max-replicas"),
+    (["--ray", "--min-replicas", "3", "--max-replicas", "2"], "--max-replicas must be >= --min-replicas"),
+    (["--ray", "--target-ongoing-requests", "2"], "--target-ongoing-requests applies"),
+    (["--ray", "--replica-gpus", "-1"], "--replica-gpus"),
+])
+def test_ray_flags_are_checked_naming_the_flag(argv, words, capsys):
+    assert main(["serve", "--model", "digits", "--port", "0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

@@ -229,3 +229,16 @@ def test_a_grid_started_mid_way_keeps_the_model_scales_of_its_first_point():
     assert torch.equal(tail.alpha[1:], grid.alpha[5:]) and torch.equal(tail.model_sigma, grid.model_sigma[4:])
     with pytest.raises(HastenError, match="starts at a point 0..9"):
         grid.starting_at(10)
+
+
+@pytest.mark.parametrize("variant", [("sdxl-inpaint", 9), ("sdxl-inpaint", 4), ("sd-inpaint", 9)], ids=variant_id)
+def test_inpainting_without_a_size_takes_the_pipelines_default_size(variant):
+    """StableDiffusionXLInpaintPipeline has no default_sample_size: its default is the UNet's sample_size."""
+    pipe = pipe_of(*variant)
+    kw = {k: v for k, v in workflow_call(variant[0]).items() if k not in ("height", "width")}
+    kw.update(num_inference_steps=4, output_type="latent")
+    theirs = pipe(generator=seeded(), **kw).images
+    side = pipe.unet.config.sample_size
+    assert theirs.shape[-2:] == (side, side)
+    out = hasten.accelerate(pipe)(generator=seeded(), **kw)
+    assert out.images.shape == theirs.shape and (out.images - theirs).abs().max() <= 1e-5

@@ -46,6 +46,10 @@ FLOW_SCHEDULERS = (
     ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}),
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
                                      "flow_shift": 3.0}),
+    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+                                     "flow_shift": 3.0, "algorithm_type": "sde-dpmsolver++"}),
+    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0,
+                                 "solver_type": "bh1"}),
 )
 #: options of reproduced VP schedulers worth a cell of their own
 VP_VARIANTS = (
@@ -59,6 +63,14 @@ VP_VARIANTS = (
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
     ("DPMSolverMultistepScheduler", {"thresholding": True}),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
+    ("UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", {"solver_type": "bh1", "use_karras_sigmas": True}),
+    ("UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    ("UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
 )
 #: options of one family's own schedulers (CogVideoX's default clip_sample=True, which neither step applies)
 FAMILY_VARIANTS = {"cogvideox": (("CogVideoXDDIMScheduler", {"clip_sample": True}),
@@ -155,6 +167,9 @@ def check(kind: str, name: str, options: dict) -> dict:
     theirs = _run_pipeline(pipe, sampled, kind, seed) if replaced else own
     if isinstance(theirs, str):
         return {**cell, "outcome": "pipeline fails", "detail": theirs, "sampled": ours.hasten["scheduler"]}
+    if not torch.isfinite(theirs).all():
+        return {**cell, "outcome": "silent", "detail": "the pipeline itself returns NaN or Inf but hasten sampled it",
+                "sampled": ours.hasten["scheduler"]}
     a = _final(ours)
     diff = float((a - theirs).abs().max())
     return {**cell, "outcome": "counterpart" if replaced else "reproduces", "max_diff": diff,

@@ -131,6 +131,9 @@ def _answer(evals: list[Eval], executor: Executor, cache: Cache | None,
     """Outputs for a round, from the cache where it may answer and the executor otherwise."""
     if cache is None:
         return executor.evaluate(evals), evals
+    for ev in evals:
+        if ev.rebased:
+            cache.rebase(ev.track)
     wanted = [cache.wants_model(ev, round_number) for ev in evals]
     computed = [ev for ev, w in zip(evals, wanted) if w]
     outs = iter(executor.evaluate(computed) if computed else [])

@@ -21,12 +21,15 @@ class Eval:
     """One model evaluation: latent ``x`` (B, ...) at grid index ``index``.
 
     ``track`` names the trajectory the point belongs to (a CHORDS core); caches
-    keep one history per track.
+    keep one history per track. ``rebased`` says the trajectory was corrected
+    since its last request (CHORDS' rectification): what a cache kept of it is
+    stale.
     """
 
     x: torch.Tensor
     index: int
     track: int = 0
+    rebased: bool = False
 
 
 @dataclass

@@ -217,6 +217,7 @@ class ABCache:  # implements hasten.caches.base.Cache
         self.pending: dict = {}
         self.computed: list[int] = []
         self.predicted: list[int] = []
+        self.restarted: set[int] = set()  # tracks rebased in this run
 
     def reset(self, grid: Grid) -> None:
         """Forget every trajectory; called by the engine at the start of each run."""
@@ -226,7 +227,7 @@ class ABCache:  # implements hasten.caches.base.Cache
                               "is undefined); use form 'index', or leave form out (the default takes it here)")
         self.grid, self.form = grid, form
         self.history, self.errors, self.accumulated, self.pending = {}, {}, {}, {}
-        self.computed, self.predicted = [], []
+        self.computed, self.predicted, self.restarted = [], [], set()
 
     def label(self) -> str:
         """The config's label with the form in force (after ``reset``)."""
@@ -310,13 +311,35 @@ class ABCache:  # implements hasten.caches.base.Cache
         c = self.config
         if round_number <= c.warmup_rounds or ev.index >= self.grid.steps - c.last:
             return True
-        if len(self._usable(ev)) < c.order:
+        have = len(self._usable(ev))
+        if have < (1 if ev.track in self.restarted else c.order):
             return True
         if c.tol is None:
             return (round_number - c.warmup_rounds) % c.every == 0
         estimate = self.accumulated.get(ev.track, 0.0) + self._estimate(ev)
         self.pending[(ev.track, ev.index)] = estimate
         return estimate > c.tol
+
+    def _value(self, x: torch.Tensor, output: torch.Tensor, index: int) -> torch.Tensor:
+        """The form's quantity of ``output`` at ``x`` (the raw output, its eps or its x0 estimate)."""
+        value = output.float()
+        if self._raw():
+            return value
+        x0, eps = predict_x0_eps(self.grid, x.float(), value, index)
+        return x0 if self.form == "x0" else eps
+
+    def rebase(self, track: int) -> None:
+        """Forget a rectified trajectory's history (CHORDS Eq. 3-4 moved its state).
+
+        Outputs kept from the stale trajectory, extrapolated at the corrected one,
+        carry the stale trajectory's error into every core rectified from it
+        (measured: docs/BENCHMARKS.md, "CHORDS with AB-Cache"). The next request
+        is computed; until ``order`` outputs exist again the track extrapolates
+        from those it has (order 1 from one output), on the fixed schedule.
+        """
+        self.history[track], self.restarted = {}, self.restarted | {track}
+        self.errors.pop(track, None)
+        self.accumulated.pop(track, None)
 
     def predict(self, ev: Eval) -> torch.Tensor:
         """Extrapolate the output at ``ev`` from its trajectory's history."""
@@ -329,10 +352,7 @@ class ABCache:  # implements hasten.caches.base.Cache
         self.accumulated[ev.track] = 0.0 if computed else estimate
         if not computed and self.config.history == "computed":
             return
-        value = output.float()
-        if not self._raw():
-            x0, eps = predict_x0_eps(self.grid, ev.x.float(), value, ev.index)
-            value = x0 if self.form == "x0" else eps
+        value = self._value(ev.x, output, ev.index)
         if computed and self.config.tol is not None and self.config.estimate == "posterior":
             idx = self._usable(ev)
             if len(idx) == self.config.order:

@@ -1,6 +1,7 @@
 """The :class:`Cache` protocol, beside :class:`hasten.executors.base.Executor` and :class:`hasten.methods.base.Method`.
 
-The engine asks a cache, per request of a round, whether the model must answer
+The engine tells a cache when a request's trajectory was corrected
+(``rebase``, CHORDS' rectification), asks it, per request of a round, whether the model must answer
 (``wants_model``); it takes the other answers from ``predict`` and shows the
 cache every answer (``record``). A cache never calls the model and never counts
 cost; a round in which it answers every request costs no model latency.
@@ -24,6 +25,9 @@ class Cache(Protocol):
 
     def wants_model(self, ev: Eval, round_number: int) -> bool:
         """Whether request ``ev`` of round ``round_number`` (1-based) must reach the model."""
+
+    def rebase(self, track: int) -> None:
+        """The trajectory ``track`` was moved onto a more accurate one: forget what is kept of it."""
 
     def predict(self, ev: Eval) -> torch.Tensor:
         """The cache's answer to ``ev`` (called only when ``wants_model`` said no)."""

@@ -16,7 +16,8 @@ import torch
 
 from hasten.cli.inputs import add_input_options
 from hasten.cli.options import (BUDGET_ONLY, CACHE_GRAMMAR, add_call_options, add_method_options, add_model_options,
-                                add_placement_options, add_run_options, flag_names, int_list, str_list)
+                                add_placement_options, add_report_options, add_run_options, flag_names, int_list,
+                                str_list)
 from hasten.errors import HastenError
 from hasten.methods import METHODS
 
@@ -81,16 +82,18 @@ def _bench_parser(sub) -> None:
     b.add_argument("--until-stop", action="store_true",
                    help="stop each CHORDS run at the stop rule instead of running it to the end (faster; the "
                         "convergence plot then has fewer hits)")
-    b.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration after its warm-up; the "
-                   "table shows the median wall time (rounds and NFE are the same in every run)")
     b.add_argument("--emulate-latency", type=float, metavar="SECONDS",
                    help="emulated devices: every forward of R network rows takes SECONDS x ceil(R / "
                         "--emulate-capacity), the model computing the numbers inside that time and sleeping the "
                         "rest (no CPU), so many ranks on few cores behave like many devices")
     b.add_argument("--emulate-capacity", type=int, default=1,
                    help="rows one emulated device runs in one latency (1: a saturated device)")
-    b.add_argument("--out", default="report", help="report folder (files of an earlier run there are replaced)")
-    b.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    add_report_options(b, repeats=1, out="report", report="results.json",
+                       repeats_help="timed runs of each configuration after its warm-up; the table shows the median "
+                                    "wall time (rounds and NFE are the same in every run)")
+    from hasten.cli.race import add_race_options
+
+    add_race_options(b)
 
 
 def _tune_parser(sub) -> None:
@@ -130,9 +133,8 @@ def _tune_parser(sub) -> None:
                    "degree (and optionally the all-gather) for devices that cannot be measured here; ranks the "
                    "--devices layouts (T time groups x C context ranks) from it instead of measuring "
                    "(format: hasten.tune.layouts)")
-    u.add_argument("--repeats", type=int, default=5, help="timings per latency point (the median is used)")
-    u.add_argument("--out", default="tune", help="output folder (files of an earlier run there are replaced)")
-    u.add_argument("--json", action="store_true", help="print tune.json to stdout instead of the table")
+    add_report_options(u, repeats=5, out="tune", report="tune.json",
+                       repeats_help="timings per latency point (the median is used)")
 
 
 def _make_tiny_parser(sub) -> None:
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _bench_parser(sub)
     _demo_parser(sub)
-    from hasten.serve.cli import add_serve_parser
+    from hasten.cli.serve import add_serve_parser
 
     add_serve_parser(sub, _Help)
     return parser
@@ -221,9 +223,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return commands.demo(args)
     if args.command == "serve":
-        from hasten.serve.cli import run_serve
+        from hasten.cli.serve import run_serve
 
         return run_serve(args)
+    if args.race or any(getattr(args, k) is not None for k in ("race_entrants", "race_prompts", "race_score")):
+        from hasten.cli.race import race
+
+        return race(args)
     return commands.bench(args)
 
 

@@ -168,6 +168,14 @@ def add_placement_options(p: argparse.ArgumentParser, timeout: float = 30.0, exe
                         "groups over which each round is split")
 
 
+def add_report_options(p: argparse.ArgumentParser, *, repeats: int, repeats_help: str, out: str,
+                       report: str) -> None:
+    """``--repeats``, ``--out`` and ``--json`` of a measuring command (bench, tune) writing ``report`` into ``--out``."""
+    p.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    p.add_argument("--out", default=out, help="output folder (files of an earlier run there are replaced)")
+    p.add_argument("--json", action="store_true", help=f"print {report} to stdout instead of the table")
+
+
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """One method (``--method`` SPEC, ``--cores``, ``--steps`` and every method option's flag) and ``--cache``."""
     p.add_argument("--method", help=f"method: {', '.join(METHODS)} (default: chords), optionally with options in the "

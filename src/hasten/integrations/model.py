@@ -95,7 +95,7 @@ def prepare_call(adapter, **call) -> Prepared:
     callback = None if fn is None else StepCallback(adapter.pipe, fn, tensor_inputs)
     try:
         with torch.no_grad():  # as the pipeline's own __call__: no autograd graph through the VAE or text encoders
-            prepared = adapter.prepare(**call)
+            prepared = adapter.prepare(call)
     except HastenError:
         raise
     except ValueError as err:

@@ -40,6 +40,7 @@ and for callbacks.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -182,6 +183,32 @@ def multistep_solver(scheduler) -> tuple[str | None, str]:
     return "unipc", ""
 
 
+def unreproduced_variant(scheduler) -> str | None:
+    """Why a variant of a reproduced multistep scheduler is refused (None: it is reproduced).
+
+    * UniPC ``bh1`` onto a final sigma of 0: ``B(h) = h`` is infinite there and
+      the pipeline's own last step is NaN.
+    * UniPC on Karras / exponential / beta sigmas with ``final_sigmas_type="sigma_min"``:
+      the last step goes from sigma_min to sigma_min (h = 0), which the UniPC
+      coefficients divide by.
+    * DPM-Solver++ SDE on flow sigmas: its noise term is not the one hasten's step draws.
+    """
+    name, config = type(scheduler).__name__, scheduler.config
+    spaced = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if config.get(k)]
+    if name == "UniPCMultistepScheduler" and config.solver_type == "bh1" and config.final_sigmas_type == "zero":
+        return ("solver_type='bh1' and final_sigmas_type='zero' is not supported: the pipeline's own last step is "
+                "NaN there (B(h) = h is infinite at sigma = 0); supported: solver_type='bh2', or solver_type='bh1' "
+                "with final_sigmas_type='sigma_min' (without Karras / exponential / beta sigmas)")
+    if name == "UniPCMultistepScheduler" and spaced and config.final_sigmas_type == "sigma_min":
+        return (f"{spaced[0]}=True and final_sigmas_type='sigma_min' is not supported: the last step runs from "
+                "sigma_min to sigma_min (h = 0); supported: final_sigmas_type='zero' with solver_type='bh2'")
+    if name == "DPMSolverMultistepScheduler" and config.algorithm_type == "sde-dpmsolver++" and is_flow(scheduler):
+        return ("algorithm_type='sde-dpmsolver++' on flow sigmas is not supported: hasten's SDE step does not "
+                "reproduce the pipeline's there; supported: algorithm_type='dpmsolver++' with use_flow_sigmas=True, "
+                "or sde-dpmsolver++ on a VP (non-flow) config")
+    return None
+
+
 def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     """(scheduler, solver, replaced name): the pipeline's own if hasten reproduces it, else its counterpart."""
     name = type(scheduler).__name__
@@ -189,6 +216,8 @@ def first_order_scheduler(scheduler) -> tuple[Any, str, str | None]:
     if name in REFUSED:
         raise HastenError(f"{name} is not supported: {REFUSED[name]}; supported: {SUPPORTED}")
     solver, why = multistep_solver(scheduler)
+    if solver is not None and (refusal := unreproduced_variant(scheduler)):
+        raise HastenError(f"{name} with {refusal}")
     if solver is not None:
         if config.get("thresholding"):
             raise HastenError(f"{name} with thresholding=True (dynamic thresholding) is not supported: hasten's "
@@ -278,3 +307,71 @@ def plan_scheduler(pipe_scheduler, steps: int | None = None, device=None) -> Sch
         scale[0] = float(getattr(pipe_scheduler, "init_noise_sigma", 1.0))
     clip_eps = name == "DDPMScheduler"
     return SchedulerPlan(scheduler, solver, grid, clip, clip_eps, noise, scale, replaced, schedule)
+
+
+def pipeline_module(pipe, name: str):
+    """The module of ``pipe``'s class (or of the diffusers class it derives from) that defines ``name``."""
+    for cls in type(pipe).__mro__:
+        module = importlib.import_module(cls.__module__)
+        if hasattr(module, name):
+            return module
+    raise HastenError(f"{type(pipe).__name__}: no {name} in its pipeline module")
+
+
+def pipeline_plan(pipe, steps: int, device, **schedule) -> SchedulerPlan:
+    """The plan of the schedule a pipeline sets itself: its module's ``retrieve_timesteps(scheduler, steps, device,
+    **schedule)`` (custom ``timesteps`` / ``sigmas`` / ``mu``), then read as it is."""
+    pipeline_module(pipe, "retrieve_timesteps").retrieve_timesteps(pipe.scheduler, steps, device, **schedule)
+    return plan_scheduler(pipe.scheduler)
+
+
+def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None,
+                      own_sigmas: bool = True) -> SchedulerPlan:
+    """The flow transformers' own schedule: sigmas ``linspace(1, 1/N, N)`` (or the call's ``sigmas``), shifted by
+    ``mu`` for the latent sequence length.
+
+    Flux, LTX-Video, Qwen-Image, Chroma and Lumina 2 compute it alike; the
+    pipeline module's own ``calculate_shift`` and ``retrieve_timesteps`` do
+    the work, with the shift settings of the pipeline's scheduler config.
+    ``own_sigmas=False``: the pipeline leaves the sigmas to its scheduler (FluxPipeline
+    with a ``use_flow_sigmas`` config).
+    """
+    import numpy as np
+
+    module = pipeline_module(pipe, "calculate_shift")
+    cfg = pipe.scheduler.config
+    if sigmas is None and own_sigmas:
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+    mu = module.calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    return pipeline_plan(pipe, steps, device, sigmas=sigmas, mu=mu)
+
+
+def refuse_other_schedulers(pipe, multistep: bool = False) -> None:
+    """Pipelines whose adapter sets the flow sigmas itself take FlowMatchEulerDiscreteScheduler only.
+
+    ``multistep``: the pipeline leaves the sigmas to the scheduler (SD3), so the
+    flow-sigma multistep schedulers hasten reproduces (DPM-Solver++, UniPC) run too.
+    """
+    scheduler = pipe.scheduler
+    if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+        return
+    if multistep and is_flow(scheduler) and multistep_solver(scheduler)[0] is not None:
+        return
+    extra = (", DPMSolverMultistepScheduler and UniPCMultistepScheduler with use_flow_sigmas=True and "
+             "prediction_type='flow_prediction'") if multistep else ""
+    raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported; "
+                      f"supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling){extra}")
+
+
+def refuse_unscaled_ve(pipe, supported: str) -> None:
+    """Refuse a VE scheduler (Euler family, Heun, LMS, KDPM2, ...) in a pipeline that samples it unscaled.
+
+    DDPMPipeline, DDIMPipeline and WanPipeline neither scale their noise by ``init_noise_sigma`` nor
+    call ``scale_model_input``; ``supported`` names what works in that pipeline.
+    """
+    scheduler = pipe.scheduler
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+        raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported: the pipeline "
+                          "neither scales its noise nor its model input for this VE scheduler; supported: "
+                          f"{supported} (init_noise_sigma = 1)")

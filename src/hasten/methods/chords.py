@@ -14,6 +14,10 @@ G(accurate)`` with G the one-step jump b -> j from its own stale state and from
 core k-1's state. j becomes the new begin point. No extra model call is made:
 both outputs at b were computed anyway.
 
+A rectified core's next request is marked ``rebased``, so a cache forgets the
+outputs it kept of that core's stale trajectory instead of extrapolating them
+at the corrected one (docs/BENCHMARKS.md, "CHORDS with AB-Cache").
+
 Core 1 is never rectified, so run to the end it reproduces sequential sampling.
 Memory: O(K) latents (current, begin state and begin output per core).
 
@@ -131,12 +135,14 @@ class Chords:
         begin_out: list[torch.Tensor | None] = [None] * k_total
         done = [False] * k_total
         hist: list[tuple] = [()] * k_total  # each core's multistep history (data predictions of its last points)
+        rebased: set[int] = set()  # cores rectified in the last round: their next request says so (for a cache)
 
         for rnd in range(1, n + 1):
             active = [c for c in range(min(rnd, k_total)) if not done[c]]
             if not active:
                 break
-            outputs = yield [Eval(state[c], pos[c], track=c + 1) for c in active]
+            asked, rebased = rebased, set()
+            outputs = yield [Eval(state[c], pos[c], track=c + 1, rebased=c in asked) for c in active]
             out = dict(zip(active, outputs))
 
             new: dict[int, torch.Tensor] = {}
@@ -149,6 +155,7 @@ class Chords:
                 if c > 0 and pos[c - 1] == begin_pos[c]:
                     b, j = begin_pos[c], i + 1
                     fine = rectify(step, fine, begin_x[c], begin_out[c], state[c - 1], out[c - 1], b, j)
+                    rebased.add(c)
                     begin_pos[c], begin_x[c], begin_out[c] = j, fine, None
                 new[c] = fine
 

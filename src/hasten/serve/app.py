@@ -1,7 +1,8 @@
 """The ASGI app (Starlette): the OpenAI-compatible images API, models, health, metrics and the page.
 
 Routes: ``POST /v1/images/generations``, ``GET /v1/models``, ``GET /health``,
-``GET /metrics``, ``GET /`` (the page) and ``GET /app.js``. With an API key,
+``GET /metrics``, ``GET /`` (the page) and ``GET /app.js``; any other path or
+method gets OpenAI's JSON error shape (404, 405). With an API key,
 ``/v1/*`` needs ``Authorization: Bearer KEY`` (compared in constant time).
 Bodies are capped at :data:`MAX_BODY` bytes and validated whole before a
 job is queued (:mod:`hasten.serve.request`).
@@ -12,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -47,6 +51,10 @@ class Service:
     request_timeout: float = 300.0
     world_size: int = 1
     preview: str = "full"
+    #: the replica's name, sent as the X-Hasten-Replica header of every answer (Ray Serve replicas)
+    replica: str | None = None
+    #: None when ready, else why not (:meth:`hasten.serve.front.Front.readiness`); /health answers 503 then
+    readiness: Callable[[], str | None] | None = None
 
 
 def _context_parallel(served) -> str | None:
@@ -68,11 +76,17 @@ def _asset(name: str) -> bytes:
     return resources.files("hasten.serve").joinpath("static", name).read_bytes()
 
 
-class CountRequests:
-    """ASGI middleware: every HTTP answer counted by path and status (streamed ones included)."""
+#: the response header that names the replica which answered
+REPLICA_HEADER = "x-hasten-replica"
 
-    def __init__(self, app, metrics):
+
+class CountRequests:
+    """ASGI middleware: every HTTP answer counted by path and status (streamed ones included), and named by
+    the replica that gave it (where there is one)."""
+
+    def __init__(self, app, metrics, replica: str | None = None):
         self.app, self.metrics = app, metrics
+        self.header = (REPLICA_HEADER.encode(), replica.encode()) if replica else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -82,6 +96,8 @@ class CountRequests:
         async def counted(message):
             if message["type"] == "http.response.start":
                 self.metrics.requests.labels(path, str(message["status"])).inc()
+                if self.header is not None:
+                    message = {**message, "headers": [*message.get("headers", []), self.header]}
             await send(message)
 
         await self.app(scope, receive, counted)
@@ -115,15 +131,18 @@ def create_app(service: Service) -> Starlette:
 
     async def health(request: Request) -> JSONResponse:
         scheduler = service.scheduler
-        status = "draining" if scheduler.draining else "ok"
-        return JSONResponse({"status": status, "model": service.served.name, "queue": scheduler.depth(),
+        unready = service.readiness() if service.readiness is not None else None
+        status = "draining" if scheduler.draining else "unready" if unready else "ok"
+        return JSONResponse({"status": status, **({"reason": unready} if unready else {}),
+                             **({"replica": service.replica, "pid": os.getpid()} if service.replica else {}),
+                             "model": service.served.name, "queue": scheduler.depth(),
                              "running": len(scheduler.running), "world_size": service.world_size,
                              "context_parallel": _context_parallel(service.served),
                              "needs_key": key is not None, "preview": service.preview,
                              "defaults": service.defaults.to_dict(), "size": "%dx%d" % service.served.size,
                              "inputs": sorted(getattr(service.served, "inputs", {})),  # the page's image pickers
                              "video": getattr(service.served, "frames", 1) > 1},
-                            status_code=503 if scheduler.draining else 200)
+                            status_code=503 if scheduler.draining or unready else 200)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -175,9 +194,22 @@ def create_app(service: Service) -> Starlette:
 
     routes.append(edits_route(service, authorised, refuse_auth, _answer, _stream))  # issue 27
     routes.extend(video_routes(service, authorised, refuse_auth))
-    app = Starlette(routes=routes)
-    app.add_middleware(CountRequests, metrics=service.metrics)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.add_middleware(CountRequests, metrics=service.metrics, replica=service.replica)
     return app
+
+
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (an unknown path: 404, a wrong method: 405 with Allow) in OpenAI's error shape."""
+    if err.status_code == 404:
+        message = f"no such path: {request.method} {request.url.path} (see GET /v1/models, POST " \
+                  "/v1/images/generations)"
+    elif err.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: " \
+                  f"{(err.headers or {}).get('Allow', 'GET')}"
+    else:
+        message = str(err.detail)
+    return _error(err.status_code, message, headers=dict(err.headers or {}))
 
 
 async def _answer(job: Job, request: Request, service: Service) -> Response:

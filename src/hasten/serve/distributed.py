@@ -84,7 +84,7 @@ def follow(served, control: Control, execute, start_timeout_s: float) -> int:
     so both go on to the next command.
     """
     from hasten.errors import HastenError
-    from hasten.serve.runner import RunCancelled
+    from hasten.serve.scheduler import RunCancelled
 
     control.wait_ready(start_timeout_s)
     while True:

@@ -21,8 +21,6 @@ from hasten.errors import HastenError
 class ServedModel:
     """The one model a server serves, with what a request may ask of it."""
 
-    #: ``hasten serve --lora NAME=PATH[:SCALE]``: (name, path, scale) triples to preload (set by the serve command)
-    default_loras: tuple = ()
 
     def __init__(self, spec: str, device: torch.device, dtype: str | None = None, base_call: dict | None = None,
                  local_files_only: bool = False, loras: list | None = None):
@@ -57,7 +55,7 @@ class ServedModel:
             self.name = self.model.name
         self.device = device
         self.adapters: dict[str, float] = {}  # preloaded LoRA adapters by name, with their scales
-        for name, path, scale in loras if loras is not None else self.default_loras:
+        for name, path, scale in loras or ():
             self.load_adapter(name, path, scale)
         probe = self.model.decode(self._probe_latents())
         if probe is None:

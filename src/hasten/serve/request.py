@@ -92,8 +92,6 @@ def _size(text, served, limits: Limits) -> tuple[int, int]:
 
 
 def _prompt(value, served, limits: Limits) -> str:
-    if value is None:
-        value = ""
     if not isinstance(value, str):
         raise FieldError("prompt", f"must be a string, got {type(value).__name__}")
     if len(value) > limits.max_prompt:
@@ -133,7 +131,9 @@ def parse_request(body, served, defaults: RunSettings, limits: Limits) -> ImageR
         partial = _int("partial_images", partial, 0, limits.max_partial)
     seed = body.get("seed")
     seed = secrets.randbelow(limits.max_seed + 1) if seed is None else _int("seed", seed, 0, limits.max_seed)
-    prompt = _prompt(body.get("prompt"), served, limits)
+    if "prompt" in body and body["prompt"] is None:  # OpenAI's API requires a string; "" asks for no condition
+        raise FieldError("prompt", 'must be a string, got null (send "" for no prompt)')
+    prompt = _prompt(body.get("prompt", ""), served, limits)
     size = _size(body.get("size"), served, limits)
     extra = body.get("hasten")
     if extra is not None and not isinstance(extra, dict):

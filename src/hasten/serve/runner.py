@@ -21,12 +21,9 @@ from hasten.serve import events
 from hasten.serve.distributed import IDLE, RUN, STOP, Control
 from hasten.serve.previews import b64, encode_pngs
 from hasten.serve.runs import Rows, exact, last_hit, open_run, row_slices, settings_from_dict
+from hasten.serve.scheduler import RunCancelled
 
 log = logging.getLogger("hasten.serve")
-
-
-class RunCancelled(Exception):
-    """Nobody wants the run any more (clients gone, deadlines passed, shutdown): it stops at this round."""
 
 
 class Cancellable:
@@ -82,8 +79,11 @@ class Runner:
         self.served, self.previewer, self.metrics, self.control = served, previewer, metrics, control
         self.heartbeat_s = heartbeat_s
         self.fatal: BaseException | None = None
+        #: when the worker last showed it is alive: an idle beat, or a round about to start
+        self.progress = time.monotonic()
 
     def idle(self) -> None:
+        self.progress = time.monotonic()
         if self.control is not None:
             self.control.command(IDLE)
 
@@ -103,7 +103,7 @@ class Runner:
         preview_s = [0.0]
 
         def should_stop() -> bool:
-            now = time.monotonic()
+            now = self.progress = time.monotonic()
             for job in jobs:
                 if job.live and now > job.deadline:
                     job.finish(("error", 504, "timeout", "the run went past the server's --request-timeout"))

@@ -5,7 +5,8 @@ thread takes them in arrival order. The head of the queue always runs next;
 queued requests compatible with it (same batch key: method, steps, size, ...;
 see :func:`hasten.serve.runs.batch_key`) join its batch up to ``max_batch``
 rows. A full queue refuses with :class:`QueueFull` (429), a draining server
-with :class:`Draining` (503). Events go back to the request's loop through
+with :class:`Draining` (503); a run nobody wants any more stops with
+:class:`RunCancelled` (on every rank). Events go back to the request's loop through
 ``call_soon_threadsafe``.
 """
 
@@ -28,6 +29,10 @@ class QueueFull(Exception):
 
 class Draining(Exception):
     """The server is shutting down: it finishes what it has and takes nothing new."""
+
+
+class RunCancelled(Exception):
+    """Nobody wants the run any more (clients gone, deadlines passed, shutdown): it stops at this round."""
 
 
 @dataclass

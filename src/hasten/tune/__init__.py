@@ -1,10 +1,10 @@
 """``hasten tune``: pick the fastest configuration that meets a quality target on D devices.
 
-Steps, all through the one engine (:func:`hasten.assembly.prepare` and
+Steps, all through the one engine (a :class:`hasten.session.Session` and
 :func:`hasten.engine.run`; tune never calls the model or counts cost itself):
 
 1. **Reference.** Sequential sampling of a pilot batch on the full grid; quality
-   of every candidate is PSNR / RMSE against it (same seed, :mod:`hasten.metrics`).
+   of every candidate is PSNR / RMSE / SSIM against it (same seed, :mod:`hasten.metrics`).
 2. **Candidates** (:func:`candidates`): sequential on fewer steps, sequential +
    AB-Cache at a few intervals, CHORDS at a few core counts (alone and with a
    cache), ParaDiGMS and ParaSolver-Turbo at a few widths and tolerances. They

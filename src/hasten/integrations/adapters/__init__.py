@@ -5,35 +5,34 @@ Each adapter reuses the pipeline's own pieces (``encode_prompt``,
 never copies its ``__call__``. ``prepare`` validates the call's arguments and
 returns everything the engine needs, before any network call.
 
-* :mod:`.base`: :class:`Prepared`, :class:`Adapter`, the refusals and the one
-  decoder (:class:`Decoding`, :func:`decode_latents`);
-* :mod:`.unet`: unconditional DDPM / DDIM, Stable Diffusion, SDXL;
-* :mod:`.flow`: Flux, Stable Diffusion 3;
+* :mod:`.base`: the one preparation sequence (:meth:`Adapter.prepare`), :class:`Prepared`, the refusals and the
+  one decoder (:class:`Decoding`, :func:`decode_latents`);
+* :mod:`.images`: what the image-input workflows share (a start from a noised image, ControlNet weights);
+* :mod:`.sd`: unconditional DDPM / DDIM and Stable Diffusion (text, image-to-image, inpainting, ControlNet);
+* :mod:`.sdxl`: SDXL (the same four); :mod:`.sd3`: Stable Diffusion 3;
+* :mod:`.flux`: Flux (text, image-to-image, inpainting, Kontext, Fill, ControlNet);
 * :mod:`.dit`: further text-to-image transformers (Qwen-Image, Chroma, AuraFlow, CogView4, Lumina 2, HiDream);
 * :mod:`.pixart`: PixArt-Σ and Sana (resolution binning, learned sigma);
-* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video, Wan;
-* :mod:`.image`: image-to-image and inpainting (SD, SDXL, Flux);
-* :mod:`.reference`: Flux Kontext and Fill;
-* :mod:`.control`: ControlNet (SD, SDXL, Flux).
+* :mod:`.video`: CogVideoX, HunyuanVideo, LTX-Video; :mod:`.wan`: Wan text- and image-to-video.
 """
 
 from __future__ import annotations
 
 from hasten.errors import HastenError
-from hasten.integrations.adapters.base import Adapter, Decoding, Prepared, bind_call, decode_latents
-from hasten.integrations.adapters.control import (FluxControlNetAdapter, SDXLControlNetAdapter,
-                                                  StableDiffusionControlNetAdapter)
+from hasten.integrations.adapters.base import Adapter, bind_call
 from hasten.integrations.adapters.dit import (AuraFlowAdapter, ChromaAdapter, CogView4Adapter, HiDreamImageAdapter,
                                               Lumina2Adapter, QwenImageAdapter)
-from hasten.integrations.adapters.flow import FluxAdapter, SD3Adapter
-from hasten.integrations.adapters.image import (FluxImg2ImgAdapter, FluxInpaintAdapter, SDXLImg2ImgAdapter,
-                                                SDXLInpaintAdapter, StableDiffusionImg2ImgAdapter,
-                                                StableDiffusionInpaintAdapter)
+from hasten.integrations.adapters.flux import (FluxAdapter, FluxControlNetAdapter, FluxFillAdapter, FluxImg2ImgAdapter,
+                                               FluxInpaintAdapter, FluxKontextAdapter)
+from hasten.integrations.adapters.output import Decoding, Prepared, decode_latents
 from hasten.integrations.adapters.pixart import PixArtSigmaAdapter, SanaAdapter
-from hasten.integrations.adapters.reference import FluxFillAdapter, FluxKontextAdapter
-from hasten.integrations.adapters.unet import SDXLAdapter, StableDiffusionAdapter, UnconditionalAdapter
-from hasten.integrations.adapters.video import (CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter, WanAdapter,
-                                                WanImageToVideoAdapter)
+from hasten.integrations.adapters.sd import (StableDiffusionAdapter, StableDiffusionControlNetAdapter,
+                                             StableDiffusionImg2ImgAdapter, StableDiffusionInpaintAdapter,
+                                             UnconditionalAdapter)
+from hasten.integrations.adapters.sd3 import SD3Adapter
+from hasten.integrations.adapters.sdxl import SDXLAdapter, SDXLControlNetAdapter, SDXLImg2ImgAdapter, SDXLInpaintAdapter
+from hasten.integrations.adapters.video import CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter
+from hasten.integrations.adapters.wan import WanAdapter, WanImageToVideoAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "FluxPipeline": FluxAdapter,

@@ -1,176 +1,134 @@
-"""What every adapter shares: :class:`Prepared`, the :class:`Adapter` base, refusals and the one decoder.
+"""What every adapter shares: the one preparation sequence, the call's arguments, :class:`Prepared` and the decoder.
 
-An adapter states how its pipeline decodes as data (a :class:`Decoding`);
-:func:`decode_latents` is the single function that reads it.
+:meth:`Adapter.prepare` runs the same steps for every family: refuse what is
+not implemented (by name), take the pipeline's own defaults, check the
+scheduler and the inputs (the pipeline's ``check_inputs``), encode the prompt
+(its ``encode_prompt``), plan the scheduler, prepare the latents (its
+``prepare_latents``) and build the denoiser. A family states what differs:
+data in class attributes (its :class:`Decoding`, the arguments it refuses,
+what ``encode_prompt`` returns, its guidance), and a hook where it is code
+(its network call). Pipeline helpers are called with the call's arguments by
+name (:func:`call_with`), so a family restates no signature.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
 import torch
 
 from hasten.errors import HastenError
-from hasten.grid import Grid
-from hasten.inpaint import KnownRegion, KnownRegionStep
-from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler
-from hasten.steps import Step, make_step
+from hasten.guidance import PipelineDenoiser
+from hasten.inpaint import KnownRegion
+from hasten.integrations.adapters.output import Decoding, Prepared, decode_latents
+from hasten.integrations.schedulers import SchedulerPlan, plan_scheduler, refuse_other_schedulers
+
+#: pipeline arguments no family implements unless it says so (``takes``); at the pipeline's default they are accepted
+REFUSED = frozenset({
+    "timesteps", "sigmas", "eta", "ip_adapter_image", "ip_adapter_image_embeds", "negative_ip_adapter_image",
+    "negative_ip_adapter_image_embeds", "cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs",
+    "denoising_start", "denoising_end", "guess_mode", "padding_mask_crop", "skip_guidance_layers",
+    "skip_layer_guidance_scale", "skip_layer_guidance_stop", "skip_layer_guidance_start", "use_clipped_model_output",
+    "callback", "callback_steps"})
+#: call arguments a pipeline's ``__call__`` keeps as state (``pipe._guidance_scale``, ...) before its loop
+CALL_STATE = ("guidance_scale", "guidance_scale_2", "guidance_rescale", "clip_skip", "cross_attention_kwargs",
+              "joint_attention_kwargs", "attention_kwargs", "denoising_end", "denoising_start")
+
+
+def call_with(fn: Callable, args: dict[str, Any], **given) -> Any:
+    """``fn`` (a pipeline's ``check_inputs``, ``encode_prompt``, ``prepare_latents``, ...) called by name.
+
+    Each parameter takes ``given[name]``, else the call's ``args[name]``, else
+    its own default (None where it has none), as the pipeline passes the
+    call's arguments of the same name.
+    """
+    kwargs = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if name in given or name in args:
+            kwargs[name] = given[name] if name in given else args[name]
+        elif p.default is p.empty:
+            kwargs[name] = None
+    return fn(**kwargs)
+
+
+def sample_size(config_size, scale: int) -> tuple[int, int]:
+    """(height, width) of a network's ``sample_size`` (one side, or a pair) times ``scale``, as the pipelines read
+    it."""
+    size = (config_size, config_size) if isinstance(config_size, int) else tuple(config_size)
+    return size[0] * scale, size[1] * scale
 
 
 @dataclass
-class Prepared:
-    """What the engine needs for one pipeline call.
+class Call:
+    """One pipeline call on its way to :class:`Prepared`: its arguments and what the steps made of them.
 
-    ``latents`` and ``decode`` speak the pipeline's own latent convention;
-    :func:`hasten.integrations.model.prepare_call` converts them to hasten's
-    state with ``pipeline_scale`` (VE schedulers keep ``x / alpha``).
+    ``args`` holds every argument of the pipeline's ``__call__`` (the pipeline's
+    own default where the call gives none), with what the pipeline settles
+    before its loop (the default size, rounded frames) written back.
     """
 
-    grid: Grid
-    solver: str
-    denoiser: Any
-    latents: torch.Tensor
-    noise: torch.Tensor | None
-    decode: Callable[[torch.Tensor], Any]  # final latents -> the pipeline's usual output
-    clip: float | None = None
-    clip_eps: bool = False
-    pipeline_scale: torch.Tensor | None = None  # x_pipeline = pipeline_scale[i] * x_hasten at grid point i
-    scheduler: str = ""  # the scheduler sampled with, for notices and reports
-    callback: Any = None  # a StepCallback, set by prepare_call
-    known: KnownRegion | None = None  # an inpainting's known region, blended back after every step
-    schedule: Any = None  # a multistep solver's per-point orders (hasten.multistep.MultistepSchedule)
+    args: dict[str, Any]
+    device: torch.device
+    count: int = 1  # samples: prompts x per prompt
+    cond: dict = field(default_factory=dict)
+    uncond: dict | None = None
+    plan: SchedulerPlan | None = None
+    latents: torch.Tensor | None = None
+    by_index: dict | None = None  # conditioning per grid index (ControlNet's weights)
+    shape: dict = field(default_factory=dict)  # what the decoder needs besides the latents
+    known: KnownRegion | None = None
+    extra: dict = field(default_factory=dict)  # what a family hands from one of its steps to the next
 
-    @classmethod
-    def from_plan(cls, plan: SchedulerPlan, denoiser, latents: torch.Tensor, noise: torch.Tensor | None,
-                  decode: Callable) -> "Prepared":
-        return cls(plan.grid, plan.solver, denoiser, latents, noise, decode, plan.clip, plan.clip_eps,
-                   plan.pipeline_scale, plan.describe(), schedule=plan.schedule)
-
-    def step(self) -> Step:
-        """The hasten step of this call's scheduler (keeping an inpainting's known region where there is one)."""
-        step = make_step(self.grid, self.solver, self.noise, self.clip, self.clip_eps, self.schedule)
-        return step if self.known is None else KnownRegionStep(step, self.known)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How a pipeline turns its final latents into its usual output, as its own ``__call__`` does.
-
-    ``output`` names the output class (``"module:Class"``, imported when
-    decoding); ``field`` is its ``images`` or ``frames``. ``unscale(pipe, z,
-    **shape)`` turns latents into the VAE's input; ``vae_decode(pipe, z)``
-    replaces unscale plus ``vae.decode`` where the pipeline has its own.
-    ``postprocess``: ``image`` (the image processor), ``video`` (the video
-    processor) or ``pixels`` (no VAE: ``(x / 2 + 0.5).clamp(0, 1)``).
-    ``cast_latents``: ``output_type="latent"`` returns the latents on the VAE's
-    device and dtype (the image pipelines) rather than as sampled (the video
-    ones). ``watermark``: apply ``pipe.watermark`` where set (SDXL).
-    ``extras``: further fields of the output, also appended to the tuple.
-    """
-
-    output: str
-    unscale: Callable[..., torch.Tensor] | None = None
-    vae_decode: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
-    field: str = "images"
-    postprocess: str = "image"
-    cast_latents: bool = True
-    watermark: bool = False
-    extras: tuple[tuple[str, Any], ...] = ()
-
-
-def decode_latents(pipe, decoding: Decoding, z: torch.Tensor, output_type: str = "pil", return_dict: bool = True,
-                   **shape) -> Any:
-    """``z`` (final latents, the pipeline's convention) as the pipeline's output for ``output_type``.
-
-    ``shape`` holds what an unscale or vae_decode needs besides the latents (Flux: height, width).
-    """
-    if decoding.postprocess == "pixels":
-        out = _pixels(pipe, z, output_type)
-    else:
-        out = _through_vae(pipe, decoding, z, output_type, shape)
-    extras = dict(decoding.extras)
-    if not return_dict:
-        return (out, *extras.values())
-    module, name = decoding.output.split(":")
-    return getattr(importlib.import_module(module), name)(**{decoding.field: out}, **extras)
-
-
-def _through_vae(pipe, decoding: Decoding, z: torch.Tensor, output_type: str, shape: dict) -> Any:
-    """The VAE's decoding of ``z`` and the pipeline's postprocessing (or ``z`` for ``output_type="latent"``)."""
-    vae, device = pipe.vae, pipe._execution_device
-    if decoding.cast_latents:
-        z = z.to(device, vae.dtype)
-    if output_type == "latent":
-        return z
-    z = z.to(device, vae.dtype)
-    with torch.no_grad():
-        if decoding.vae_decode is not None:
-            pixels = decoding.vae_decode(pipe, z, **shape)
-        else:
-            pixels = vae.decode(decoding.unscale(pipe, z, **shape), return_dict=False)[0]
-    if decoding.watermark and pipe.watermark is not None:
-        pixels = pipe.watermark.apply_watermark(pixels)
-    if decoding.postprocess == "video":
-        return pipe.video_processor.postprocess_video(video=pixels, output_type=output_type)
-    return pipe.image_processor.postprocess(pixels, output_type=output_type)
-
-
-def _pixels(pipe, x: torch.Tensor, output_type: str) -> Any:
-    """Pixel-space samples in [-1, 1] as the unconditional pipelines return them (pt, numpy or PIL)."""
-    image = (x / 2 + 0.5).clamp(0, 1).cpu()
-    if output_type != "pt":
-        image = image.permute(0, 2, 3, 1).numpy()
-    if output_type == "pil":
-        image = pipe.numpy_to_pil(image)
-    return image
-
-
-def _divide_scaling(pipe, z: torch.Tensor) -> torch.Tensor:
-    """The VAE's input of most pipelines: ``z / scaling_factor``."""
-    return z / pipe.vae.config.scaling_factor
-
-
-def _scale_and_shift(pipe, z: torch.Tensor) -> torch.Tensor:
-    """The VAE's input of the flow image pipelines (SD3, Flux): ``z / scaling_factor + shift_factor``."""
-    return z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-
-
-def _image_size(pipe, height, width, sample_size: int | None = None) -> tuple[int, int]:
-    """The call's size, or the pipeline's default: ``sample_size`` (its ``default_sample_size`` unless given) latents
-    times its ``vae_scale_factor``."""
-    side = (pipe.default_sample_size if sample_size is None else sample_size) * pipe.vae_scale_factor
-    return height or side, width or side
-
-
-def _per_channel_unscale(pipe, z: torch.Tensor) -> torch.Tensor:
-    """The VAE input of the Wan-VAE pipelines (Wan, Qwen-Image): per-channel ``latents_mean`` / ``latents_std``
-    undone."""
-    config = pipe.vae.config
-    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z)
-    inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z)
-    return z / inv_std + mean
+    @property
+    def sides(self) -> tuple[dict, ...]:
+        """The conditioning dicts to extend alike: cond, and uncond where the call guides."""
+        return (self.cond,) if self.uncond is None else (self.cond, self.uncond)
 
 
 class Adapter:
-    """Base of the adapters: holds the pipeline; subclasses implement ``prepare(**call) -> Prepared``.
+    """Base of the adapters: ``prepare(call) -> Prepared`` runs the steps every family shares.
+
+    Data a family states: ``decoding``; ``count_argument`` (the call argument
+    counting samples per prompt); ``takes`` / ``refuses`` (the pipeline
+    arguments of :data:`REFUSED` it implements, and those it refuses besides);
+    ``flow_only`` (FlowMatchEulerDiscrete only, and ``"multistep"`` with the
+    flow multistep schedulers too); ``guidance`` (``"batched"``: one
+    ``encode_prompt`` with ``do_classifier_free_guidance``; ``"true"``: the
+    negative prompt encoded apart, true CFG; None); ``encoded``: the names of
+    ``encode_prompt``'s outputs (``"-text"`` on the negative side, ``"@ids"``
+    kept in ``Call.extra``, None dropped); ``latent_dtype`` (``prepare_latents``' dtype, None: the text's).
+    Hooks where a family differs in code: :meth:`settle`, :meth:`validate`,
+    :meth:`plan`, :meth:`initial_latents`, :meth:`network_call`, ...
 
     Every prompt encoding goes through :meth:`encode`. With ``broadcast_conditioning``
     set (the distributed executor), rank 0 alone runs the text encoders and sends
     the embeddings to the other ranks once: only the denoiser works on every rank.
-    Subclasses state their :class:`Decoding` and the call argument that counts
-    samples per prompt (``count_argument``).
     """
 
     decoding: Decoding
     count_argument = "num_images_per_prompt"
+    takes: frozenset[str] = frozenset()
+    refuses: frozenset[str] = frozenset()
+    flow_only: bool | str = False
+    guidance: str | None = "batched"
+    encoded: tuple[str | None, ...] = ("text", "-text")
+    latent_dtype: torch.dtype | None = None
+    network = "transformer"
+    scale_argument = "guidance_scale"
+    guidance_renorm = False
+    text_key = "text"  # the conditioning whose dtype the latents take (unless latent_dtype)
+    plan_first = True  # False: the plan reads the latents (their sequence length)
 
     def __init__(self, pipe):
         self.pipe = pipe
         self.broadcast_conditioning = False
+
+    # ---- the call's rules ----
 
     def per_prompt_count(self, batch: int) -> dict[str, int]:
         """The call argument that asks this pipeline for ``batch`` samples (per prompt)."""
@@ -180,24 +138,172 @@ class Adapter:
         """``call`` with this pipeline's own rules for the generic arguments applied (none here)."""
         return dict(call)
 
-    def decoder(self, output_type: str, return_dict: bool, **shape) -> Callable[[torch.Tensor], Any]:
+    def arguments(self, call: dict[str, Any]) -> dict[str, Any]:
+        """Every argument of the pipeline's ``__call__``: the call's, else the pipeline's default.
+
+        An argument hasten does not implement is refused by name, with the
+        supported ones, unless given at the pipeline's own default (``eta=0.0``,
+        ``cross_attention_kwargs=None``, ...), which changes nothing.
+        """
+        pipe = self.pipe
+        params = {k: p for k, p in inspect.signature(pipe.__call__).parameters.items()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        defaults = {k: None if p.default is p.empty else p.default for k, p in params.items()}
+        refused = (REFUSED - self.takes) | self.refuses
+        supported = {k for k in params if k not in refused and not k.startswith("callback")}
+        if self.count_argument == "num_videos_per_prompt" and "num_images_per_prompt" not in params:
+            supported.add("num_images_per_prompt")  # the image pipelines' name, which hasten's CLI passes
+        unknown = sorted(k for k, v in call.items() if k not in supported
+                         and not (k in defaults and _same_default(v, defaults[k])))
+        if unknown:
+            at_default = [f"{k}={defaults[k]!r}" for k in unknown if k in defaults]
+            hint = f" (hasten takes {', '.join(at_default)}, the pipeline's default, only)" if at_default else ""
+            raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: "
+                              f"{', '.join(unknown)}{hint}; supported: {', '.join(sorted(supported))}")
+        args = {**defaults, **call}
+        alias = args.pop("num_images_per_prompt", None) if "num_images_per_prompt" not in params else None
+        if alias is not None:
+            args[self.count_argument] = alias
+        return args
+
+    # ---- the sequence ----
+
+    def prepare(self, call: dict[str, Any]) -> Prepared:
+        """The call ``call`` (its arguments by name) prepared for the engine, before any network call."""
+        pipe = self.pipe
+        c = Call(self.arguments(call), pipe._execution_device)
+        self.check_scheduler()
+        self.settle(c)
+        if hasattr(pipe, "check_inputs"):
+            call_with(pipe.check_inputs, c.args, **self.checked(c))
+        self.validate(c)
+        for name in CALL_STATE:
+            if name in c.args:
+                setattr(pipe, f"_{name}", c.args[name])
+        pipe._interrupt, pipe._current_timestep = False, None
+        c.count = self.prompts(c) * c.args[self.count_argument]
+        self.encode_text(c)
+        if self.plan_first:
+            c.plan = self.plan(c)
+            c.latents = self.initial_latents(c)
+        else:
+            c.latents = self.initial_latents(c)
+            c.plan = self.plan(c)
+        self.condition(c)
+        denoiser = self.denoiser(c)
+        noise = c.plan.draw_noise(c.latents.shape, c.args.get("generator"), c.device, self.noise_dtype(c))
+        prepared = Prepared.from_plan(c.plan, denoiser, c.latents.float(), noise, self.decode(c))
+        prepared.known = c.known
+        return prepared
+
+    def check_scheduler(self) -> None:
+        """Refuse a scheduler this pipeline's adapter does not sample (``flow_only``)."""
+        if self.flow_only:
+            refuse_other_schedulers(self.pipe, multistep=self.flow_only == "multistep")
+
+    def settle(self, c: Call) -> None:
+        """What the pipeline settles before ``check_inputs``: its default size (``unet`` / ``transformer``
+        ``sample_size`` times ``vae_scale_factor``, or ``default_sample_size``)."""
+        args = c.args
+        if "height" in args and (args["height"] is None or args["width"] is None):
+            height, width = self.default_size()
+            args["height"], args["width"] = args["height"] or height, args["width"] or width
+
+    def default_size(self) -> tuple[int, int]:
+        pipe = self.pipe
+        return sample_size(pipe.default_sample_size, pipe.vae_scale_factor)
+
+    def checked(self, c: Call) -> dict[str, Any]:
+        """``check_inputs`` arguments that are not the call's own of the same name."""
+        return {}
+
+    def validate(self, c: Call) -> None:
+        """Refusals of the family, after the pipeline's own ``check_inputs`` (none here)."""
+
+    def prompts(self, c: Call) -> int:
+        """Prompts in the call: from the prompt (string or list) or, without one, from its embeddings."""
+        prompt = c.args.get("prompt")
+        if prompt is not None:
+            return 1 if isinstance(prompt, str) else len(prompt)
+        return c.args["prompt_embeds"].shape[0]
+
+    def guided(self, c: Call) -> bool:
+        """Whether the call guides: the scale above 1 (true CFG: with a negative prompt or its embeddings too)."""
+        args = c.args
+        if self.guidance is None or not args[self.scale_argument] > 1:
+            return False
+        if self.guidance == "batched":
+            return True
+        embeds = [args[k] for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds") if k in args]
+        return args.get("negative_prompt") is not None or all(e is not None for e in embeds)
+
+    def encode_text(self, c: Call) -> None:
+        """``c.cond`` and ``c.uncond`` from ``encode_prompt``'s outputs, named by :attr:`encoded`."""
+        pipe, guided = self.pipe, self.guided(c)
+        if self.guidance == "true":
+            outputs = dict(zip(self.encoded, self.encode(pipe.encode_prompt, c.args, device=c.device)))
+            if guided:  # the negative prompt through the same encoder: negative_X for each argument X
+                negative = {k: c.args[f"negative_{k}"] for k in inspect.signature(pipe.encode_prompt).parameters
+                            if f"negative_{k}" in c.args}
+                outputs.update(zip(("-" + n if n and n[0] != "@" else None for n in self.encoded),
+                                   self.encode(pipe.encode_prompt, c.args, device=c.device, **negative)))
+        else:
+            given = {"do_classifier_free_guidance": guided} if self.guidance else {}
+            outputs = dict(zip(self.encoded, self.encode(pipe.encode_prompt, c.args, device=c.device, **given)))
+        outputs.pop(None, None)
+        c.extra.update({k[1:]: v for k, v in outputs.items() if k.startswith("@")})
+        c.cond = {k: v for k, v in outputs.items() if k[0] not in "-@"}
+        c.uncond = {k[1:]: v for k, v in outputs.items() if k[0] == "-"} if guided else None
+
+    def plan(self, c: Call) -> SchedulerPlan:
+        """The scheduler's plan for the call's steps (``set_timesteps`` as the pipeline calls it)."""
+        return plan_scheduler(self.pipe.scheduler, c.args["num_inference_steps"], c.device)
+
+    def latent_channels(self) -> int:
+        return getattr(self.pipe, self.network).config.in_channels
+
+    def initial_latents(self, c: Call) -> torch.Tensor:
+        """The pipeline's ``prepare_latents`` for the call (its first output where it returns more)."""
+        dtype = self.latent_dtype or c.cond[self.text_key].dtype
+        out = call_with(self.pipe.prepare_latents, c.args, batch_size=c.count,
+                        num_channels_latents=self.latent_channels(), dtype=dtype, device=c.device)
+        if isinstance(out, tuple):
+            out, c.extra["latent_ids"] = out
+        return out
+
+    def condition(self, c: Call) -> None:
+        """Conditioning that reads the latents (SDXL's time ids), added to ``c.cond`` / ``c.uncond`` (none here)."""
+
+    def network_call(self, c: Call) -> Callable:
+        """``call(x, t, cond)``: the network as the pipeline's loop runs it."""
+        raise NotImplementedError
+
+    def guidance_scale(self, c: Call):
+        """The guidance scale: a number, or a function of the rows' model times."""
+        return c.args.get(self.scale_argument, 1.0)
+
+    def denoiser(self, c: Call) -> PipelineDenoiser:
+        network = getattr(self.pipe, self.network)
+        return PipelineDenoiser(self.network_call(c), c.plan.grid, c.cond, c.uncond, self.guidance_scale(c),
+                                c.args.get("guidance_rescale", 0.0), dtype=network.dtype, device=c.device,
+                                guidance_renorm=self.guidance_renorm, by_index=c.by_index)
+
+    def noise_dtype(self, c: Call) -> torch.dtype:
+        """The dtype the scheduler's ``step`` draws its noise in (the latents' here)."""
+        return c.latents.dtype
+
+    def decode(self, c: Call) -> Callable[[torch.Tensor], Any]:
         """Final latents -> this call's output, by the adapter's :class:`Decoding`."""
-        return partial(decode_latents, self.pipe, self.decoding, output_type=output_type, return_dict=return_dict,
-                       **shape)
+        return partial(decode_latents, self.pipe, self.decoding, output_type=c.args["output_type"],
+                       return_dict=c.args["return_dict"], **c.shape)
 
-    def prepared(self, plan: SchedulerPlan, denoiser, latents: torch.Tensor, generator, decode: Callable,
-                 noise_dtype: torch.dtype | None = None) -> Prepared:
-        """The :class:`Prepared` call: float32 latents, the plan's step noise drawn after them from ``generator``."""
-        noise = plan.draw_noise(latents.shape, generator, latents.device, noise_dtype or latents.dtype)
-        return Prepared.from_plan(plan, denoiser, latents.float(), noise, decode)
-
-    def encode(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` (a pipeline's ``encode_prompt``), run once on rank 0 when broadcasting."""
+    def encode(self, fn: Callable, args: dict[str, Any], **given):
+        """``call_with(fn, args, **given)`` (a pipeline's ``encode_prompt``), run once on rank 0 when broadcasting."""
         if not self.broadcast_conditioning:
-            return fn(*args, **kwargs)
+            return call_with(fn, args, **given)
         import torch.distributed as dist
 
-        box = [fn(*args, **kwargs) if dist.get_rank() == 0 else None]
+        box = [call_with(fn, args, **given) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(box, src=0)
         device = self.pipe._execution_device
 
@@ -243,110 +349,9 @@ def bind_call(pipe, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def _batch_size(prompt, prompt_embeds) -> int:
-    """Prompts in the call: from the prompt (string or list) or, without one, from its embeddings."""
-    if prompt is not None:
-        return 1 if isinstance(prompt, str) else len(prompt)
-    return prompt_embeds.shape[0]
-
-
-def _true_cfg(true_cfg_scale: float, negative_prompt, negative_prompt_embeds, negative_pooled_prompt_embeds) -> bool:
-    """Whether a true-CFG pipeline (Flux, HunyuanVideo) guides: a scale above 1 and a negative prompt."""
-    has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
-                                                   and negative_pooled_prompt_embeds is not None)
-    return true_cfg_scale > 1 and has_negative
-
-
-def shifted_flow_plan(pipe, steps: int, image_seq_len: int, device, sigmas=None,
-                      own_sigmas: bool = True) -> SchedulerPlan:
-    """The flow transformers' own schedule: sigmas ``linspace(1, 1/N, N)`` (or the call's ``sigmas``), shifted by
-    ``mu`` for the latent sequence length.
-
-    Flux, LTX-Video, Qwen-Image, Chroma and Lumina 2 compute it alike; the
-    pipeline module's own ``calculate_shift`` and ``retrieve_timesteps`` do
-    the work, with the shift settings of the pipeline's scheduler config.
-    ``own_sigmas=False``: the pipeline leaves the sigmas to its scheduler (FluxPipeline
-    with a ``use_flow_sigmas`` config).
-    """
-    import numpy as np
-
-    module = _pipeline_module(pipe, "calculate_shift")
-    cfg = pipe.scheduler.config
-    if sigmas is None and own_sigmas:
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-    mu = module.calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-    return pipeline_plan(pipe, steps, device, sigmas=sigmas, mu=mu)
-
-
-def pipeline_plan(pipe, steps: int, device, **schedule) -> SchedulerPlan:
-    """The plan of the schedule a pipeline sets itself: its module's ``retrieve_timesteps(scheduler, steps, device,
-    **schedule)`` (custom ``timesteps`` / ``sigmas`` / ``mu``), then read as it is."""
-    _pipeline_module(pipe, "retrieve_timesteps").retrieve_timesteps(pipe.scheduler, steps, device, **schedule)
-    return plan_scheduler(pipe.scheduler)
-
-
-def _pipeline_module(pipe, name: str):
-    """The module of ``pipe``'s class (or of the diffusers class it derives from) that defines ``name``."""
-    for cls in type(pipe).__mro__:
-        module = importlib.import_module(cls.__module__)
-        if hasattr(module, name):
-            return module
-    raise HastenError(f"{type(pipe).__name__}: no {name} in its pipeline module")
-
-
-def _refuse_unknown(extra: dict, prepare, pipe) -> None:
-    """Refuse call arguments an adapter's ``prepare`` does not take, listing those it does.
-
-    An argument the pipeline's ``__call__`` takes, given at its default value
-    (``eta=0.0``, ``cross_attention_kwargs=None``, ...), changes nothing and is accepted.
-    """
-    defaults = {k: p.default for k, p in inspect.signature(pipe.__call__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    refused = sorted(k for k, v in extra.items() if not (k in defaults and _same_default(v, defaults[k])))
-    if refused:
-        allowed = sorted(set(inspect.signature(prepare).parameters) - {"self", "extra"})
-        at_default = [f"{k}={defaults[k]!r}" for k in refused if k in defaults]
-        hint = f" (hasten takes {', '.join(at_default)}, the pipeline's default, only)" if at_default else ""
-        raise HastenError(f"{type(pipe).__name__} call arguments not supported by hasten: "
-                          f"{', '.join(refused)}{hint}; supported: {', '.join(allowed)}")
-
-
 def _same_default(value, default) -> bool:
     """Whether a call argument is the pipeline's own default (None, a number, a string, a list of them)."""
     if value is default:
         return True
     simple = (type(None), bool, int, float, str, list, tuple)
     return isinstance(value, simple) and isinstance(default, simple) and value == default
-
-
-def _refuse_other_schedulers(pipe, multistep: bool = False) -> None:
-    """Pipelines whose adapter sets the flow sigmas itself take FlowMatchEulerDiscreteScheduler only.
-
-    ``multistep``: the pipeline leaves the sigmas to the scheduler (SD3), so the
-    flow-sigma multistep schedulers hasten reproduces (DPM-Solver++, UniPC) run too.
-    """
-    from hasten.integrations.schedulers import is_flow, multistep_solver
-
-    scheduler = pipe.scheduler
-    if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
-        return
-    if multistep and is_flow(scheduler) and multistep_solver(scheduler)[0] is not None:
-        return
-    extra = (", DPMSolverMultistepScheduler and UniPCMultistepScheduler with use_flow_sigmas=True and "
-             "prediction_type='flow_prediction'") if multistep else ""
-    raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported; "
-                      f"supported: FlowMatchEulerDiscreteScheduler (with or without stochastic_sampling){extra}")
-
-
-def _refuse_unscaled_ve(pipe, supported: str) -> None:
-    """Refuse a VE scheduler (Euler family, Heun, LMS, KDPM2, ...) in a pipeline that samples it unscaled.
-
-    DDPMPipeline, DDIMPipeline and WanPipeline neither scale their noise by ``init_noise_sigma`` nor
-    call ``scale_model_input``; ``supported`` names what works in that pipeline.
-    """
-    scheduler = pipe.scheduler
-    if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
-        raise HastenError(f"{type(pipe).__name__} with {type(scheduler).__name__} is not supported: the pipeline "
-                          "neither scales its noise nor its model input for this VE scheduler; supported: "
-                          f"{supported} (init_noise_sigma = 1)")
