@@ -20,12 +20,12 @@ from typing import Any
 
 from hasten.caches import parse_cache_spec
 from hasten.errors import HastenError
+from hasten.integrations.hooks import CONFIG_CLASSES, config_class
 from hasten.options import option_types, parse_spec
 from hasten.spec import Sampling
 
 #: diffusers 0.42's cache hooks by the race's short name -> config class
-HOOKS = {"firstblock": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig", "magcache": "MagCacheConfig",
-         "fastercache": "FasterCacheConfig", "pab": "PyramidAttentionBroadcastConfig", "seacache": "SeaCacheConfig"}
+HOOKS = tuple(CONFIG_CLASSES)
 #: config fields the race sets itself (from the run) and a spec may not
 _SET_BY_RACE = ("mag_ratios", "calibrate", "num_inference_steps", "current_timestep_callback", "is_guidance_distilled",
                 "raw_vision_callback", "attention_weight_callback", "low_frequency_weight_callback",
@@ -55,14 +55,7 @@ class Entrant:
 
 
 def _config_class(hook: str):
-    import diffusers
-
-    if hook not in HOOKS:
-        raise HastenError(f"unknown diffusers hook {hook!r} in --race-entrants; valid: {', '.join(HOOKS)}")
-    cls = getattr(diffusers, HOOKS[hook], None)
-    if cls is None:
-        raise HastenError(f"this diffusers version ({diffusers.__version__}) has no {HOOKS[hook]}")
-    return cls
+    return config_class(hook, HOOKS, "diffusers hook", " in --race-entrants")
 
 
 def parse_entrant(spec: str, steps: int) -> Entrant:

@@ -14,18 +14,22 @@ from hasten.errors import HastenError
 from hasten.options import option_types, parse_spec
 
 HOOKS = ("firstblock", "taylorseer", "magcache")
+#: every diffusers cache hook hasten knows, by name -> its config class in diffusers (the race runs all six)
+CONFIG_CLASSES = {"firstblock": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig",
+                  "magcache": "MagCacheConfig", "fastercache": "FasterCacheConfig",
+                  "pab": "PyramidAttentionBroadcastConfig", "seacache": "SeaCacheConfig"}
 
 
-def _config_class(name: str):
+def config_class(name: str, valid=HOOKS, what: str = "diffusers cache", where: str = ""):
+    """diffusers' config class of hook ``name`` (one of ``valid``); a HastenError naming ``what`` (and the flag
+    ``where`` it came from) otherwise."""
     import diffusers
 
-    classes = {"firstblock": "FirstBlockCacheConfig", "taylorseer": "TaylorSeerCacheConfig",
-               "magcache": "MagCacheConfig"}
-    if name not in classes:
-        raise HastenError(f"unknown diffusers cache {name!r}; valid: {', '.join(HOOKS)}")
-    cls = getattr(diffusers, classes[name], None)
+    if name not in valid:
+        raise HastenError(f"unknown {what} {name!r}{where}; valid: {', '.join(valid)}")
+    cls = getattr(diffusers, CONFIG_CLASSES[name], None)
     if cls is None:
-        raise HastenError(f"this diffusers version has no {classes[name]}")
+        raise HastenError(f"this diffusers version ({diffusers.__version__}) has no {CONFIG_CLASSES[name]}")
     return cls
 
 
@@ -35,12 +39,12 @@ def parse_hook_spec(spec: str) -> tuple[str, dict]:
     if prefix != "diffusers":
         raise HastenError(f"a diffusers cache spec starts with 'diffusers:', got {spec!r}")
     name = rest.split(":")[0]
-    return parse_spec(rest, {name: option_types(_config_class(name))}, "diffusers cache")
+    return parse_spec(rest, {name: option_types(config_class(name))}, "diffusers cache")
 
 
 def hook_config(name: str, options: dict):
     """The diffusers config for a hook name (``firstblock``, ``taylorseer``, ``magcache``)."""
-    cls = _config_class(name)
+    cls = config_class(name)
     try:
         return cls(**options)
     except (TypeError, ValueError) as err:

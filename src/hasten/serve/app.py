@@ -29,7 +29,7 @@ from starlette.routing import Route
 from hasten.serve import events
 from hasten.serve.request import Limits, parse_request
 from hasten.serve.runs import FieldError, RunSettings
-from hasten.serve.scheduler import Draining, Job, QueueFull, Scheduler
+from hasten.serve.scheduler import Job, Scheduler
 
 MAX_BODY = 64 * 1024
 #: the page's security policy: its own script only, images from data: URLs, nothing inline
@@ -67,9 +67,7 @@ def _context_parallel(served) -> str | None:
     return layout if all(getattr(n, "_parallel_config", None) is not None for n in networks_of(served.pipe)) else None
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-           headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
+_error = events.error_response
 
 
 def _asset(name: str) -> bytes:
@@ -173,14 +171,9 @@ def create_app(service: Service) -> Starlette:
             image_request = parse_request(data, service.served, service.defaults, service.limits)
         except FieldError as err:
             return _error(400, str(err), err.field)
-        job = Job(image_request, asyncio.get_running_loop())
-        job.deadline = job.received + service.request_timeout
-        try:
-            service.scheduler.submit(job)
-        except QueueFull as err:
-            return _error(429, str(err), kind="rate_limit_error", headers={"Retry-After": str(err.retry_after)})
-        except Draining:
-            return _error(503, "the server is shutting down", kind="server_error")
+        job, refused = events.enqueue(service, image_request)
+        if refused:
+            return refused
         if image_request.stream:
             return StreamingResponse(_stream(job, service), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

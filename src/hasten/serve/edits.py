@@ -13,12 +13,11 @@ previews are the generations' own, their events named ``image_edit.*``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from hasten.errors import HastenError
@@ -26,7 +25,6 @@ from hasten.integrations.images import MAX_PIXELS, check_mask, image_from_bytes
 from hasten.serve import events
 from hasten.serve.request import parse_request
 from hasten.serve.runs import FieldError
-from hasten.serve.scheduler import Draining, Job, QueueFull
 
 #: the largest edits body (the images' files together)
 MAX_UPLOAD = 32 * 1024 * 1024
@@ -36,9 +34,7 @@ TEXT_FIELDS = {"model": str, "prompt": str, "n": int, "size": str, "response_for
 FILE_FIELDS = ("image", "image[]", "mask")
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-           headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
+_error = events.error_response
 
 
 def _text(name: str, value: str, fields: dict = TEXT_FIELDS):
@@ -148,14 +144,9 @@ def edits_route(service, authorised, refuse_auth, answer, stream) -> Route:
         image_request.inputs = inputs
         if not service.served.takes_size:
             image_request.size = image.size
-        job = Job(image_request, asyncio.get_running_loop())
-        job.deadline = job.received + service.request_timeout
-        try:
-            service.scheduler.submit(job)
-        except QueueFull as err:
-            return _error(429, str(err), kind="rate_limit_error", headers={"Retry-After": str(err.retry_after)})
-        except Draining:
-            return _error(503, "the server is shutting down", kind="server_error")
+        job, refused = events.enqueue(service, image_request)
+        if refused:
+            return refused
         if image_request.stream:
             return StreamingResponse(_renamed(stream(job, service)), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -71,7 +71,36 @@ def error_body(status: int, kind: str, message: str, param: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
+def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                   headers: dict | None = None):
+    """A JSON response in OpenAI's error shape (:func:`error_body`), the one every route answers with."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(status, kind, message, param), status_code=status, headers=headers)
+
+
 def sse(event: dict, name: str | None = None) -> bytes:
     """One server-sent event: ``event: TYPE`` and its JSON ``data``."""
     kind = name or event.get("type", "message")
     return f"event: {kind}\ndata: {json.dumps(json_safe(event), separators=(',', ':'))}\n\n".encode()
+
+
+def enqueue(service, request):
+    """Queue ``request`` as a Job on ``service``'s scheduler, its deadline ``request_timeout`` from now.
+
+    Returns (job, None), or (None, the error response): a full queue answers 429 with Retry-After, a draining
+    server 503."""
+    import asyncio
+
+    from hasten.serve.scheduler import Draining, Job, QueueFull
+
+    job = Job(request, asyncio.get_running_loop())
+    job.deadline = job.received + service.request_timeout
+    try:
+        service.scheduler.submit(job)
+    except QueueFull as err:
+        return None, error_response(429, str(err), kind="rate_limit_error",
+                                    headers={"Retry-After": str(err.retry_after)})
+    except Draining:
+        return None, error_response(503, "the server is shutting down", kind="server_error")
+    return job, None

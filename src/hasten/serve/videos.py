@@ -31,7 +31,7 @@ from hasten.serve import events
 from hasten.serve.edits import edit_inputs, read_form
 from hasten.serve.request import parse_request
 from hasten.serve.runs import FieldError
-from hasten.serve.scheduler import Draining, Job, QueueFull
+from hasten.serve.scheduler import Job
 
 #: finished jobs kept, and for how long (seconds)
 KEEP, KEEP_S = 32, 3600.0
@@ -87,9 +87,7 @@ class VideoStore:
         return self.jobs.get(key)
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-           headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(events.error_body(status, kind, message, param), status_code=status, headers=headers)
+_error = events.error_response
 
 
 async def _follow(video: VideoJob) -> None:
@@ -157,14 +155,9 @@ def video_routes(service, authorised, refuse_auth) -> list[Route]:
         except FieldError as err:
             return _error(413 if err.field == "body" and "over" in str(err) else 400, str(err), err.field)
         video_request.inputs, video_request.stream = inputs, True  # hits give progress
-        job = Job(video_request, asyncio.get_running_loop())
-        job.deadline = job.received + service.request_timeout
-        try:
-            service.scheduler.submit(job)
-        except QueueFull as err:
-            return _error(429, str(err), kind="rate_limit_error", headers={"Retry-After": str(err.retry_after)})
-        except Draining:
-            return _error(503, "the server is shutting down", kind="server_error")
+        job, refused = events.enqueue(service, video_request)
+        if refused:
+            return refused
         store.prune()
         video = VideoJob("video_" + secrets.token_hex(12), job, video_request.prompt, video_request.size_text,
                          video_request.settings.sampling.steps or 50)
