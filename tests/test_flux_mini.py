@@ -78,3 +78,32 @@ def test_samples_follow_their_captions(pipe):
     score = shapes.adherence_breakdown(images, prompts)
     assert score["colour"] >= 0.5, score
     assert score["all"] >= 0.25, score
+
+
+def test_hasten_sample_model_flux_mini(tmp_path, capsys):
+    """``--model flux-mini`` names the shipped folder: the CLI samples it as the pipeline it is."""
+    import json
+
+    from hasten.cli import main
+
+    out = tmp_path / "out"
+    assert main(["sample", "--model", "flux-mini", "--prompt", "a red circle", "--steps", "4", "--cores", "2",
+                 "--out", str(out), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] and (out / "samples.png").is_file()
+    assert summary["rmse"] < 1e-3  # CHORDS' last core lands on the sequential result
+
+
+def test_flux_mini_is_served_with_text_prompts():
+    from hasten.serve.model import ServedModel
+
+    served = ServedModel("flux-mini", torch.device("cpu"))
+    assert served.name == "flux-mini" and served.takes_prompt and served.size == (64, 64)
+    served.check_prompt("a small blue square at the bottom")
+
+
+def test_an_unknown_model_names_flux_mini():
+    from hasten.opening import model_source
+
+    with pytest.raises(HastenError, match="flux-mini"):
+        model_source("flux-maxi")

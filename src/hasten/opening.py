@@ -30,10 +30,12 @@ def model_source(spec: str) -> str:
     shaped like a Hugging Face id (``owner/name``) is refused here, with the
     reason, before anything is loaded.
     """
-    from hasten.models import MODELS, is_embedded
+    from hasten.models import MODELS, SHIPPED_PIPELINES, is_embedded
 
     if is_embedded(spec):
         return "embedded"
+    if spec in SHIPPED_PIPELINES:  # a folder inside the package
+        return "folder"
     if spec.startswith("random:"):
         return "random"
     path = Path(spec).expanduser()
@@ -45,9 +47,18 @@ def model_source(spec: str) -> str:
         return "id"
     if os.sep in spec or spec.startswith((".", "~")):
         raise HastenError(f"model {spec}: no such folder")
-    raise HastenError(f"model {spec!r} is not an embedded model ({', '.join(MODELS)}), a random real-size "
-                      "network (random:flux-dev, random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, "
-                      "or a Hugging Face model id (owner/name)")
+    raise HastenError(f"model {spec!r} is not an embedded model ({', '.join(MODELS)}), a shipped pipeline "
+                      f"({', '.join(SHIPPED_PIPELINES)}), a random real-size network (random:flux-dev, "
+                      "random:sd3.5-medium, random:wan2.1-1.3b), a pipeline folder, or a Hugging Face model id "
+                      "(owner/name)")
+
+
+def shipped_or_spec(spec: str) -> str:
+    """The folder of a shipped pipeline (``flux-mini``), else ``spec`` unchanged: what the pipeline loaders take."""
+    from hasten.models import shipped_pipeline
+
+    folder = shipped_pipeline(spec)
+    return spec if folder is None else str(folder)
 
 
 def check_not_embedded(model: Any, layout) -> None:
@@ -81,7 +92,7 @@ def check_model_source(spec: str, layout, local_files_only: bool = False) -> Non
     elif source in ("folder", "id"):
         from hasten.integrations.model import pipeline_folder
 
-        check_folder(pipeline_folder(spec, local_files_only), layout)
+        check_folder(pipeline_folder(shipped_or_spec(spec), local_files_only), layout)
 
 
 def bind_model(model: Any, call: dict[str, Any] | None = None, batch: int = 1, seed: int = 0) -> Any:
@@ -134,7 +145,7 @@ def open_model(spec: Any, device: torch.device | str | None = None, dtype: torch
         return bind_model(load_embedded(spec, dev, resolve_dtype(dtype, dev)), given, batch, seed)
     from hasten.integrations.model import PipelineModel, load_pipeline
 
-    pipe = load_pipeline(spec, dev, dtype, local_files_only)
+    pipe = load_pipeline(shipped_or_spec(spec), dev, dtype, local_files_only)
     return PipelineModel(pipe, call, batch=batch, seed=seed)
 
 

@@ -16,7 +16,7 @@ import dataclasses
 from hasten.errors import HastenError
 from hasten.integrations.images import INPUT_FLAGS, check_inputs_taken, check_mask, pipeline_class, read_image
 from hasten.integrations.lora import check_lora_file, load_lora, parse_lora, use_lora
-from hasten.opening import model_source
+from hasten.opening import model_source, shipped_or_spec
 from hasten.spec import RunSpec
 
 
@@ -55,7 +55,7 @@ def with_inputs(spec: RunSpec, args: argparse.Namespace) -> RunSpec:
         if model_source(spec.model) == "embedded":
             raise HastenError(f"{', '.join(given)}: apply to diffusers pipelines (a folder, a model id or "
                               f"random:NAME), not to the embedded model {spec.model}")
-        cls = pipeline_class(spec.model)
+        cls = pipeline_class(shipped_or_spec(spec.model))
         keys = check_inputs_taken(cls, given) if cls is not None else {f: INPUT_FLAGS[f] for f in given}
     if args.strength is not None and not (0 < args.strength <= 1):
         raise HastenError(f"--strength must be in (0, 1], got {args.strength}")

@@ -1,5 +1,6 @@
 """Embedded models: ``gmm`` / ``gmm-flow`` (exact, analytic), ``digits`` (a small trained DDPM) and
-``digits-cond`` (the same, conditioned on a digit prompt, with classifier-free guidance).
+``digits-cond`` (the same, conditioned on a digit prompt, with classifier-free guidance); and
+``flux-mini``, a diffusers ``FluxPipeline`` trained here (:mod:`.flux_mini`), which opens as a pipeline.
 
 A model spec may carry options as ``name:key=value``: ``gmm-flow:shape=4096x64``
 (the mixture in Flux's packed 1024x1024 latent shape), ``gmm:components=2``.
@@ -15,11 +16,22 @@ from hasten.errors import HastenError
 from hasten.models.base import EmbeddedModel
 
 MODELS = ("gmm", "gmm-flow", "digits", "digits-cond")
+#: pipelines trained here and shipped as saved diffusers folders; they open as pipelines (``--model flux-mini``)
+SHIPPED_PIPELINES = ("flux-mini",)
 #: options of the embedded models given as ``name:key=value``
 MODEL_OPTIONS = {"gmm": ("shape", "components", "dim", "seed"), "gmm-flow": ("shape", "components", "dim", "seed"),
                  "digits": (), "digits-cond": ()}
 #: embedded models whose network takes a dtype (the mixtures are exact in float64)
 TAKES_DTYPE = ("digits", "digits-cond")
+
+
+def shipped_pipeline(spec: str):
+    """The folder of the shipped pipeline ``spec`` (a :class:`~pathlib.Path`), or None for any other spec."""
+    if spec not in SHIPPED_PIPELINES:
+        return None
+    from hasten.models.flux_mini import pipeline_path
+
+    return pipeline_path()
 
 
 def _parse_model_spec(spec: str) -> tuple[str, dict]:
