@@ -166,6 +166,9 @@ def video_routes(service, authorised, refuse_auth) -> list[Route]:
         return JSONResponse(video.to_dict(served))
 
     def found(request: Request):
+        """The request's video job, or the answer refusing it (no key, no such job)."""
+        if not authorised(request):
+            return None, refuse_auth()
         video = store.get(request.path_params["video_id"])
         if video is None:
             return None, _error(404, f"no video job {request.path_params['video_id']!r} (finished jobs are kept "
@@ -173,14 +176,10 @@ def video_routes(service, authorised, refuse_auth) -> list[Route]:
         return video, None
 
     async def retrieve(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_auth()
         video, missing = found(request)
         return missing or JSONResponse(video.to_dict(service.served))
 
     async def content(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_auth()
         video, missing = found(request)
         if missing:
             return missing
@@ -192,8 +191,6 @@ def video_routes(service, authorised, refuse_auth) -> list[Route]:
         return Response(video.mp4, media_type="video/mp4")
 
     async def delete(request: Request) -> Response:
-        if not authorised(request):
-            return refuse_auth()
         video, missing = found(request)
         if missing:
             return missing
