@@ -61,6 +61,17 @@ def shipped_or_spec(spec: str) -> str:
     return spec if folder is None else str(folder)
 
 
+def load_spec_pipeline(spec: str, device, dtype=None, local_files_only: bool = False):
+    """The diffusers pipeline ``spec`` names, loaded; a shipped one with the size it was trained at (flux-mini
+    samples 64x64 by default, where a plain ``FluxPipeline`` folder would default to 512)."""
+    from hasten.integrations.model import load_pipeline
+    from hasten.models import configure_shipped
+
+    pipe = load_pipeline(shipped_or_spec(spec), device, dtype, local_files_only)
+    configure_shipped(spec, pipe)
+    return pipe
+
+
 def check_not_embedded(model: Any, layout) -> None:
     """Context parallelism splits a pipeline's attention: refuse an embedded model (a spec or an opened one)."""
     name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
@@ -143,9 +154,9 @@ def open_model(spec: Any, device: torch.device | str | None = None, dtype: torch
         if given and hasattr(cls, "check_call"):  # a prompted model checks its call before its weights load
             cls.check_call(given, batch)
         return bind_model(load_embedded(spec, dev, resolve_dtype(dtype, dev)), given, batch, seed)
-    from hasten.integrations.model import PipelineModel, load_pipeline
+    from hasten.integrations.model import PipelineModel
 
-    pipe = load_pipeline(shipped_or_spec(spec), dev, dtype, local_files_only)
+    pipe = load_spec_pipeline(spec, dev, dtype, local_files_only)
     return PipelineModel(pipe, call, batch=batch, seed=seed)
 
 

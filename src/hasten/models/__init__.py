@@ -34,6 +34,14 @@ def shipped_pipeline(spec: str):
     return pipeline_path()
 
 
+def configure_shipped(spec: str, pipe) -> None:
+    """Give a loaded shipped pipeline the defaults it was trained with (a no-op for any other spec)."""
+    if spec in SHIPPED_PIPELINES:
+        from hasten.models.flux_mini import configure
+
+        configure(pipe)
+
+
 def _parse_model_spec(spec: str) -> tuple[str, dict]:
     name, *parts = spec.split(":")
     options: dict = {}

@@ -121,6 +121,7 @@ def build_pipeline(seed: int = 0, vae=None, transformer=None):
                         tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
                         transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
+    configure(pipe)
     return pipe
 
 
@@ -130,4 +131,11 @@ def load_pipeline(path: Path | str | None = None, device: str | torch.device = "
 
     pipe = FluxPipeline.from_pretrained(str(path or pipeline_path()), local_files_only=True).to(device)
     pipe.set_progress_bar_config(disable=True)
+    configure(pipe)
     return pipe
+
+
+def configure(pipe) -> None:
+    """Sample at IMAGE_SIZE when no size is given: ``FluxPipeline`` defaults to ``default_sample_size`` (128)
+    latent pixels times the VAE's factor, 512 here, a size flux-mini never saw."""
+    pipe.default_sample_size = IMAGE_SIZE // pipe.vae_scale_factor

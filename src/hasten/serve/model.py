@@ -23,15 +23,15 @@ class ServedModel:
 
     def __init__(self, spec: str, device: torch.device, dtype: str | None = None, base_call: dict | None = None,
                  local_files_only: bool = False, loras: list | None = None):
-        from hasten.integrations.model import PipelineModel, load_pipeline
-        from hasten.opening import model_source, open_model, shipped_or_spec
+        from hasten.integrations.model import PipelineModel
+        from hasten.opening import load_spec_pipeline, model_source, open_model
 
         self.spec = spec
         #: the operator's call for every request of a pipeline (--size, --frames), a request's own over it
         self.base_call = {k: v for k, v in (base_call or {}).items() if v is not None}
         self.is_pipeline = model_source(spec) != "embedded"
         if self.is_pipeline:
-            self.pipe = load_pipeline(shipped_or_spec(spec), device, dtype, local_files_only)
+            self.pipe = load_spec_pipeline(spec, device, dtype, local_files_only)
             self._pipeline_model = PipelineModel
             from hasten.integrations.images import probe_inputs
 
