@@ -108,3 +108,31 @@ def test_an_unknown_model_names_flux_mini():
 
     with pytest.raises(HastenError, match="flux-mini"):
         model_source("flux-maxi")
+
+
+def test_bench_and_tune_report_adherence_on_flux_mini(tmp_path, capsys):
+    """A model with a caption score gets an adherence column in bench and tune (issue 26, part 2), beside SSIM."""
+    import json
+
+    from hasten.cli import main
+
+    prompt = "a large red circle at the top left"
+    assert main(["bench", "--model", "flux-mini", "--prompt", prompt, "--methods", "sequential,chords",
+                 "--cores", "2", "--steps", "6", "--batch", "2", "--stop", "none", "--no-progress",
+                 "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["sequential", "chords"]
+    for row in rows:
+        assert isinstance(row["adherence"], float) and 0 <= row["adherence"] <= 1 and 0 < row["ssim"] <= 1
+    assert rows[1]["adherence"] == rows[0]["adherence"]  # read at the last core: the sequential images
+    assert "adherence" in (tmp_path / "bench" / "results.md").read_text()
+    assert main(["tune", "--model", "flux-mini", "--prompt", prompt, "--steps", "6", "--batch", "2",
+                 "--target", "ssim:0.9", "--devices", "2", "--methods", "chords", "--no-progress",
+                 "--out", str(tmp_path / "tune")]) == 0
+    tuned = json.loads((tmp_path / "tune" / "tune.json").read_text())["rows"]
+    assert all(isinstance(r["adherence"], float) for r in tuned)
+    assert "adherence" in (tmp_path / "tune" / "tune.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "--model", "flux-mini", "--prompt", "a cat", "--methods", "sequential", "--steps", "2",
+                 "--batch", "1", "--no-progress", "--out", str(tmp_path / "cat")]) == 0
+    assert json.loads((tmp_path / "cat" / "results.json").read_text())["rows"][0]["adherence"] is None

@@ -43,6 +43,7 @@ from hasten.bench.timing import device_name, median_of, warm_up
 from hasten.errors import HastenError
 from hasten.integrations.hooks import diffusers_cache
 from hasten.metrics import psnr, ssim
+from hasten.models import MODEL_SCORERS, SCORERS, adherence
 from hasten.report import markdown_table, write_json
 from hasten.session import Session
 from hasten.spec import RunSpec, Sampling
@@ -52,8 +53,6 @@ COLUMNS = [("name", "entrant"), ("nfe", "NFE"), ("rounds", "rounds"), ("blocks_f
            ("adherence", "adherence")]
 #: the transformers diffusers 0.42's SeaCache has a raw-vision adapter for (elsewhere it runs fail-open)
 SEACACHE_ADAPTED = ("Cosmos3OmniTransformer", "WanTransformer3DModel")
-#: adherence scorers by name: (images in [0, 1], prompts) -> score in [0, 1]
-SCORERS = ("shapes",)
 
 
 @dataclass
@@ -97,14 +96,6 @@ def check_race(entrants: Sequence[str] | None, prompts: Sequence[str] | None, sc
     return parse_entrants(entrants, steps)
 
 
-def _score(scorer: str | None, images: torch.Tensor, prompt: str | None) -> float | None:
-    if scorer is None:
-        return None
-    from hasten.models.shapes import adherence
-
-    return adherence(images, [prompt or ""] * images.shape[0])
-
-
 def _calibrate_magcache(network, run, entrant: Entrant, steps: int, counter) -> list[float]:
     """MagCache's calibration as its docs give it: one ``calibrate=True`` run, its printed ratios read back."""
     printed = io.StringIO()
@@ -124,6 +115,7 @@ def run_race(cfg: RaceConfig, out: Path | None, log: Callable[[str], None] = pri
     spec, steps = cfg.run, cfg.run.steps
     session = session or Session.open(spec)
     model, network = session.model, session.network
+    scorer = cfg.scorer or MODEL_SCORERS.get(model.name)  # a model with a caption grammar is scored by default
     if network is None:
         raise HastenError(f"--race counts the network's work with hooks; {model.name} exposes no network")
     is_pipeline = hasattr(network, "enable_cache")
@@ -161,8 +153,8 @@ def run_race(cfg: RaceConfig, out: Path | None, log: Callable[[str], None] = pri
                     attempts[j, p].append(attempt())
                     bar.update(1)
         for j, (entrant, runs) in enumerate(jobs):
-            per_prompt = [_measure(cfg, entrant, attempts[j, p], calls[p], p, refs) for p, _ in runs]
-            rows.append(_combine(entrant, per_prompt, rows[0] if rows else None, cfg.scorer))
+            per_prompt = [_measure(scorer, entrant, attempts[j, p], calls[p], p, refs) for p, _ in runs]
+            rows.append(_combine(entrant, per_prompt, rows[0] if rows else None, scorer))
             if entrant.hook == "seacache" and type(network).__name__ not in SEACACHE_ADAPTED:
                 rows[-1]["note"] = (f"fail-open: diffusers' SeaCache adapts {', '.join(SEACACHE_ADAPTED)} only, "
                                     f"not {type(network).__name__} (nothing skipped, as counted)")
@@ -174,7 +166,7 @@ def run_race(cfg: RaceConfig, out: Path | None, log: Callable[[str], None] = pri
     bar.close()
     report = {"command": cfg.command, "model": getattr(model, "name", str(spec.model)), "steps": steps,
               "seed": spec.seed, "batch": spec.batch, "prompts": prompts, "repeats": cfg.repeats,
-              "scorer": cfg.scorer, "device": device_name(refs[0][0].device), "torch_threads": torch.get_num_threads(),
+              "scorer": scorer, "device": device_name(refs[0][0].device), "torch_threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "rows": rows, "skipped": skipped,
               "magcache_ratios": calibrations.get(0), "reference_after_max_abs_diff": max(after),
               "block_layers": len(counter.layers)}
@@ -229,7 +221,7 @@ def _prepare_one(cfg: RaceConfig, session: Session, network, counter: WorkCounte
     return attempt
 
 
-def _measure(cfg: RaceConfig, entrant: Entrant, attempts: list, call, p: int, refs: dict) -> dict:
+def _measure(scorer: str | None, entrant: Entrant, attempts: list, call, p: int, refs: dict) -> dict:
     """An entrant's timed attempts on one prompt: the median wall's attempt, its counts and its quality."""
     walls = [a[1] for a in attempts]
     result, wall, counts, left, s = median_of(len(attempts), iter(attempts).__next__, lambda a: a[1])[0]
@@ -247,7 +239,7 @@ def _measure(cfg: RaceConfig, entrant: Entrant, attempts: list, call, p: int, re
             "blocks_frac": counts["work"] / ref_counts["work"], "wall_s": wall, "wall_runs_s": walls,
             "psnr": psnr(images, ref_images, 1.0), "ssim": ssim(images, ref_images),
             "latent_max_abs_diff": float((result.x - ref_x).abs().max()),
-            "adherence": _score(cfg.scorer, images, (call or {}).get("prompt")), "hooks_left": left}
+            "adherence": adherence(scorer, images, (call or {}).get("prompt") or ""), "hooks_left": left}
 
 
 def _combine(entrant: Entrant, per_prompt: list[dict], reference: dict | None, scorer: str | None) -> dict:

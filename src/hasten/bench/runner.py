@@ -18,6 +18,7 @@ from hasten.denoise import EmulatedDevice
 from hasten.integrations.hooks import diffusers_cache, hook_config, parse_hook_spec
 from hasten.methods import parse_method_spec
 from hasten.metrics import flops_per_evaluation, ms_ssim, psnr, rmse, ssim
+from hasten.models import MODEL_SCORERS, adherence
 from hasten.report import (fmt, markdown_table, plot_convergence, plot_quality_vs_calls, plot_scaling, save_hit_grid,
                            write_json)
 from hasten.session import Session
@@ -27,20 +28,22 @@ COLUMNS = [
     ("method", "method"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"), ("params", "params"),
     ("rounds", "rounds"), ("speedup", "round speedup (K devices)"), ("nfe", "NFE"), ("wall_s", "wall s"),
     ("wall_speedup", "wall speedup here"), ("overhead_ms", "overhead ms/round"), ("rmse", "latent RMSE"),
-    ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("fd", "Frechet dist."),
+    ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("fd", "Frechet dist."), ("adherence", "adherence"),
 ]
 CACHE_COLUMNS = [
     ("method", "method"), ("cache", "cache"), ("solver", "solver"), ("steps", "N"), ("cores", "cores"),
     ("params", "params"), ("rounds", "model rounds"), ("all_rounds", "all rounds"), ("speedup", "round speedup (K devices)"),
     ("nfe", "NFE"), ("gflops", "GFLOPs/sample"), ("wall_s", "wall s"), ("wall_speedup", "wall speedup here"),
     ("rmse", "latent RMSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("fd", "Frechet dist."),
+    ("adherence", "adherence"),
 ]
 
 
 #: communication (distributed), peak GPU memory, graphs compiled during the run
 RESOURCE_COLUMNS = [("comm_ms", "comm ms/round"), ("peak_gib", "peak GiB"), ("recompiles", "graphs compiled")]
-#: columns shown only where some run measured them (MS-SSIM needs images of 161 pixels a side or more)
-OPTIONAL_COLUMNS = {"ms_ssim", "ssim", "fd", *(key for key, _ in RESOURCE_COLUMNS)}
+#: columns shown only where some run measured them (MS-SSIM needs images of 161 pixels a side or more;
+#: adherence, a model with a caption score and a prompt of its grammar)
+OPTIONAL_COLUMNS = {"ms_ssim", "ssim", "fd", "adherence", *(key for key, _ in RESOURCE_COLUMNS)}
 
 
 def _params(name: str, method, n: int) -> str:
@@ -80,6 +83,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                                                        context_parallel=None))
     emulate = _emulation(cfg)
     decode = model.decode
+    scorer, prompt = MODEL_SCORERS.get(model.name), (spec.call or {}).get("prompt")
     features = None
     if model.name == "digits":
         from hasten.metrics import digit_features
@@ -113,7 +117,8 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                     "psnr": psnr(images, ref_images, 1.0) if images is not None else psnr(x, ref.x),
                     "ssim": ssim(images, ref_images) if images is not None else None,
                     "ms_ssim": ms_ssim(images, ref_images) if images is not None else None,
-                    "fd": features.frechet(images) if features else None}
+                    "fd": features.frechet(images) if features else None,
+                    "adherence": adherence(scorer, images, prompt)}
 
         if any(parse_method_spec(m, extra=ENTRY_OPTIONS)[0] == "sequential" for m in cfg.methods):
             rows.append({"method": "sequential", "cache": "none", "solver": solver_name, "steps": n, "cores": 1,
@@ -159,7 +164,7 @@ def run_bench(cfg: BenchConfig, out: Path | None, log: Callable[[str], None] = p
                 images = decode(h.x)
                 hit_rows.append({"core": h.core, "round": h.round, "nfe": h.nfe, "wall_s": h.wall_s,
                                  "residual": h.residual, "dist_to_final": rmse(h.x, final),
-                                 **{k: v for k, v in quality(h.x, images).items() if k != "fd"}})
+                                 **{k: v for k, v in quality(h.x, images).items() if k not in ("fd", "adherence")}})
             h = hits[read_at(hits)]
             row = {"method": name, "cache": cache_label, "solver": solver_name, "steps": n, "cores": cores,
                    "params": params, "rounds": h.round, "all_rounds": h.all_rounds, "speedup": n / h.round,

@@ -167,7 +167,7 @@ def tune(args: argparse.Namespace) -> int:
     Exits 1 when no candidate meets the target (the measurements are written, no best.json).
     """
     from hasten.report import json_safe, markdown_table, require_plots
-    from hasten.tune import COLUMNS, Target, candidates, tune as run_tune, winner_line, write_report
+    from hasten.tune import Target, candidates, shown_columns, tune as run_tune, winner_line, write_report
 
     target = Target.parse(args.target)  # before any work
     run = run_spec(args, 4, {"method": "sequential", "steps": args.steps})
@@ -185,7 +185,7 @@ def tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe(report.to_dict())))
     else:
-        print(markdown_table(report.rows, COLUMNS))
+        print(markdown_table(report.rows, shown_columns(report.rows)))
         s = report.settings
         print(f"\n{s['run']} of {s['candidates']} candidates run ({s['pruned']} pruned); predicted for "
               f"{s['devices']} device(s), latency at {s['threads']} thread(s)")

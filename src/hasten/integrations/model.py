@@ -161,7 +161,7 @@ class PipelineModel:
     def __init__(self, pipe, call: dict[str, Any] | None = None, batch: int = 1, seed: int = 0):
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
-        self.name = type(pipe).__name__
+        self.name = getattr(pipe, "hasten_name", None) or type(pipe).__name__  # flux-mini: its shipped name
         self.call = self.adapter.normalize_call({k: v for k, v in (call or {}).items() if v is not None})
         self.batch, self.seed = batch, seed
         self._prepared: dict[int, Prepared] = {}  # by step count, in the order prepared

@@ -18,6 +18,10 @@ from hasten.models.base import EmbeddedModel
 MODELS = ("gmm", "gmm-flow", "digits", "digits-cond")
 #: pipelines trained here and shipped as saved diffusers folders; they open as pipelines (``--model flux-mini``)
 SHIPPED_PIPELINES = ("flux-mini",)
+#: adherence scorers by name: images in [0, 1] and their captions -> the fraction that show what they ask
+SCORERS = ("shapes",)
+#: the scorer each model with a caption grammar is judged by (bench, tune and the race report its adherence)
+MODEL_SCORERS = {"flux-mini": "shapes"}
 #: options of the embedded models given as ``name:key=value``
 MODEL_OPTIONS = {"gmm": ("shape", "components", "dim", "seed"), "gmm-flow": ("shape", "components", "dim", "seed"),
                  "digits": (), "digits-cond": ()}
@@ -34,9 +38,29 @@ def shipped_pipeline(spec: str):
     return pipeline_path()
 
 
+def adherence(scorer: str | None, images, prompt) -> float | None:
+    """``scorer``'s adherence of ``images`` (n, 3, H, W) in [0, 1] to ``prompt`` (one caption for all, or one per
+    image); None without a scorer, images or prompt, or where a prompt is not of the scorer's grammar."""
+    if scorer is None or images is None or prompt is None:
+        return None
+    if scorer not in SCORERS:
+        raise HastenError(f"adherence scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    from hasten.models import shapes
+
+    prompts = [prompt] * images.shape[0] if isinstance(prompt, str) else list(prompt)
+    try:
+        for p in prompts:
+            shapes.parse_caption(p)
+    except HastenError:
+        return None
+    return shapes.adherence(images, prompts)
+
+
 def configure_shipped(spec: str, pipe) -> None:
-    """Give a loaded shipped pipeline the defaults it was trained with (a no-op for any other spec)."""
+    """Give a loaded shipped pipeline the defaults it was trained with and its name (a no-op for any other spec):
+    reports, configs and scores then know it as ``spec``, not as its class."""
     if spec in SHIPPED_PIPELINES:
+        pipe.hasten_name = spec
         from hasten.models.flux_mini import configure
 
         configure(pipe)

@@ -42,11 +42,11 @@ Config files belong to :mod:`hasten.config`, which every surface reads.
 from hasten.config import load_config, save_config
 from hasten.tune.candidates import FAMILIES, Candidate, candidates
 from hasten.tune.latency import Curve, batch_sizes, calibrate, measure_latency, predict_wall, worker_threads
-from hasten.tune.report import COLUMNS, winner_line, write_report
+from hasten.tune.report import COLUMNS, shown_columns, winner_line, write_report
 from hasten.tune.search import TuneReport, tune
 from hasten.tune.spawned import measure_comm, measure_rounds
 from hasten.tune.target import Target
 
-__all__ = ["COLUMNS", "FAMILIES", "Candidate", "Curve", "Target", "TuneReport", "batch_sizes", "calibrate", "candidates",
+__all__ = ["COLUMNS", "shown_columns", "FAMILIES", "Candidate", "Curve", "Target", "TuneReport", "batch_sizes", "calibrate", "candidates",
            "load_config", "measure_comm", "measure_latency", "measure_rounds", "predict_wall", "save_config",
            "tune", "winner_line", "worker_threads", "write_report"]

@@ -10,7 +10,10 @@ from hasten.tune.search import TuneReport
 
 COLUMNS = [("rank", "#"), ("label", "configuration"), ("predicted_s", "predicted wall s"),
            ("predicted_speedup", "pred. speedup"), ("measured_s", "measured s (here, D=1)"), ("rounds", "rounds"),
-           ("nfe", "NFE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("rmse", "RMSE"), ("meets", "meets target")]
+           ("nfe", "NFE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"), ("adherence", "adherence"),
+           ("rmse", "RMSE"), ("meets", "meets target")]
+#: shown only where some row measured them (images; 161 pixels a side for MS-SSIM; a model with a caption score)
+OPTIONAL_COLUMNS = ("ssim", "ms_ssim", "adherence")
 
 
 def write_report(report: TuneReport, out, command: str = "") -> None:
@@ -30,9 +33,15 @@ def write_report(report: TuneReport, out, command: str = "") -> None:
     s = report.settings
     title = (f"hasten tune: {s['model']}, {s['devices']} device(s), target {s['target']}, "
              f"{s['solver']}-{s['steps']}, batch {s['batch']}")
-    (out / "tune.md").write_text(f"# {title}\n\nCommand: `{command}`\n\n{markdown_table(report.rows, COLUMNS)}\n\n"
+    table = markdown_table(report.rows, shown_columns(report.rows))
+    (out / "tune.md").write_text(f"# {title}\n\nCommand: `{command}`\n\n{table}\n\n"
                                  f"{winner_line(report)}\n{layout_section(report)}")
     plot_tune_front(report.rows, out / "pareto.png", title)
+
+
+def shown_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """COLUMNS less the optional ones no row measured."""
+    return [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)]
 
 
 LAYOUT_COLUMNS = [("layout", "T x C"), ("context_parallel", "--context-parallel"), ("predicted_s", "predicted wall s"),

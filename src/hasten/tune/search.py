@@ -104,6 +104,7 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
     from tqdm.auto import tqdm
 
     from hasten.metrics import ms_ssim, psnr, rmse, ssim
+    from hasten.models import MODEL_SCORERS, adherence
 
     steps, batch, seed, solver = run.steps, run.batch, run.seed, run.sampling.solver
 
@@ -131,12 +132,14 @@ def _tune(run, session, cands: list[Candidate], target: Target, devices: int, th
         raise HastenError(f"--target {target}: {getattr(ref_setup.model, 'name', run.model)}'s samples are not "
                           "images, so they have no SSIM; use psnr:DB or rmse:X")
 
+    scorer, prompt = MODEL_SCORERS.get(getattr(ref_setup.model, "name", str(run.model))), (run.call or {}).get("prompt")
+
     def quality(x: torch.Tensor) -> dict:
         images = decode(x)
         if images is None:
-            return {"psnr": psnr(x, ref.x), "rmse": rmse(x, ref.x), "ssim": None, "ms_ssim": None}
+            return {"psnr": psnr(x, ref.x), "rmse": rmse(x, ref.x), "ssim": None, "ms_ssim": None, "adherence": None}
         return {"psnr": psnr(images, ref_images, 1.0), "rmse": rmse(x, ref.x), "ssim": ssim(images, ref_images),
-                "ms_ssim": ms_ssim(images, ref_images)}
+                "ms_ssim": ms_ssim(images, ref_images), "adherence": adherence(scorer, images, prompt)}
 
     def meets(q: dict) -> bool:
         return target.met(q["psnr"], q["rmse"], q["ssim"])
