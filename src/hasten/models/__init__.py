@@ -60,7 +60,6 @@ def configure_shipped(spec: str, pipe) -> None:
     """Give a loaded shipped pipeline the defaults it was trained with and its name (a no-op for any other spec):
     reports, configs and scores then know it as ``spec``, not as its class."""
     if spec in SHIPPED_PIPELINES:
-        pipe.hasten_name = spec
         from hasten.models.flux_mini import configure
 
         configure(pipe)
